@@ -1,0 +1,44 @@
+//! Command-line interface: parsing, and one module per command.
+
+mod copy;
+
+use clap::{Parser, Subcommand};
+
+/// Ferry promotes container images from environment to environment (build → dev → test →
+/// prod) by digest: the image that runs in production is, byte for byte, the one that was built.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug); FERRY_LOG=<filter> overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Copy(copy::CopyArgs),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Copy(args) => copy::run(args).await,
+    }
+}
+
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,ferry=info,ferry_core=info",
+        _ => "debug,hyper=info,h2=info,rustls=info",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

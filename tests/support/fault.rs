@@ -1,0 +1,265 @@
+//! A misbehaving registry: an axum reverse proxy in front of a real
+//! (plain-HTTP) registry that injects failures on the way back.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+
+use super::registry::Registry;
+
+/// How many bytes of a blob get through before a cut.
+pub const CUT_AFTER: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The first GET of every blob is cut after [`CUT_AFTER`] bytes (half the
+    /// blob when smaller), and the first manifest request is answered
+    /// `503 Service Unavailable` with `Retry-After: 1`. Later attempts pass.
+    TransientFailures,
+    /// Every GET of every blob is cut after [`CUT_AFTER`] bytes.
+    BlobsAlwaysCut,
+}
+
+/// The proxy, serving on its own thread and runtime until dropped.
+pub struct FaultyProxy {
+    host: String,
+    stats: Arc<Stats>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct Stats {
+    blob_cuts: AtomicUsize,
+    manifest_503s: AtomicUsize,
+}
+
+struct Proxy {
+    fault: Fault,
+    upstream: String,
+    client: reqwest::Client,
+    blobs_seen: Mutex<HashSet<String>>,
+    manifest_fault_spent: AtomicBool,
+    stats: Arc<Stats>,
+}
+
+impl FaultyProxy {
+    /// Proxy `upstream` (which must speak plain HTTP) with `fault`.
+    pub fn start(upstream: &Registry, fault: Fault) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy to 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking proxy listener");
+        let host = listener.local_addr().expect("proxy address").to_string();
+        let stats = Arc::new(Stats::default());
+        let proxy = Arc::new(Proxy {
+            fault,
+            upstream: format!("http://{}", upstream.host()),
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("proxy upstream client"),
+            blobs_seen: Mutex::new(HashSet::new()),
+            manifest_fault_spent: AtomicBool::new(false),
+            stats: stats.clone(),
+        });
+        let app = Router::new().fallback(forward).with_state(proxy);
+        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("proxy runtime");
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("tokio proxy listener");
+                let serve = async move { axum::serve(listener, app).await };
+                tokio::select! {
+                    result = serve => result.expect("proxy server"),
+                    _ = stop => {}
+                }
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        Self {
+            host,
+            stats,
+            shutdown: Some(shutdown),
+            thread: Some(thread),
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `127.0.0.1:PORT/<repo_and_ref>`.
+    pub fn reference(&self, repo_and_ref: &str) -> String {
+        format!("{}/{repo_and_ref}", self.host)
+    }
+
+    /// Blob responses cut so far.
+    pub fn blob_cuts(&self) -> usize {
+        self.stats.blob_cuts.load(Ordering::SeqCst)
+    }
+
+    /// Manifest requests answered 503 so far.
+    pub fn manifest_503s(&self) -> usize {
+        self.stats.manifest_503s.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for FaultyProxy {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn is_blob_path(path: &str) -> bool {
+    path.starts_with("/v2/") && path.contains("/blobs/sha256:") && !path.contains("/blobs/uploads")
+}
+
+async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+
+    if proxy.fault == Fault::TransientFailures
+        && path.contains("/manifests/")
+        && !proxy.manifest_fault_spent.swap(true, Ordering::SeqCst)
+    {
+        proxy.stats.manifest_503s.fetch_add(1, Ordering::SeqCst);
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .header(header::RETRY_AFTER, "1")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                r#"{"errors":[{"code":"UNAVAILABLE","message":"service unavailable (injected by the test proxy)"}]}"#,
+            ))
+            .expect("503 response");
+    }
+
+    let body = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => return bad_gateway(format!("reading request body: {e}")),
+    };
+    let mut headers = parts.headers.clone();
+    for name in [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| path.clone(), |p| p.as_str().to_string());
+    let upstream = proxy
+        .client
+        .request(
+            parts.method.clone(),
+            format!("{}{path_and_query}", proxy.upstream),
+        )
+        .headers(headers)
+        .body(body)
+        .send()
+        .await;
+    let upstream = match upstream {
+        Ok(response) => response,
+        Err(e) => return bad_gateway(format!("upstream registry: {e}")),
+    };
+
+    let status = upstream.status();
+    let cut = parts.method == Method::GET
+        && status == StatusCode::OK
+        && is_blob_path(&path)
+        && match proxy.fault {
+            Fault::TransientFailures => proxy
+                .blobs_seen
+                .lock()
+                .expect("blobs_seen lock")
+                .insert(path.clone()),
+            Fault::BlobsAlwaysCut => true,
+        };
+
+    let mut response = Response::builder().status(status);
+    copy_response_headers(
+        upstream.headers(),
+        response.headers_mut().expect("builder headers"),
+    );
+    let body = if cut {
+        proxy.stats.blob_cuts.fetch_add(1, Ordering::SeqCst);
+        let length = upstream.content_length().unwrap_or(0) as usize;
+        let limit = CUT_AFTER.min(length / 2);
+        Body::from_stream(cut_after(upstream.bytes_stream(), limit))
+    } else {
+        Body::from_stream(upstream.bytes_stream())
+    };
+    response.body(body).expect("proxied response")
+}
+
+fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if name != header::TRANSFER_ENCODING && name != header::CONNECTION {
+            to.append(name.clone(), value.clone());
+        }
+    }
+}
+
+fn bad_gateway(message: String) -> Response {
+    Response::builder()
+        .status(StatusCode::BAD_GATEWAY)
+        .body(Body::from(message))
+        .expect("502 response")
+}
+
+/// Pass `limit` bytes of `upstream`, then fail the body stream, which makes
+/// the server abort the connection mid-response (Content-Length unmet).
+fn cut_after(
+    upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    limit: usize,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::unfold(
+        (Box::pin(upstream), 0usize, false),
+        move |(mut upstream, sent, done)| async move {
+            if done {
+                return None;
+            }
+            if sent >= limit {
+                let cut = io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "blob response cut by the test proxy",
+                );
+                return Some((Err(cut), (upstream, sent, true)));
+            }
+            match upstream.next().await {
+                Some(Ok(chunk)) => {
+                    let take = (limit - sent).min(chunk.len());
+                    Some((Ok(chunk.slice(..take)), (upstream, sent + take, false)))
+                }
+                Some(Err(e)) => Some((Err(io::Error::other(e)), (upstream, sent, true))),
+                None => None,
+            }
+        },
+    )
+}
