@@ -186,6 +186,10 @@ impl FerryRun {
                 self.command_line, self.stdout, self.stderr
             )
         });
+        eprintln!(
+            "`{}` took {:?}, peak RSS {:?} KiB: {json}",
+            self.command_line, self.elapsed, self.max_rss_kib
+        );
         CopyReport::from_json(json)
     }
 
@@ -216,6 +220,10 @@ impl FerryRun {
             "`{}` panicked instead of reporting an error:\n{}",
             self.command_line,
             self.stderr
+        );
+        eprintln!(
+            "`{}` failed as expected ({}) after {:?}:\n{}",
+            self.command_line, self.status, self.elapsed, self.stderr
         );
         &self.stderr
     }

@@ -89,7 +89,7 @@ enum Source {
         repository: String,
     },
     Layout(OciLayout),
-    Archive(DockerArchive),
+    Archive(Box<DockerArchive>),
 }
 
 enum Target {
@@ -170,7 +170,7 @@ pub async fn copy(
         Location::DockerArchive { file } => {
             let archive = DockerArchive::open(file).await?;
             let root = archive.manifest().clone();
-            (Source::Archive(archive), None, root)
+            (Source::Archive(Box::new(archive)), None, root)
         }
     };
 
@@ -334,7 +334,7 @@ impl Engine {
 
         let mut blobs: Vec<Descriptor> = blobs.into_values().collect();
         // Largest first keeps every transfer slot busy until the end.
-        blobs.sort_by(|a, b| b.size.cmp(&a.size));
+        blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
         self.progress
             .blobs_total
             .fetch_add(blobs.len() as u64, Ordering::Relaxed);
@@ -492,7 +492,8 @@ impl Engine {
                 client
                     .retry()
                     .run("blob transfer", || async {
-                        let url = match session.lock().expect("not poisoned").take() {
+                        let reused = session.lock().expect("not poisoned").take();
+                        let url = match reused {
                             Some(url) => url,
                             None => match client.start_upload(repository, None).await? {
                                 UploadStart::Session(url) => url,
