@@ -1,1 +1,3 @@
+pub mod intake;
+pub mod queue;
 pub mod registry;

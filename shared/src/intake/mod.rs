@@ -1,0 +1,186 @@
+//! Webhook intake: authenticate a sender on the raw bytes, parse its payload into
+//! [`PromotionRequest`]s, and match them against configured pipelines.
+
+pub mod acr;
+pub mod distribution;
+pub mod dockerhub;
+pub mod generic;
+pub mod github;
+pub mod harbor;
+pub mod quay;
+pub mod verify;
+
+use serde::{Deserialize, Serialize};
+
+use crate::registry::Digest;
+
+/// Which kind of sender a request came from; also the route segment (`/hooks/{sender}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Sender {
+    Acr,
+    Dockerhub,
+    Github,
+    Distribution,
+    Harbor,
+    Quay,
+    Generic,
+}
+
+impl Sender {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sender::Acr => "acr",
+            Sender::Dockerhub => "dockerhub",
+            Sender::Github => "github",
+            Sender::Distribution => "distribution",
+            Sender::Harbor => "harbor",
+            Sender::Quay => "quay",
+            Sender::Generic => "generic",
+        }
+    }
+}
+
+/// The build that produced an image, when the sender knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Build {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+}
+
+/// One image event, normalized across senders. The digest is a hint only: the worker resolves it
+/// again at the source registry before promoting.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromotionRequest {
+    pub sender: Sender,
+    /// Registry host as the sender names it (`docker.io`, `ghcr.io`, `127.0.0.1:5001`), when known.
+    pub registry: Option<String>,
+    pub repository: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<Build>,
+    /// The sender's own id for this delivery or event, for dedup and tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<String>,
+}
+
+/// What a payload amounts to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Requests(Vec<PromotionRequest>),
+    /// A well-formed event that promotes nothing (a ping, a delete, a pull …), with the reason.
+    Ignored(String),
+}
+
+/// Why a payload was refused: always a 400 with this message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PayloadError {
+    #[error("body is not valid JSON for a {sender} webhook: {detail}")]
+    Json {
+        sender: &'static str,
+        detail: String,
+    },
+    #[error("{sender} webhook: {detail}")]
+    Invalid {
+        sender: &'static str,
+        detail: String,
+    },
+}
+
+impl PayloadError {
+    pub fn json(sender: Sender, err: serde_json::Error) -> Self {
+        PayloadError::Json {
+            sender: sender.as_str(),
+            detail: err.to_string(),
+        }
+    }
+    pub fn invalid(sender: Sender, detail: impl Into<String>) -> Self {
+        PayloadError::Invalid {
+            sender: sender.as_str(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Parses a sender's payload (already authenticated).
+pub fn parse(
+    sender: Sender,
+    body: &[u8],
+    delivery_id: Option<&str>,
+) -> Result<Parsed, PayloadError> {
+    match sender {
+        Sender::Acr => acr::parse(body),
+        Sender::Dockerhub => dockerhub::parse(body),
+        Sender::Github => github::parse(body, delivery_id),
+        Sender::Distribution => distribution::parse(body),
+        Sender::Harbor => harbor::parse(body),
+        Sender::Quay => quay::parse(body),
+        Sender::Generic => generic::parse(body),
+    }
+}
+
+/// An optional string field that treats `""` as absent (senders use both for "no tag").
+pub(crate) fn non_empty(value: Option<String>) -> Option<String> {
+    value
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// A digest field: absent or empty is fine, present but malformed is an error.
+pub(crate) fn digest_field(
+    sender: Sender,
+    value: Option<String>,
+) -> Result<Option<Digest>, PayloadError> {
+    non_empty(value)
+        .map(|d| {
+            d.parse::<Digest>()
+                .map_err(|e| PayloadError::invalid(sender, e.to_string()))
+        })
+        .transpose()
+}
+
+/// A repository path as registries accept it; rejects anything that could escape a URL path.
+pub(crate) fn repository_field(
+    sender: Sender,
+    value: Option<String>,
+) -> Result<String, PayloadError> {
+    let repository =
+        non_empty(value).ok_or_else(|| PayloadError::invalid(sender, "missing repository"))?;
+    let probe = format!("registry.invalid/{repository}");
+    probe.parse::<crate::registry::RegistryRef>().map_err(|_| {
+        PayloadError::invalid(
+            sender,
+            format!("`{repository}` is not a valid repository name"),
+        )
+    })?;
+    Ok(repository)
+}
+
+pub(crate) fn tag_field(
+    sender: Sender,
+    value: Option<String>,
+) -> Result<Option<String>, PayloadError> {
+    non_empty(value)
+        .map(|t| {
+            t.parse::<crate::registry::Tag>()
+                .map(|_| t.clone())
+                .map_err(|_| PayloadError::invalid(sender, format!("`{t}` is not a valid tag")))
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    /// Loads a fixture beside the parser: `shared/src/intake/fixtures/NAME`.
+    pub fn load(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/intake/fixtures")
+            .join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
+    }
+}
