@@ -9,7 +9,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(args.verbose);
+    cli::init_tracing(args.verbose, matches!(args.command, cli::Command::Serve(_)));
     match cli::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -1,3 +1,5 @@
+pub mod config;
+pub mod http;
 pub mod intake;
 pub mod queue;
 pub mod registry;

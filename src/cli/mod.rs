@@ -1,6 +1,8 @@
 //! Command-line interface: parsing, and one module per command.
 
+mod config;
 mod copy;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -20,16 +22,23 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     Copy(copy::CopyArgs),
+    Serve(serve::ServeArgs),
+    /// Work with configuration files.
+    Config(config::ConfigArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Copy(args) => copy::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
+        Command::Config(args) => config::run(args),
     }
 }
 
-pub fn init_tracing(verbose: u8) {
+/// Logs go to stderr: warnings only for one-shot commands, info for the server.
+pub fn init_tracing(verbose: u8, server: bool) {
     let default = match verbose {
+        0 if server => "info",
         0 => "warn",
         1 => "info,ferry=info,ferry_core=info",
         _ => "debug,hyper=info,h2=info,rustls=info",

@@ -1,0 +1,440 @@
+//! Ferry's configuration: one TOML file, with secrets named by environment variable (or file),
+//! never written in it. Read once at start; errors name the key and the line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::intake::Sender;
+use crate::registry::RegistryRef;
+use crate::registry::auth::Secret;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    /// The registries Ferry may contact, by host (`127.0.0.1:5001`, `ghcr.io`). No other host is
+    /// ever contacted, whatever a webhook says.
+    #[serde(default)]
+    pub registries: BTreeMap<String, Registry>,
+    /// Webhook senders, by route name (`acr`, `dockerhub`, `github`, `distribution`, `harbor`,
+    /// `quay`, `generic`). A sender without an entry is refused with 401.
+    #[serde(default)]
+    pub sources: BTreeMap<String, Spanned<SourceConfig>>,
+    #[serde(default)]
+    pub pipelines: Vec<Pipeline>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest webhook body accepted; larger ones get 413.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: usize,
+    /// Where the embedded queue keeps its SQLite file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How far a generic sender's timestamp may be from Ferry's clock, in seconds.
+    #[serde(default = "default_clock_skew")]
+    pub max_clock_skew_secs: u64,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: default_listen(),
+            body_limit: default_body_limit(),
+            data_dir: default_data_dir(),
+            max_clock_skew_secs: default_clock_skew(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("valid address")
+}
+fn default_body_limit() -> usize {
+    1 << 20
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".ferry")
+}
+fn default_clock_skew() -> u64 {
+    300
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// Speak plain HTTP to this registry (never the default).
+    #[serde(default)]
+    pub plain_http: bool,
+    /// PEM CA certificate to trust for this registry's TLS.
+    pub ca_cert: Option<PathBuf>,
+    /// Environment variables holding the username and password (or token).
+    pub username_env: Option<String>,
+    pub password_env: Option<String>,
+}
+
+/// Where a secret comes from: an environment variable, or a file (e.g. a mounted secret).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub secret_env: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    /// For header-secret senders: the header that carries it (default `Authorization`). The
+    /// value may be the secret itself or `Bearer <secret>`.
+    pub header: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub name: Spanned<String>,
+    /// The repository promotions start from: `host[:port]/repo`.
+    pub source: Spanned<String>,
+    /// Tag patterns that promote (`*` matches any run of characters); default: every tag.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub stages: Vec<Stage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: Spanned<String>,
+    /// The repository this stage's images are copied to: `host[:port]/repo`.
+    pub target: Spanned<String>,
+    #[serde(default)]
+    pub gate: Gate,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gate {
+    #[default]
+    Auto,
+    Approval,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    At {
+        path: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// A pipeline's source or a stage's target, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoName {
+    pub registry: String,
+    pub repository: String,
+}
+
+impl RepoName {
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let r: RegistryRef = value.parse().map_err(|e| format!("{e}"))?;
+        if r.image.tag.is_some() || r.image.digest.is_some() {
+            return Err(format!(
+                "`{value}` must name a repository without tag or digest"
+            ));
+        }
+        Ok(RepoName {
+            registry: r.registry,
+            repository: r.repository,
+        })
+    }
+}
+
+impl std::fmt::Display for RepoName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.registry, self.repository)
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file (secrets are not resolved here).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let at = |span: std::ops::Range<usize>, message: String| {
+            let (line, column) = line_column(text, span.start);
+            ConfigError::At {
+                path: path.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let config: Config = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => at(span, e.message().to_string()),
+            None => ConfigError::File {
+                path: path.to_string(),
+                message: e.message().to_string(),
+            },
+        })?;
+
+        for (name, source) in &config.sources {
+            if sender_named(name).is_none() {
+                return Err(at(
+                    source.span(),
+                    format!(
+                        "sources.{name}: unknown sender; known: acr, dockerhub, github, distribution, harbor, quay, generic"
+                    ),
+                ));
+            }
+            let s = source.get_ref();
+            if s.secret_env.is_none() == s.secret_file.is_none() {
+                return Err(at(
+                    source.span(),
+                    format!("sources.{name}: set exactly one of `secret_env` or `secret_file`"),
+                ));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, pipeline) in config.pipelines.iter().enumerate() {
+            let key = format!("pipelines[{i}]");
+            if !names.insert(pipeline.name.get_ref().clone()) {
+                return Err(at(
+                    pipeline.name.span(),
+                    format!(
+                        "{key}.name: `{}` is used by two pipelines",
+                        pipeline.name.get_ref()
+                    ),
+                ));
+            }
+            let source = RepoName::parse(pipeline.source.get_ref())
+                .map_err(|e| at(pipeline.source.span(), format!("{key}.source: {e}")))?;
+            config
+                .check_registry(&source, &key, "source")
+                .map_err(|m| at(pipeline.source.span(), m))?;
+            if pipeline.stages.is_empty() {
+                return Err(at(
+                    pipeline.name.span(),
+                    format!("{key}: a pipeline needs at least one stage"),
+                ));
+            }
+            let mut stage_names = std::collections::HashSet::new();
+            for (j, stage) in pipeline.stages.iter().enumerate() {
+                let stage_key = format!("{key}.stages[{j}]");
+                if !stage_names.insert(stage.name.get_ref().clone()) {
+                    return Err(at(
+                        stage.name.span(),
+                        format!("{stage_key}.name: `{}` appears twice", stage.name.get_ref()),
+                    ));
+                }
+                let target = RepoName::parse(stage.target.get_ref())
+                    .map_err(|e| at(stage.target.span(), format!("{stage_key}.target: {e}")))?;
+                config
+                    .check_registry(&target, &stage_key, "target")
+                    .map_err(|m| at(stage.target.span(), m))?;
+            }
+        }
+        Ok(config)
+    }
+
+    fn check_registry(&self, name: &RepoName, key: &str, field: &str) -> Result<(), String> {
+        if self.registries.contains_key(&name.registry) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{key}.{field}: registry `{}` is not configured; add a [registries.\"{}\"] table (Ferry contacts only configured registries)",
+                name.registry, name.registry
+            ))
+        }
+    }
+
+    /// The configured secret of a sender, read from its environment variable or file.
+    pub fn source_secret(
+        &self,
+        sender: Sender,
+    ) -> Result<Option<(Secret, Option<String>)>, String> {
+        let Some(source) = self.sources.get(sender.as_str()) else {
+            return Ok(None);
+        };
+        let source = source.get_ref();
+        let value = if let Some(var) = &source.secret_env {
+            std::env::var(var).map_err(|_| {
+                format!(
+                    "sources.{}: environment variable {var} is not set",
+                    sender.as_str()
+                )
+            })?
+        } else if let Some(file) = &source.secret_file {
+            std::fs::read_to_string(file)
+                .map_err(|e| {
+                    format!(
+                        "sources.{}: cannot read secret_file {}: {e}",
+                        sender.as_str(),
+                        file.display()
+                    )
+                })?
+                .trim()
+                .to_string()
+        } else {
+            unreachable!("validated: one of secret_env or secret_file")
+        };
+        if value.is_empty() {
+            return Err(format!("sources.{}: the secret is empty", sender.as_str()));
+        }
+        Ok(Some((Secret::new(value), source.header.clone())))
+    }
+}
+
+pub fn sender_named(name: &str) -> Option<Sender> {
+    Some(match name {
+        "acr" => Sender::Acr,
+        "dockerhub" => Sender::Dockerhub,
+        "github" => Sender::Github,
+        "distribution" => Sender::Distribution,
+        "harbor" => Sender::Harbor,
+        "quay" => Sender::Quay,
+        "generic" => Sender::Generic,
+        _ => return None,
+    })
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
+}
+
+/// `*` matches any run of characters; everything else literally.
+pub fn tag_matches(pattern: &str, tag: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == tag;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !tag.starts_with(first)
+        || !tag[first.len()..].ends_with(last)
+        || tag.len() < first.len() + last.len()
+    {
+        return false;
+    }
+    let mut rest = &tag[first.len()..tag.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(i) => rest = &rest[i + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+
+[registries."127.0.0.1:5001"]
+plain_http = true
+[registries."127.0.0.1:5002"]
+plain_http = true
+
+[sources.generic]
+secret_env = "FERRY_GENERIC_SECRET"
+
+[[pipelines]]
+name = "shop-api"
+source = "127.0.0.1:5001/shop/api"
+tags = ["v*"]
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/shop/api"
+"#;
+
+    #[test]
+    fn a_good_file_loads() {
+        let config = Config::parse(GOOD, "ferry.toml").unwrap();
+        assert_eq!(config.pipelines[0].stages[0].gate, Gate::Auto);
+        assert_eq!(config.server.body_limit, 1 << 20);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let bad = GOOD.replace(
+            "target = \"127.0.0.1:5002/shop/api\"",
+            "target = \"10.0.0.9:5000/shop/api\"",
+        );
+        let err = Config::parse(&bad, "ferry.toml").unwrap_err().to_string();
+        assert!(err.starts_with("ferry.toml:19:"), "{err}");
+        assert!(
+            err.contains("pipelines[0].stages[0].target") && err.contains("10.0.0.9:5000"),
+            "{err}"
+        );
+
+        let typo = GOOD.replace(
+            "plain_http = true\n[registries",
+            "plain_htp = true\n[registries",
+        );
+        let err = Config::parse(&typo, "ferry.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("ferry.toml:6:") && err.contains("plain_htp"),
+            "{err}"
+        );
+
+        let sender = GOOD.replace("[sources.generic]", "[sources.gitlab]");
+        let err = Config::parse(&sender, "f").unwrap_err().to_string();
+        assert!(err.contains("sources.gitlab: unknown sender"), "{err}");
+    }
+
+    #[test]
+    fn pipelines_need_stages_and_unique_names() {
+        let no_stages = "[registries.\"r.io\"]\n[[pipelines]]\nname = \"p\"\nsource = \"r.io/a\"\nstages = []\n";
+        assert!(
+            Config::parse(no_stages, "f")
+                .unwrap_err()
+                .to_string()
+                .contains("at least one stage")
+        );
+        let tagged = GOOD.replace(
+            "source = \"127.0.0.1:5001/shop/api\"",
+            "source = \"127.0.0.1:5001/shop/api:v1\"",
+        );
+        assert!(
+            Config::parse(&tagged, "f")
+                .unwrap_err()
+                .to_string()
+                .contains("without tag")
+        );
+    }
+
+    #[test]
+    fn tag_patterns() {
+        assert!(tag_matches("*", "anything"));
+        assert!(tag_matches("v*", "v1.2"));
+        assert!(!tag_matches("v*", "1.2"));
+        assert!(tag_matches("release-*-rc*", "release-1.2-rc3"));
+        assert!(!tag_matches("a*a", "a"));
+        assert!(tag_matches("exact", "exact"));
+    }
+}

@@ -1,0 +1,97 @@
+//! The durable job queue between intake and the worker.
+//!
+//! Intake enqueues a promotion job and answers 202 only once [`JobQueue::enqueue`] returned `Ok`:
+//! the job is then committed and fsync'd. The worker receives jobs, and acks or nacks each
+//! delivery. One trait, two implementations chosen by config: [`SqliteQueue`] embedded in
+//! `ferry serve`, SQS on AWS. Both give the same guarantees:
+//!
+//! - **Nothing doubled**: a job whose dedup key matches a job that is still ready or in flight,
+//!   or that was enqueued within the dedup window, is not added again (like SQS FIFO).
+//! - **Nothing lost**: a delivery that is neither acked nor nacked becomes visible again when its
+//!   visibility timeout expires; a job that keeps failing moves to the dead letters with its last
+//!   error, and can be redriven.
+
+pub mod sqlite;
+
+pub use sqlite::{QueueStats, SqliteQueue, SqliteQueueOptions};
+
+use std::time::Duration;
+
+/// A job to enqueue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NewJob {
+    /// Jobs with the same key within the dedup window (or while one is still pending) are one job.
+    pub dedup_key: String,
+    pub payload: serde_json::Value,
+}
+
+/// The outcome of enqueueing one [`NewJob`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Enqueued {
+    pub id: String,
+    /// `true`: the job was not added; `id` is the existing job with the same dedup key.
+    pub duplicate: bool,
+}
+
+/// One delivery of a job to a worker. Settle it with [`JobQueue::ack`] or [`JobQueue::nack`].
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    /// Names this delivery; it goes stale once the job is delivered again.
+    pub receipt: String,
+    pub payload: serde_json::Value,
+    /// 1 on the first delivery.
+    pub receive_count: u32,
+}
+
+/// A job that failed too often, kept with its last error until it is redriven.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub payload: serde_json::Value,
+    pub receive_count: u32,
+    pub last_error: String,
+    pub failed_at_unix_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// The queue cannot take or hand out jobs right now (storage unwritable, writer stopped,
+    /// cloud API unreachable). Intake answers 503 so that the sender retries.
+    #[error("job queue unavailable: {0}")]
+    Unavailable(String),
+    /// The receipt names no current delivery: the job's visibility timeout expired and it was
+    /// delivered again (that newer delivery is untouched), or it was nacked or dead-lettered.
+    #[error(
+        "receipt {0} is stale: the delivery it names was redelivered, nacked or dead-lettered; \
+         the job now belongs to its newest delivery"
+    )]
+    StaleReceipt(String),
+    /// The request itself is wrong, e.g. an empty dedup key; retrying it will not help.
+    #[error("invalid queue request: {0}")]
+    Invalid(String),
+}
+
+pub type QueueFuture<'a, T> = futures_util::future::BoxFuture<'a, Result<T, QueueError>>;
+
+/// Object-safe so `Arc<dyn JobQueue>` can hold SQLite locally and SQS on AWS.
+pub trait JobQueue: Send + Sync + 'static {
+    /// Durable when Ok: returns only after the jobs are committed and fsync'd. Same order as input.
+    /// A job whose dedup_key matches a job that is ready/in flight, or was enqueued within the
+    /// dedup window (default 5 minutes, like SQS FIFO), is not added: that job's id is returned
+    /// with duplicate=true. Duplicate keys within one batch also collapse to one job.
+    fn enqueue(&self, jobs: Vec<NewJob>) -> QueueFuture<'_, Vec<Enqueued>>;
+    /// Up to `max` ready jobs, made invisible for `visibility`; receive_count incremented.
+    fn receive(&self, max: usize, visibility: Duration) -> QueueFuture<'_, Vec<Delivery>>;
+    /// Done: remove (or mark done) the job. A stale receipt (visibility expired and redelivered)
+    /// is an error or no-op, never deletes the newer delivery.
+    fn ack(&self, receipt: &str) -> QueueFuture<'_, ()>;
+    /// Failed: record `error`, make visible again after `retry_after`; when
+    /// receive_count >= max_receives, move to dead letters instead.
+    fn nack(&self, receipt: &str, error: &str, retry_after: Duration) -> QueueFuture<'_, ()>;
+    fn dead_letters(&self) -> QueueFuture<'_, Vec<DeadLetter>>;
+    /// Moves a dead letter back to ready with receive_count reset; returns whether it existed.
+    fn redrive(&self, id: &str) -> QueueFuture<'_, bool>;
+    /// Cheap readiness probe for /healthz.
+    fn check(&self) -> QueueFuture<'_, ()>;
+}

@@ -1,0 +1,1383 @@
+//! The embedded queue of `ferry serve`: one SQLite file, one writer thread, group commit.
+//!
+//! Every call is sent to a dedicated writer thread that owns the [`Connection`]. The thread
+//! blocks for the first request, takes everything else already waiting (up to [`MAX_BATCH`]),
+//! runs all of it in ONE transaction, each request under its own savepoint, and commits once:
+//! one fsync (`synchronous=FULL`, WAL) for the whole batch. Only then are the callers answered,
+//! so an `Ok` from [`JobQueue::enqueue`] means the jobs are on disk. Batches grow with
+//! concurrency on their own; nothing sleeps waiting for more work.
+//!
+//! A job row is `ready` (waiting, or in flight when `available_at` is in the future and it holds
+//! a receipt), `done` (acked, kept without its payload for the dedup window, then pruned) or
+//! `dead`. Times are wall-clock unix milliseconds.
+
+use std::cell::Cell;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{DeadLetter, Delivery, Enqueued, JobQueue, NewJob, QueueError, QueueFuture};
+
+/// Requests answered by one commit at most.
+const MAX_BATCH: usize = 512;
+/// Requests waiting for the writer before callers wait to send (backpressure).
+const CHANNEL_CAPACITY: usize = 4 * MAX_BATCH;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Acked jobs whose dedup window has passed are deleted at most this often.
+const PRUNE_EVERY_MS: i64 = 1_000;
+/// `last_error` is cut to this many bytes.
+const MAX_ERROR_BYTES: usize = 8 * 1024;
+
+/// `PRAGMA application_id`: "FRYQ". Tells a queue file from any other SQLite file.
+const APPLICATION_ID: i64 = 0x4652_5951;
+/// `PRAGMA user_version` of the schema below.
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = "
+CREATE TABLE jobs (
+    seq           INTEGER PRIMARY KEY,
+    id            TEXT    NOT NULL UNIQUE,
+    dedup_key     TEXT    NOT NULL,
+    payload       TEXT    NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('ready', 'done', 'dead')),
+    enqueued_at   INTEGER NOT NULL,
+    available_at  INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt       TEXT,
+    last_error    TEXT,
+    failed_at     INTEGER
+);
+CREATE INDEX jobs_dedup ON jobs (dedup_key);
+CREATE INDEX jobs_ready ON jobs (available_at) WHERE state = 'ready';
+CREATE INDEX jobs_done ON jobs (enqueued_at) WHERE state = 'done';
+CREATE INDEX jobs_dead ON jobs (failed_at) WHERE state = 'dead';
+CREATE UNIQUE INDEX jobs_receipt ON jobs (receipt) WHERE receipt IS NOT NULL;
+CREATE TABLE probe (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    at_unix_ms INTEGER NOT NULL
+);
+";
+
+/// Settings of a [`SqliteQueue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteQueueOptions {
+    /// A nack of a delivery with this receive count dead-letters the job; so does a delivery
+    /// whose visibility expires at this count (a worker that keeps crashing on it).
+    pub max_receives: u32,
+    /// How long after enqueueing a job its dedup key still refers to it once it is done.
+    pub dedup_window: Duration,
+}
+
+impl Default for SqliteQueueOptions {
+    fn default() -> Self {
+        Self {
+            max_receives: 5,
+            dedup_window: Duration::from_secs(5 * 60),
+        }
+    }
+}
+
+/// Counters of the writer thread, for tests, benchmarks and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Calls executed by the writer.
+    pub requests: u64,
+    /// Transactions committed; each is one fsync, shared by all requests of its batch.
+    pub commits: u64,
+}
+
+/// The embedded, durable [`JobQueue`]. Open it once and share it (`Arc<dyn JobQueue>`);
+/// dropping it lets the writer finish the requests already sent, then closes the file.
+pub struct SqliteQueue {
+    path: PathBuf,
+    sender: Option<mpsc::Sender<Box<dyn Op>>>,
+    writer: Option<JoinHandle<()>>,
+    counters: Arc<Counters>,
+    /// Shared with the writer, so that tests can move time forward.
+    #[cfg(test)]
+    clock: Clock,
+}
+
+impl fmt::Debug for SqliteQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteQueue")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteQueue {
+    /// Opens (creating if needed) the queue file at `path` and starts its writer thread.
+    /// Fails with [`QueueError::Unavailable`] when the file cannot be opened for writing, does
+    /// not hold a Ferry queue, or has a schema newer than this build knows.
+    pub fn open(path: &Path, options: SqliteQueueOptions) -> Result<Self, QueueError> {
+        if options.max_receives == 0 {
+            return Err(QueueError::Invalid(
+                "max_receives must be at least 1".to_owned(),
+            ));
+        }
+        let conn = open_connection(path)?;
+        let counters = Arc::new(Counters::default());
+        let clock = Clock::default();
+        let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
+        let writer = Writer {
+            conn,
+            receiver,
+            options,
+            path: path.to_owned(),
+            clock: clock.clone(),
+            counters: Arc::clone(&counters),
+            next_prune_at: Cell::new(i64::MIN),
+        };
+        let writer = std::thread::Builder::new()
+            .name("ferry-queue-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(|e| {
+                QueueError::Unavailable(format!(
+                    "cannot start the writer thread of job queue {}: {e}",
+                    path.display()
+                ))
+            })?;
+        tracing::debug!(path = %path.display(), "job queue opened");
+        Ok(Self {
+            path: path.to_owned(),
+            sender: Some(sender),
+            writer: Some(writer),
+            counters,
+            #[cfg(test)]
+            clock,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn stats(&self) -> QueueStats {
+        QueueStats {
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            commits: self.counters.commits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `work` on the writer thread inside the next batch's transaction and answers once
+    /// that transaction committed. An error from `work` rolls back only its own changes.
+    fn call<T, F>(&self, what: &'static str, work: F) -> QueueFuture<'_, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &Batch<'_>) -> Result<T, Failure> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let op: Box<dyn Op> = Box::new(Call {
+            what,
+            work: Some(work),
+            result: None,
+            reply,
+        });
+        Box::pin(async move {
+            let sender = self.sender.as_ref().ok_or_else(|| self.stopped())?;
+            sender.send(op).await.map_err(|_| self.stopped())?;
+            answer.await.map_err(|_| self.stopped())?
+        })
+    }
+
+    fn stopped(&self) -> QueueError {
+        QueueError::Unavailable(format!(
+            "the writer thread of job queue {} has stopped (its error was logged); restart ferry",
+            self.path.display()
+        ))
+    }
+}
+
+impl Drop for SqliteQueue {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once it has answered everything already sent.
+        drop(self.sender.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!(path = %self.path.display(), "job queue writer thread panicked");
+        }
+    }
+}
+
+impl JobQueue for SqliteQueue {
+    fn enqueue(&self, jobs: Vec<NewJob>) -> QueueFuture<'_, Vec<Enqueued>> {
+        if let Some(index) = jobs.iter().position(|job| job.dedup_key.is_empty()) {
+            return Box::pin(std::future::ready(Err(QueueError::Invalid(format!(
+                "job {index} of the batch has an empty dedup_key; every job needs one"
+            )))));
+        }
+        if jobs.is_empty() {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
+        // Serialize here, on the caller's thread: the writer thread is the bottleneck.
+        let rows: Vec<(String, String)> = jobs
+            .into_iter()
+            .map(|job| (job.dedup_key, job.payload.to_string()))
+            .collect();
+        self.call("enqueue", move |conn, batch| enqueue(conn, batch, rows))
+    }
+
+    fn receive(&self, max: usize, visibility: Duration) -> QueueFuture<'_, Vec<Delivery>> {
+        if max == 0 {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
+        self.call("receive", move |conn, batch| {
+            receive(conn, batch, max, visibility)
+        })
+    }
+
+    fn ack(&self, receipt: &str) -> QueueFuture<'_, ()> {
+        let receipt = receipt.to_owned();
+        self.call("ack", move |conn, _| ack(conn, receipt))
+    }
+
+    fn nack(&self, receipt: &str, error: &str, retry_after: Duration) -> QueueFuture<'_, ()> {
+        let receipt = receipt.to_owned();
+        let error = truncate(error, MAX_ERROR_BYTES);
+        self.call("nack", move |conn, batch| {
+            nack(conn, batch, receipt, error, retry_after)
+        })
+    }
+
+    fn dead_letters(&self) -> QueueFuture<'_, Vec<DeadLetter>> {
+        self.call("list dead letters", |conn, _| dead_letters(conn))
+    }
+
+    fn redrive(&self, id: &str) -> QueueFuture<'_, bool> {
+        let id = id.to_owned();
+        self.call("redrive", move |conn, batch| {
+            let moved = conn
+                .prepare_cached(
+                    "UPDATE jobs SET state = 'ready', receive_count = 0, available_at = ?2,
+                            receipt = NULL, failed_at = NULL
+                     WHERE id = ?1 AND state = 'dead'",
+                )?
+                .execute(params![id, batch.now_ms])?;
+            Ok(moved == 1)
+        })
+    }
+
+    /// Round trip through the writer with a real write, so it fails when enqueue would: writer
+    /// stopped, file unwritable, disk full.
+    fn check(&self) -> QueueFuture<'_, ()> {
+        self.call("check", |conn, batch| {
+            conn.prepare_cached(
+                "INSERT INTO probe (id, at_unix_ms) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at_unix_ms = excluded.at_unix_ms",
+            )?
+            .execute([batch.now_ms])?;
+            Ok(())
+        })
+    }
+}
+
+fn enqueue(
+    conn: &Connection,
+    batch: &Batch<'_>,
+    rows: Vec<(String, String)>,
+) -> Result<Vec<Enqueued>, Failure> {
+    // Earlier requests of the same batch are visible here: same connection, same transaction.
+    let mut existing = conn.prepare_cached(
+        "SELECT id FROM jobs
+         WHERE dedup_key = ?1 AND (state = 'ready' OR enqueued_at > ?2)
+         ORDER BY seq DESC LIMIT 1",
+    )?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO jobs (id, dedup_key, payload, state, enqueued_at, available_at)
+         VALUES (?1, ?2, ?3, 'ready', ?4, ?4)",
+    )?;
+    let window_start = batch
+        .now_ms
+        .saturating_sub(millis(batch.options.dedup_window));
+    let mut enqueued = Vec::with_capacity(rows.len());
+    for (dedup_key, payload) in rows {
+        let found: Option<String> = existing
+            .query_row(params![dedup_key, window_start], |row| row.get(0))
+            .optional()?;
+        if let Some(id) = found {
+            enqueued.push(Enqueued {
+                id,
+                duplicate: true,
+            });
+            continue;
+        }
+        let id = Uuid::new_v4().to_string();
+        insert.execute(params![id, dedup_key, payload, batch.now_ms])?;
+        enqueued.push(Enqueued {
+            id,
+            duplicate: false,
+        });
+    }
+    Ok(enqueued)
+}
+
+fn receive(
+    conn: &Connection,
+    batch: &Batch<'_>,
+    max: usize,
+    visibility: Duration,
+) -> Result<Vec<Delivery>, Failure> {
+    struct Candidate {
+        seq: i64,
+        id: String,
+        payload: String,
+        receive_count: u32,
+        last_error: Option<String>,
+    }
+    let mut pick = conn.prepare_cached(
+        "SELECT seq, id, payload, receive_count, last_error FROM jobs
+         WHERE state = 'ready' AND available_at <= ?1
+         ORDER BY available_at, seq LIMIT ?2",
+    )?;
+    let mut deliver = conn.prepare_cached(
+        "UPDATE jobs SET receipt = ?2, receive_count = receive_count + 1, available_at = ?3
+         WHERE seq = ?1",
+    )?;
+    let mut bury = conn.prepare_cached(
+        "UPDATE jobs SET state = 'dead', receipt = NULL, last_error = ?2, failed_at = ?3
+         WHERE seq = ?1",
+    )?;
+    let invisible_until = batch.now_ms.saturating_add(millis(visibility));
+    let max_receives = batch.options.max_receives;
+    let mut deliveries = Vec::with_capacity(max.min(64));
+    while deliveries.len() < max {
+        let want = i64::try_from(max - deliveries.len()).unwrap_or(i64::MAX);
+        let candidates = pick
+            .query_map(params![batch.now_ms, want], |row| {
+                Ok(Candidate {
+                    seq: row.get(0)?,
+                    id: row.get(1)?,
+                    payload: row.get(2)?,
+                    receive_count: row.get(3)?,
+                    last_error: row.get(4)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut buried = false;
+        for job in candidates {
+            if job.receive_count >= max_receives {
+                // Delivered max_receives times and never settled: the worker keeps dying on it.
+                let mut error = format!(
+                    "delivered {} times without an ack or nack (each time the visibility \
+                     timeout expired: the worker crashed or took too long)",
+                    job.receive_count
+                );
+                if let Some(earlier) = job.last_error {
+                    error.push_str("; earlier error: ");
+                    error.push_str(&earlier);
+                }
+                bury.execute(params![
+                    job.seq,
+                    truncate(&error, MAX_ERROR_BYTES),
+                    batch.now_ms
+                ])?;
+                buried = true;
+                continue;
+            }
+            let payload = serde_json::from_str(&job.payload).map_err(|e| {
+                QueueError::Unavailable(format!("job {} has a corrupt payload: {e}", job.id))
+            })?;
+            let receipt = Uuid::new_v4().to_string();
+            deliver.execute(params![job.seq, receipt, invisible_until])?;
+            deliveries.push(Delivery {
+                id: job.id,
+                receipt,
+                payload,
+                receive_count: job.receive_count.saturating_add(1),
+            });
+        }
+        if !buried {
+            break;
+        }
+    }
+    Ok(deliveries)
+}
+
+fn ack(conn: &Connection, receipt: String) -> Result<(), Failure> {
+    // The payload is no longer needed: the row stays only to catch duplicates.
+    let settled = conn
+        .prepare_cached(
+            "UPDATE jobs SET state = 'done', payload = 'null'
+             WHERE receipt = ?1 AND state = 'ready'",
+        )?
+        .execute([&receipt])?;
+    if settled == 1 {
+        return Ok(());
+    }
+    let already_done = conn
+        .prepare_cached("SELECT 1 FROM jobs WHERE receipt = ?1 AND state = 'done'")?
+        .exists([&receipt])?;
+    if already_done {
+        Ok(())
+    } else {
+        Err(QueueError::StaleReceipt(receipt).into())
+    }
+}
+
+fn nack(
+    conn: &Connection,
+    batch: &Batch<'_>,
+    receipt: String,
+    error: String,
+    retry_after: Duration,
+) -> Result<(), Failure> {
+    let delivered: Option<(i64, u32)> = conn
+        .prepare_cached(
+            "SELECT seq, receive_count FROM jobs WHERE receipt = ?1 AND state = 'ready'",
+        )?
+        .query_row([&receipt], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let Some((seq, receive_count)) = delivered else {
+        return Err(QueueError::StaleReceipt(receipt).into());
+    };
+    if receive_count >= batch.options.max_receives {
+        conn.prepare_cached(
+            "UPDATE jobs SET state = 'dead', receipt = NULL, last_error = ?2, failed_at = ?3
+             WHERE seq = ?1",
+        )?
+        .execute(params![seq, error, batch.now_ms])?;
+    } else {
+        conn.prepare_cached(
+            "UPDATE jobs SET receipt = NULL, last_error = ?2, available_at = ?3 WHERE seq = ?1",
+        )?
+        .execute(params![
+            seq,
+            error,
+            batch.now_ms.saturating_add(millis(retry_after))
+        ])?;
+    }
+    Ok(())
+}
+
+fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, Failure> {
+    let mut select = conn.prepare_cached(
+        "SELECT id, payload, receive_count, coalesce(last_error, ''), failed_at FROM jobs
+         WHERE state = 'dead' ORDER BY failed_at, seq",
+    )?;
+    let rows = select
+        .query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get(2)?,
+                row.get(3)?,
+                row.get(4)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(
+            |(id, payload, receive_count, last_error, failed_at_unix_ms)| {
+                let payload = serde_json::from_str(&payload).map_err(|e| {
+                    QueueError::Unavailable(format!("job {id} has a corrupt payload: {e}"))
+                })?;
+                Ok(DeadLetter {
+                    id,
+                    payload,
+                    receive_count,
+                    last_error,
+                    failed_at_unix_ms,
+                })
+            },
+        )
+        .collect()
+}
+
+/// Opens the file, sets the durability pragmas and creates or checks the schema.
+fn open_connection(path: &Path) -> Result<Connection, QueueError> {
+    let fail = |doing: &str, e: rusqlite::Error| {
+        QueueError::Unavailable(format!(
+            "cannot open job queue database {}: {doing} failed: {e}{}",
+            path.display(),
+            hint(&e)
+        ))
+    };
+    let conn = Connection::open(path).map_err(|e| fail("open", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| fail("setting busy_timeout", e))?;
+    let journal_mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(|e| fail("switching to WAL", e))?;
+    if !journal_mode.eq_ignore_ascii_case("wal") {
+        return Err(QueueError::Unavailable(format!(
+            "cannot open job queue database {}: its filesystem does not support WAL mode \
+             (journal_mode stayed {journal_mode}); put the queue file on a local disk",
+            path.display()
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(|e| fail("setting synchronous=FULL", e))?;
+    migrate(&conn, path)?;
+    // SQLite fsyncs the WAL on commit, but not the directory entry of a new database file.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| {
+            QueueError::Unavailable(format!(
+                "cannot sync directory {} of job queue database {}: {e}",
+                dir.display(),
+                path.display()
+            ))
+        })?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// Creates the schema in a new file, or checks that an existing file holds a queue this build
+/// understands. Runs under a write lock, so two processes opening a new file cannot both create.
+fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
+    let fail = |doing: &str, e: rusqlite::Error| {
+        QueueError::Unavailable(format!(
+            "cannot open job queue database {}: {doing} failed: {e}{}",
+            path.display(),
+            hint(&e)
+        ))
+    };
+    let not_ours = |detail: String| {
+        QueueError::Unavailable(format!(
+            "{} is not a Ferry job queue database ({detail}); the queue needs a file of its own",
+            path.display()
+        ))
+    };
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| fail("locking for the schema check", e))?;
+    let checked = (|| {
+        let application_id: i64 = conn
+            .pragma_query_value(None, "application_id", |row| row.get(0))
+            .map_err(|e| fail("reading application_id", e))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|e| fail("reading user_version", e))?;
+        match (application_id, version) {
+            (0, 0) => {
+                let objects: i64 = conn
+                    .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
+                    .map_err(|e| fail("reading the schema", e))?;
+                if objects > 0 {
+                    return Err(not_ours(format!(
+                        "it already holds {objects} tables/indexes"
+                    )));
+                }
+                conn.execute_batch(&format!(
+                    "{SCHEMA}
+                     PRAGMA application_id = {APPLICATION_ID};
+                     PRAGMA user_version = {SCHEMA_VERSION};"
+                ))
+                .map_err(|e| fail("creating the schema", e))
+            }
+            (APPLICATION_ID, SCHEMA_VERSION) => Ok(()),
+            (APPLICATION_ID, version) if version > SCHEMA_VERSION => {
+                Err(QueueError::Unavailable(format!(
+                    "job queue database {} has schema version {version}, newer than this ferry \
+                     understands ({SCHEMA_VERSION}); run a newer ferry",
+                    path.display()
+                )))
+            }
+            (APPLICATION_ID, version) => Err(QueueError::Unavailable(format!(
+                "job queue database {} has unknown schema version {version}",
+                path.display()
+            ))),
+            (application_id, version) => Err(not_ours(format!(
+                "application_id {application_id:#x}, user_version {version}"
+            ))),
+        }
+    })();
+    let end = if checked.is_ok() {
+        "COMMIT"
+    } else {
+        "ROLLBACK"
+    };
+    conn.execute_batch(end)
+        .map_err(|e| fail("committing the schema", e))?;
+    checked
+}
+
+/// What a user can do about an SQLite error, appended to its message.
+fn hint(error: &rusqlite::Error) -> &'static str {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
+            "; check that the directory exists and that it and the file are writable by the \
+             user running ferry"
+        }
+        Some(ErrorCode::DiskFull) => "; the disk is full: free some space",
+        Some(ErrorCode::SystemIoFailure) => "; the disk reported an I/O error",
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            "; another process holds the queue file locked: only one ferry may use it"
+        }
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
+            "; the file is damaged or not a queue database: move it aside"
+        }
+        _ => "",
+    }
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn truncate(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_owned();
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[derive(Default)]
+struct Counters {
+    requests: AtomicU64,
+    commits: AtomicU64,
+}
+
+/// Wall-clock unix milliseconds, plus an offset that only tests move.
+#[derive(Clone, Default)]
+struct Clock {
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock {
+    fn now_ms(&self) -> i64 {
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        millis(since_epoch).saturating_add(self.offset_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// What every request of one batch shares.
+struct Batch<'a> {
+    /// Read once per batch: all requests of a batch happen at the same instant.
+    now_ms: i64,
+    options: &'a SqliteQueueOptions,
+}
+
+/// An error inside a request: the caller's own, or SQLite's (reported as unavailable).
+enum Failure {
+    Queue(QueueError),
+    Sql(rusqlite::Error),
+}
+
+impl From<QueueError> for Failure {
+    fn from(error: QueueError) -> Self {
+        Self::Queue(error)
+    }
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::Sql(error)
+    }
+}
+
+/// A request waiting in the writer's channel, its result type erased.
+trait Op: Send {
+    /// Runs inside the batch transaction; false means it failed and its changes must go.
+    fn run(&mut self, conn: &Connection, batch: &Batch<'_>, path: &Path) -> bool;
+    /// Answers the caller once the batch is settled: `commit` is the transaction's outcome.
+    fn finish(self: Box<Self>, commit: Result<(), &QueueError>);
+}
+
+struct Call<T, F> {
+    what: &'static str,
+    work: Option<F>,
+    result: Option<Result<T, QueueError>>,
+    reply: oneshot::Sender<Result<T, QueueError>>,
+}
+
+impl<T, F> Op for Call<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection, &Batch<'_>) -> Result<T, Failure> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection, batch: &Batch<'_>, path: &Path) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = work(conn, batch).map_err(|failure| match failure {
+            Failure::Queue(error) => error,
+            Failure::Sql(e) => QueueError::Unavailable(format!(
+                "{} failed in job queue database {}: {e}{}",
+                self.what,
+                path.display(),
+                hint(&e)
+            )),
+        });
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &QueueError>) {
+        let answer = match (self.result, commit) {
+            // Its own error stands whatever happened to the others.
+            (Some(Err(error)), _) => Err(error),
+            (Some(Ok(value)), Ok(())) => Ok(value),
+            (_, Err(error)) => Err(error.clone()),
+            (None, Ok(())) => Err(QueueError::Unavailable(format!(
+                "{} was not executed by the job queue writer",
+                self.what
+            ))),
+        };
+        // The caller may have gone away (client disconnected): its work is committed anyway.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// The thread that owns the connection.
+struct Writer {
+    conn: Connection,
+    receiver: mpsc::Receiver<Box<dyn Op>>,
+    options: SqliteQueueOptions,
+    path: PathBuf,
+    clock: Clock,
+    counters: Arc<Counters>,
+    next_prune_at: Cell<i64>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut ops = Vec::with_capacity(MAX_BATCH);
+        // Blocks for the first request, then takes whatever else is already waiting.
+        while self.receiver.blocking_recv_many(&mut ops, MAX_BATCH) > 0 {
+            self.execute(&mut ops);
+        }
+        tracing::debug!(path = %self.path.display(), "job queue writer stopped");
+    }
+
+    fn execute(&mut self, ops: &mut Vec<Box<dyn Op>>) {
+        let batch = Batch {
+            now_ms: self.clock.now_ms(),
+            options: &self.options,
+        };
+        let outcome = self.transaction(ops, &batch);
+        self.counters
+            .requests
+            .fetch_add(ops.len() as u64, Ordering::Relaxed);
+        for op in ops.drain(..) {
+            op.finish(outcome.as_ref().map(|_| ()));
+        }
+    }
+
+    /// One transaction, one savepoint per request, one commit.
+    fn transaction(&self, ops: &mut [Box<dyn Op>], batch: &Batch<'_>) -> Result<(), QueueError> {
+        let conn = &self.conn;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.storage_error("beginning a transaction", e))?;
+        let result = (|| {
+            self.prune(batch);
+            for op in ops.iter_mut() {
+                conn.prepare_cached("SAVEPOINT request")?.execute([])?;
+                if op.run(conn, batch, &self.path) {
+                    conn.prepare_cached("RELEASE request")?.execute([])?;
+                } else {
+                    conn.prepare_cached("ROLLBACK TO request")?.execute([])?;
+                    conn.prepare_cached("RELEASE request")?.execute([])?;
+                }
+            }
+            conn.execute_batch("COMMIT")
+        })();
+        match result {
+            Ok(()) => {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
+                Err(self.storage_error("committing", e))
+            }
+        }
+    }
+
+    /// Deletes acked jobs whose dedup window has passed. Part of the batch's transaction, so it
+    /// costs no fsync of its own.
+    fn prune(&self, batch: &Batch<'_>) {
+        if batch.now_ms < self.next_prune_at.get() {
+            return;
+        }
+        self.next_prune_at
+            .set(batch.now_ms.saturating_add(PRUNE_EVERY_MS));
+        let cutoff = batch
+            .now_ms
+            .saturating_sub(millis(self.options.dedup_window));
+        let pruned = self
+            .conn
+            .prepare_cached("DELETE FROM jobs WHERE state = 'done' AND enqueued_at <= ?1")
+            .and_then(|mut delete| delete.execute([cutoff]));
+        if let Err(e) = pruned {
+            // Harmless: the rows only take space; the next prune retries.
+            tracing::warn!(path = %self.path.display(), error = %e, "pruning done jobs failed");
+        }
+    }
+
+    fn storage_error(&self, doing: &str, e: rusqlite::Error) -> QueueError {
+        QueueError::Unavailable(format!(
+            "job queue database {}: {doing} failed: {e}{}",
+            self.path.display(),
+            hint(&e)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use futures_util::future::join_all;
+    use serde_json::json;
+
+    use super::*;
+
+    const VISIBILITY: Duration = Duration::from_secs(30);
+
+    fn open(dir: &tempfile::TempDir) -> SqliteQueue {
+        open_with(dir, SqliteQueueOptions::default())
+    }
+
+    fn open_with(dir: &tempfile::TempDir, options: SqliteQueueOptions) -> SqliteQueue {
+        SqliteQueue::open(&dir.path().join("queue.db"), options).expect("queue opens")
+    }
+
+    fn job(dedup_key: &str) -> NewJob {
+        NewJob {
+            dedup_key: dedup_key.to_owned(),
+            payload: json!({ "key": dedup_key }),
+        }
+    }
+
+    /// Moves the queue's clock forward instead of sleeping through timeouts and windows.
+    fn advance(queue: &SqliteQueue, by: Duration) {
+        queue
+            .clock
+            .offset_ms
+            .fetch_add(millis(by), Ordering::Relaxed);
+    }
+
+    async fn enqueue_one(queue: &SqliteQueue, dedup_key: &str) -> Enqueued {
+        let mut enqueued = queue.enqueue(vec![job(dedup_key)]).await.expect("enqueue");
+        assert_eq!(enqueued.len(), 1);
+        enqueued.remove(0)
+    }
+
+    async fn receive_one(queue: &SqliteQueue) -> Delivery {
+        let mut deliveries = queue.receive(10, VISIBILITY).await.expect("receive");
+        assert_eq!(deliveries.len(), 1, "expected exactly one delivery");
+        deliveries.remove(0)
+    }
+
+    #[tokio::test]
+    async fn enqueued_jobs_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = {
+            let queue = open(&dir);
+            let enqueued = queue
+                .enqueue(vec![job("a"), job("b"), job("c")])
+                .await
+                .unwrap();
+            assert!(enqueued.iter().all(|e| !e.duplicate));
+            enqueued.into_iter().map(|e| e.id).collect()
+        };
+
+        let queue = open(&dir);
+        let deliveries = queue.receive(10, VISIBILITY).await.unwrap();
+
+        let received: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(received, ids, "all jobs, in enqueue order");
+        assert_eq!(deliveries[1].payload, json!({ "key": "b" }));
+        assert!(deliveries.iter().all(|d| d.receive_count == 1));
+    }
+
+    #[tokio::test]
+    async fn duplicate_keys_yield_one_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(open(&dir));
+
+        let batch = queue
+            .enqueue(vec![job("a"), job("b"), job("a")])
+            .await
+            .unwrap();
+        assert!(!batch[0].duplicate && !batch[1].duplicate);
+        assert_eq!(
+            batch[2],
+            Enqueued {
+                id: batch[0].id.clone(),
+                duplicate: true
+            }
+        );
+        let again = enqueue_one(&queue, "b").await;
+        assert_eq!(again.id, batch[1].id);
+        assert!(again.duplicate);
+
+        let concurrent = join_all((0..50).map(|_| {
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move { enqueue_one(&queue, "c").await })
+        }))
+        .await;
+        let concurrent: Vec<Enqueued> = concurrent.into_iter().map(Result::unwrap).collect();
+        let ids: HashSet<&str> = concurrent.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(ids.len(), 1, "all 50 callers get the same job id");
+        assert_eq!(concurrent.iter().filter(|e| !e.duplicate).count(), 1);
+
+        let deliveries = queue.receive(100, VISIBILITY).await.unwrap();
+        let keys: Vec<&serde_json::Value> = deliveries.iter().map(|d| &d.payload["key"]).collect();
+        assert_eq!(keys, [&json!("a"), &json!("b"), &json!("c")]);
+    }
+
+    #[tokio::test]
+    async fn dedup_window_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        let first = enqueue_one(&queue, "k").await;
+        let delivery = receive_one(&queue).await;
+        queue.ack(&delivery.receipt).await.unwrap();
+
+        let within = enqueue_one(&queue, "k").await;
+        assert_eq!(within.id, first.id, "done, but still within the window");
+        assert!(within.duplicate);
+
+        advance(&queue, SqliteQueueOptions::default().dedup_window);
+        let after = enqueue_one(&queue, "k").await;
+        assert!(!after.duplicate);
+        assert_ne!(after.id, first.id);
+        assert_eq!(receive_one(&queue).await.id, after.id);
+    }
+
+    #[tokio::test]
+    async fn pending_job_keeps_its_key_past_the_dedup_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        let first = enqueue_one(&queue, "k").await;
+
+        advance(&queue, Duration::from_secs(3600));
+        let ready = enqueue_one(&queue, "k").await;
+        assert_eq!(
+            (ready.id.as_str(), ready.duplicate),
+            (first.id.as_str(), true)
+        );
+
+        receive_one(&queue).await;
+        let in_flight = enqueue_one(&queue, "k").await;
+        assert_eq!(
+            (in_flight.id.as_str(), in_flight.duplicate),
+            (first.id.as_str(), true)
+        );
+    }
+
+    #[tokio::test]
+    async fn done_jobs_are_pruned_after_the_dedup_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        enqueue_one(&queue, "k").await;
+        queue.ack(&receive_one(&queue).await.receipt).await.unwrap();
+
+        advance(&queue, Duration::from_secs(301));
+        queue.check().await.unwrap(); // any batch prunes, at most once a second
+
+        let rows: i64 = queue
+            .call("count", |conn, _| {
+                Ok(conn.query_row("SELECT count(*) FROM jobs", [], |row| row.get(0))?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
+    }
+
+    #[tokio::test]
+    async fn received_job_is_invisible_until_visibility_expires_then_redelivered() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        let enqueued = enqueue_one(&queue, "k").await;
+
+        let first = receive_one(&queue).await;
+        assert_eq!(
+            (first.id.as_str(), first.receive_count),
+            (enqueued.id.as_str(), 1)
+        );
+        assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
+        advance(&queue, VISIBILITY - Duration::from_secs(1));
+        assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
+
+        advance(&queue, Duration::from_secs(1));
+        let second = receive_one(&queue).await;
+        assert_eq!(second.id, enqueued.id);
+        assert_eq!(second.receive_count, 2);
+        assert_ne!(second.receipt, first.receipt);
+    }
+
+    #[tokio::test]
+    async fn receive_takes_at_most_max_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        let keys = ["j0", "j1", "j2", "j3", "j4"];
+        let enqueued = queue
+            .enqueue(keys.iter().map(|key| job(key)).collect())
+            .await
+            .unwrap();
+
+        let first = queue.receive(2, VISIBILITY).await.unwrap();
+        let rest = queue.receive(10, VISIBILITY).await.unwrap();
+
+        let ids = |deliveries: &[Delivery]| -> Vec<String> {
+            deliveries.iter().map(|d| d.id.clone()).collect()
+        };
+        let expected: Vec<String> = enqueued.into_iter().map(|e| e.id).collect();
+        assert_eq!(ids(&first), expected[..2]);
+        assert_eq!(ids(&rest), expected[2..]);
+        assert!(queue.receive(0, VISIBILITY).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn ack_with_stale_receipt_does_not_delete_redelivered_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        enqueue_one(&queue, "k").await;
+        let stale = receive_one(&queue).await;
+        advance(&queue, VISIBILITY);
+        let current = receive_one(&queue).await;
+
+        let error = queue.ack(&stale.receipt).await.unwrap_err();
+        assert_eq!(error, QueueError::StaleReceipt(stale.receipt.clone()));
+        let error = queue
+            .nack(&stale.receipt, "late", Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, QueueError::StaleReceipt(_)));
+
+        advance(&queue, VISIBILITY);
+        let third = receive_one(&queue).await;
+        assert_eq!(
+            (third.id.as_str(), third.receive_count),
+            (current.id.as_str(), 3)
+        );
+        queue.ack(&third.receipt).await.unwrap();
+        queue
+            .ack(&third.receipt)
+            .await
+            .expect("a repeated ack is a no-op");
+        advance(&queue, VISIBILITY);
+        assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn ack_after_visibility_expired_but_before_redelivery_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        enqueue_one(&queue, "k").await;
+        let slow = receive_one(&queue).await;
+        advance(&queue, VISIBILITY * 2);
+
+        queue.ack(&slow.receipt).await.unwrap();
+
+        assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn nack_retries_then_dead_letters_after_max_receives() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open_with(
+            &dir,
+            SqliteQueueOptions {
+                max_receives: 3,
+                ..SqliteQueueOptions::default()
+            },
+        );
+        let enqueued = enqueue_one(&queue, "k").await;
+        let retry_after = Duration::from_secs(10);
+
+        for attempt in 1..=3 {
+            let delivery = receive_one(&queue).await;
+            assert_eq!(delivery.receive_count, attempt);
+            queue
+                .nack(&delivery.receipt, &format!("boom {attempt}"), retry_after)
+                .await
+                .unwrap();
+            assert!(
+                queue.receive(10, VISIBILITY).await.unwrap().is_empty(),
+                "not visible before retry_after"
+            );
+            advance(&queue, retry_after);
+        }
+
+        assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
+        let dead = queue.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].id, enqueued.id);
+        assert_eq!(dead[0].receive_count, 3);
+        assert_eq!(dead[0].last_error, "boom 3");
+        assert_eq!(dead[0].payload, json!({ "key": "k" }));
+        assert!(dead[0].failed_at_unix_ms > 0);
+    }
+
+    #[tokio::test]
+    async fn redrive_returns_dead_letter_to_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue: Arc<dyn JobQueue> = Arc::new(open_with(
+            &dir,
+            SqliteQueueOptions {
+                max_receives: 1,
+                ..SqliteQueueOptions::default()
+            },
+        ));
+        queue.enqueue(vec![job("k")]).await.unwrap();
+        let delivery = queue.receive(1, VISIBILITY).await.unwrap().remove(0);
+        queue
+            .nack(&delivery.receipt, "registry said 500", Duration::ZERO)
+            .await
+            .unwrap();
+        let dead = queue.dead_letters().await.unwrap().remove(0);
+
+        assert!(queue.redrive(&dead.id).await.unwrap());
+        assert!(
+            !queue.redrive(&dead.id).await.unwrap(),
+            "no longer a dead letter"
+        );
+        assert!(!queue.redrive("no-such-job").await.unwrap());
+
+        assert!(queue.dead_letters().await.unwrap().is_empty());
+        let again = queue.receive(10, VISIBILITY).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].id.as_str(), again[0].receive_count),
+            (dead.id.as_str(), 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn job_whose_worker_keeps_crashing_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open_with(
+            &dir,
+            SqliteQueueOptions {
+                max_receives: 2,
+                ..SqliteQueueOptions::default()
+            },
+        );
+        let stuck = enqueue_one(&queue, "stuck").await;
+        assert_eq!(receive_one(&queue).await.id, stuck.id);
+        advance(&queue, VISIBILITY);
+        assert_eq!(receive_one(&queue).await.receive_count, 2);
+        advance(&queue, VISIBILITY);
+        let healthy = enqueue_one(&queue, "healthy").await;
+
+        // The stuck job is buried, and the receive still fills up with the next job.
+        let delivered = queue.receive(1, VISIBILITY).await.unwrap();
+        assert_eq!(delivered.len(), 1);
+        assert_eq!(delivered[0].id, healthy.id);
+        let dead = queue.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].id, stuck.id);
+        assert!(
+            dead[0].last_error.contains("without an ack or nack"),
+            "{}",
+            dead[0].last_error
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_enqueues_are_group_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(open(&dir));
+        let before = queue.stats();
+
+        let enqueued = join_all((0..200).map(|n| {
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move { enqueue_one(&queue, &format!("job-{n}")).await })
+        }))
+        .await;
+
+        let ids: HashSet<String> = enqueued.into_iter().map(|e| e.unwrap().id).collect();
+        assert_eq!(ids.len(), 200);
+        let stats = queue.stats();
+        let commits = stats.commits - before.commits;
+        assert_eq!(stats.requests - before.requests, 200);
+        assert!(commits <= 20, "200 enqueues took {commits} commits");
+        assert_eq!(queue.receive(500, VISIBILITY).await.unwrap().len(), 200);
+    }
+
+    #[tokio::test]
+    async fn failed_request_does_not_undo_the_rest_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(open(&dir));
+
+        let calls = (0..40).map(|n| {
+            let queue = Arc::clone(&queue);
+            tokio::spawn(async move {
+                if n % 2 == 0 {
+                    enqueue_one(&queue, &format!("job-{n}")).await;
+                    true
+                } else {
+                    queue.ack("no-such-receipt").await.is_err()
+                }
+            })
+        });
+
+        assert!(join_all(calls).await.into_iter().all(|ok| ok.unwrap()));
+        assert_eq!(queue.receive(100, VISIBILITY).await.unwrap().len(), 20);
+    }
+
+    #[tokio::test]
+    async fn empty_dedup_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+
+        let error = queue.enqueue(vec![job("a"), job("")]).await.unwrap_err();
+
+        assert!(
+            matches!(error, QueueError::Invalid(ref m) if m.contains("job 1")),
+            "{error}"
+        );
+        assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unwritable_database_reports_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("no-such-dir").join("queue.db");
+        let error = SqliteQueue::open(&missing, SqliteQueueOptions::default()).unwrap_err();
+        let QueueError::Unavailable(message) = &error else {
+            panic!("expected Unavailable, got {error:?}");
+        };
+        assert!(
+            message.contains(&missing.display().to_string()),
+            "{message}"
+        );
+        assert!(
+            message.contains("check that the directory exists"),
+            "{message}"
+        );
+
+        // The file becomes unwritable while the queue runs.
+        let queue = open(&dir);
+        queue
+            .call("make read-only", |conn, _| {
+                Ok(conn.pragma_update(None, "query_only", true)?)
+            })
+            .await
+            .unwrap();
+
+        let error = queue.enqueue(vec![job("k")]).await.unwrap_err();
+        assert!(
+            matches!(error, QueueError::Unavailable(ref m) if m.contains("readonly")),
+            "{error}"
+        );
+        assert!(matches!(
+            queue.check().await,
+            Err(QueueError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn stopped_writer_reports_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        queue.check().await.unwrap();
+
+        let crashed = queue
+            .call("crash", |_, _| -> Result<(), Failure> {
+                panic!("simulated bug in the queue writer")
+            })
+            .await;
+
+        assert!(matches!(crashed, Err(QueueError::Unavailable(_))));
+        let error = queue.enqueue(vec![job("k")]).await.unwrap_err();
+        assert!(
+            matches!(error, QueueError::Unavailable(ref m) if m.contains("has stopped")),
+            "{error}"
+        );
+        assert!(queue.check().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn foreign_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE entries (id INTEGER PRIMARY KEY);")
+            .unwrap();
+
+        let error = SqliteQueue::open(&path, SqliteQueueOptions::default()).unwrap_err();
+
+        assert!(
+            error
+                .to_string()
+                .contains("is not a Ferry job queue database"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(open(&dir));
+        let path = dir.path().join("queue.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+
+        let error = SqliteQueue::open(&path, SqliteQueueOptions::default()).unwrap_err();
+
+        assert!(
+            error.to_string().contains("newer than this ferry"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn database_is_durable_by_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+
+        let (journal_mode, synchronous): (String, i64) = queue
+            .call("pragmas", |conn, _| {
+                let journal = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
+                let sync = conn.pragma_query_value(None, "synchronous", |row| row.get(0))?;
+                Ok((journal, sync))
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(journal_mode, "wal");
+        assert_eq!(synchronous, 2, "synchronous=FULL");
+    }
+
+    #[tokio::test]
+    async fn receive_uses_the_ready_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+
+        let plan: Vec<String> = queue
+            .call("plan", |conn, _| {
+                let mut explain = conn.prepare(
+                    "EXPLAIN QUERY PLAN SELECT seq, id, payload, receive_count, last_error
+                     FROM jobs WHERE state = 'ready' AND available_at <= ?1
+                     ORDER BY available_at, seq LIMIT ?2",
+                )?;
+                let rows = explain
+                    .query_map(params![0, 1], |row| row.get::<_, String>(3))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+
+        assert_eq!(plan.len(), 1, "no temp b-tree for ORDER BY: {plan:?}");
+        assert!(plan[0].contains("jobs_ready"), "{plan:?}");
+    }
+}

@@ -1,0 +1,456 @@
+//! Router tests, no socket (`tower::ServiceExt::oneshot`), over the real embedded SQLite queue.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use ferry_core::config::Config;
+use ferry_core::http::{Intake, SIGNATURE_HEADER, TIMESTAMP_HEADER, router};
+use ferry_core::intake::verify::generic_signature;
+use ferry_core::queue::{JobQueue, SqliteQueue, SqliteQueueOptions};
+use tower::ServiceExt;
+
+const CONFIG: &str = r#"
+[server]
+body_limit = 4096
+
+[registries."127.0.0.1:5001"]
+plain_http = true
+[registries."127.0.0.1:5002"]
+plain_http = true
+[registries."contosodev.azurecr.io"]
+[registries."registry.dev.example.com"]
+[registries."docker.io"]
+[registries."ghcr.io"]
+[registries."harbor.dev.example.com"]
+[registries."quay.io"]
+
+[sources.generic]
+secret_env = "ROUTER_TEST_GENERIC"
+[sources.acr]
+secret_env = "ROUTER_TEST_ACR"
+[sources.distribution]
+secret_env = "ROUTER_TEST_DIST"
+header = "X-Ferry-Secret"
+[sources.github]
+secret_env = "ROUTER_TEST_GITHUB"
+[sources.dockerhub]
+secret_env = "ROUTER_TEST_HUB"
+[sources.harbor]
+secret_env = "ROUTER_TEST_HARBOR"
+[sources.quay]
+secret_env = "ROUTER_TEST_QUAY"
+
+[[pipelines]]
+name = "local"
+source = "127.0.0.1:5001/shop/api"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/shop/api"
+
+[[pipelines]]
+name = "acr"
+source = "contosodev.azurecr.io/shop/api"
+tags = ["1.*"]
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/shop/api"
+
+[[pipelines]]
+name = "dist"
+source = "registry.dev.example.com/shop/api"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/shop/api"
+
+[[pipelines]]
+name = "ghcr"
+source = "ghcr.io/contoso/api"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/contoso/api"
+
+[[pipelines]]
+name = "hub"
+source = "docker.io/contoso/api"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/contoso/api"
+
+[[pipelines]]
+name = "harbor"
+source = "harbor.dev.example.com/shop/api"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/shop/api"
+
+[[pipelines]]
+name = "quay"
+source = "quay.io/contoso/api"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/contoso/api"
+"#;
+
+struct App {
+    router: axum::Router,
+    queue: Arc<SqliteQueue>,
+    _dir: tempfile::TempDir,
+}
+
+async fn app() -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = CONFIG.to_string();
+    // Secrets through files (the workspace forbids the unsafe env::set_var).
+    for (name, var, value) in [
+        ("generic", "ROUTER_TEST_GENERIC", "generic-secret"),
+        ("acr", "ROUTER_TEST_ACR", "acr-secret"),
+        ("distribution", "ROUTER_TEST_DIST", "dist-secret"),
+        ("github", "ROUTER_TEST_GITHUB", "It's a Secret to Everybody"),
+        ("dockerhub", "ROUTER_TEST_HUB", "hub-token-0123456789"),
+        ("harbor", "ROUTER_TEST_HARBOR", "harbor-secret"),
+        ("quay", "ROUTER_TEST_QUAY", "quay-token-0123456789"),
+    ] {
+        let path = dir.path().join(format!("{name}.secret"));
+        std::fs::write(&path, value).unwrap();
+        text = text.replace(
+            &format!("secret_env = \"{var}\""),
+            &format!("secret_file = {:?}", path.display().to_string()),
+        );
+    }
+    let config = Config::parse(&text, "test.toml").unwrap();
+    let queue = Arc::new(
+        SqliteQueue::open(&dir.path().join("queue.db"), SqliteQueueOptions::default()).unwrap(),
+    );
+    let intake = Intake::new(&config, queue.clone() as Arc<dyn JobQueue>).unwrap();
+    App {
+        router: router(Arc::new(intake)),
+        queue,
+        _dir: dir,
+    }
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("src/intake/fixtures")
+            .join(name),
+    )
+    .unwrap()
+}
+
+async fn send(app: &App, request: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn post(uri: &str) -> axum::http::request::Builder {
+    Request::post(uri).header("content-type", "application/json")
+}
+
+fn now() -> String {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string()
+}
+
+fn generic(body: &[u8], secret: &str, timestamp: &str) -> Request<Body> {
+    Request::post("/hooks/generic")
+        .header("content-type", "application/json")
+        .header(TIMESTAMP_HEADER, timestamp)
+        .header(
+            SIGNATURE_HEADER,
+            generic_signature(secret.as_bytes(), timestamp, body),
+        )
+        .body(Body::from(body.to_vec()))
+        .unwrap()
+}
+
+async fn queued(app: &App) -> usize {
+    app.queue
+        .receive(100, std::time::Duration::from_secs(60))
+        .await
+        .unwrap()
+        .len()
+}
+
+const GENERIC: &[u8] = br#"{"repository":"127.0.0.1:5001/shop/api","tag":"v1","digest":"sha256:05b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f","build":1234}"#;
+
+#[tokio::test]
+async fn signed_generic_request_is_queued_and_answered_202_with_job_ids() {
+    let app = app().await;
+    let (status, body) = send(&app, generic(GENERIC, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"][0]["pipeline"], "local");
+    assert_eq!(body["jobs"][0]["stage"], "dev");
+    assert!(
+        body["jobs"][0]["id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    assert_eq!(queued(&app).await, 1);
+}
+
+#[tokio::test]
+async fn bad_signature_missing_headers_and_stale_timestamps_get_401_and_queue_nothing() {
+    let app = app().await;
+    assert_eq!(
+        send(&app, generic(GENERIC, "wrong-secret", &now())).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let old = (SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 600)
+        .to_string();
+    let (status, body) = send(&app, generic(GENERIC, "generic-secret", &old)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["error"].as_str().unwrap().contains("clock skew"),
+        "{body}"
+    );
+    let unsigned = post("/hooks/generic")
+        .body(Body::from(GENERIC.to_vec()))
+        .unwrap();
+    assert_eq!(send(&app, unsigned).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn replayed_generic_request_is_refused() {
+    let app = app().await;
+    let ts = now();
+    assert_eq!(
+        send(&app, generic(GENERIC, "generic-secret", &ts)).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, body) = send(&app, generic(GENERIC, "generic-secret", &ts)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        body["error"].as_str().unwrap().contains("replayed"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_saying_what_is_wrong() {
+    let app = app().await;
+    let (status, body) = send(
+        &app,
+        generic(b"{\"repository\": 12", "generic-secret", &now()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("not valid JSON"),
+        "{body}"
+    );
+    let (status, body) = send(
+        &app,
+        generic(
+            br#"{"repository":"127.0.0.1:5001/shop/api"}"#,
+            "generic-secret",
+            &now(),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("tag"), "{body}");
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let app = app().await;
+    let ts = now();
+    let request = Request::post("/hooks/generic")
+        .header("content-type", "text/plain")
+        .header(TIMESTAMP_HEADER, &ts)
+        .header(
+            SIGNATURE_HEADER,
+            generic_signature(b"generic-secret", &ts, GENERIC),
+        )
+        .body(Body::from(GENERIC.to_vec()))
+        .unwrap();
+    assert_eq!(
+        send(&app, request).await.0,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_and_queues_nothing() {
+    let app = app().await;
+    let big = vec![b' '; 8192];
+    assert_eq!(
+        send(&app, generic(&big, "generic-secret", &now())).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn duplicate_deliveries_yield_one_job() {
+    let app = app().await;
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..5 {
+        let request = Request::post("/hooks/acr")
+            .header("content-type", "application/json")
+            .header("authorization", "Bearer acr-secret")
+            .body(Body::from(fixture("acr-push.json")))
+            .unwrap();
+        let (status, body) = send(&app, request).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        ids.insert(body["jobs"][0]["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ids.len(), 1, "every delivery names the same job");
+    assert_eq!(queued(&app).await, 1);
+}
+
+#[tokio::test]
+async fn acr_needs_its_secret_header_and_ignores_pings() {
+    let app = app().await;
+    let request = |auth: Option<&str>, body: Vec<u8>| {
+        let mut r = Request::post("/hooks/acr").header("content-type", "application/json");
+        if let Some(auth) = auth {
+            r = r.header("authorization", auth);
+        }
+        r.body(Body::from(body)).unwrap()
+    };
+    assert_eq!(
+        send(&app, request(None, fixture("acr-push.json"))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        send(&app, request(Some("Bearer nope"), fixture("acr-push.json")))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body) = send(&app, request(Some("acr-secret"), fixture("acr-ping.json"))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ignored");
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn every_sender_route_queues_its_fixture() {
+    let app = app().await;
+    let github_body = fixture("github-package.json");
+    let github_sig = {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"It's a Secret to Everybody").unwrap();
+        mac.update(&github_body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    };
+    let cases: Vec<(Request<Body>, &str)> = vec![
+        (
+            Request::post("/hooks/distribution")
+                .header(
+                    "content-type",
+                    "application/vnd.docker.distribution.events.v1+json",
+                )
+                .header("x-ferry-secret", "dist-secret")
+                .body(Body::from(fixture("distribution-push.json")))
+                .unwrap(),
+            "dist",
+        ),
+        (
+            Request::post("/hooks/github")
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", github_sig)
+                .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
+                .body(Body::from(github_body.clone()))
+                .unwrap(),
+            "ghcr",
+        ),
+        (
+            Request::post("/hooks/dockerhub/hub-token-0123456789")
+                .header("content-type", "application/json")
+                .body(Body::from(fixture("dockerhub-push.json")))
+                .unwrap(),
+            "hub",
+        ),
+        (
+            Request::post("/hooks/harbor")
+                .header("content-type", "application/cloudevents+json")
+                .header("authorization", "Bearer harbor-secret")
+                .body(Body::from(fixture("harbor-push-cloudevents.json")))
+                .unwrap(),
+            "harbor",
+        ),
+        (
+            Request::post("/hooks/quay/quay-token-0123456789")
+                .header("content-type", "application/json")
+                .body(Body::from(fixture("quay-push.json")))
+                .unwrap(),
+            "quay",
+        ),
+    ];
+    for (request, pipeline) in cases {
+        let (status, body) = send(&app, request).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{pipeline}: {body}");
+        assert_eq!(body["jobs"][0]["pipeline"], pipeline, "{body}");
+    }
+}
+
+#[tokio::test]
+async fn wrong_url_tokens_and_github_signatures_are_401() {
+    let app = app().await;
+    let hub = Request::post("/hooks/dockerhub/guess")
+        .header("content-type", "application/json")
+        .body(Body::from(fixture("dockerhub-push.json")))
+        .unwrap();
+    assert_eq!(send(&app, hub).await.0, StatusCode::UNAUTHORIZED);
+    let github = Request::post("/hooks/github")
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", "sha256=00")
+        .body(Body::from(fixture("github-package.json")))
+        .unwrap();
+    assert_eq!(send(&app, github).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn unmatched_repository_or_tag_is_200_with_a_reason() {
+    let app = app().await;
+    let other = br#"{"repository":"127.0.0.1:5001/other","tag":"v1"}"#;
+    let (status, body) = send(&app, generic(other, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no pipeline matches 127.0.0.1:5001/other"),
+        "{body}"
+    );
+    // The ACR pipeline only takes 1.* tags.
+    let wrong_tag = String::from_utf8(fixture("acr-push.json"))
+        .unwrap()
+        .replace("\"1.8.3\"", "\"2.0.0\"");
+    let request = Request::post("/hooks/acr")
+        .header("content-type", "application/json")
+        .header("authorization", "acr-secret")
+        .body(Body::from(wrong_tag))
+        .unwrap();
+    assert_eq!(send(&app, request).await.0, StatusCode::OK);
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn healthz_reports_the_queue() {
+    let app = app().await;
+    let (status, body) = send(&app, Request::get("/healthz").body(Body::empty()).unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "ok");
+}
