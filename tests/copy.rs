@@ -23,58 +23,29 @@ fn push_image(registry: &Registry, repo_and_tag: &str, layer_sizes: &[usize]) ->
     let mut layout = OciLayout::new();
     let image = layout.add_image("src", layer_sizes);
     let pushed = registry.skopeo_push(&layout.reference("src"), repo_and_tag, &[]);
-    assert_eq!(
-        pushed.digest,
-        image.digest(),
-        "skopeo changed the manifest while pushing it"
-    );
+    assert_eq!(pushed.digest, image.digest(), "skopeo changed the manifest while pushing it");
     (image, pushed)
 }
 
 /// The target serves exactly `digest` / `bytes` at `repo` `reference`.
-fn assert_manifest_at(
-    target: &RegistryClient,
-    repo: &str,
-    reference: &str,
-    digest: &str,
-    bytes: &[u8],
-) -> Manifest {
-    let copied = target
-        .manifest(repo, reference)
-        .unwrap_or_else(|| panic!("{repo}:{reference} is missing at the target"));
-    assert_eq!(
-        copied.digest, digest,
-        "Docker-Content-Digest of {repo}:{reference} at the target"
-    );
+fn assert_manifest_at(target: &RegistryClient, repo: &str, reference: &str, digest: &str, bytes: &[u8]) -> Manifest {
+    let copied =
+        target.manifest(repo, reference).unwrap_or_else(|| panic!("{repo}:{reference} is missing at the target"));
+    assert_eq!(copied.digest, digest, "Docker-Content-Digest of {repo}:{reference} at the target");
     assert_eq!(
         copied.computed_digest(),
         digest,
         "sha256 of the manifest bytes the target serves for {repo}:{reference}"
     );
-    assert!(
-        copied.bytes == bytes,
-        "manifest bytes of {repo}:{reference} differ from the source"
-    );
+    assert!(copied.bytes == bytes, "manifest bytes of {repo}:{reference} differ from the source");
     copied
 }
 
 /// The target serves the very manifest `source` at `repo` `reference`.
-fn assert_digest_exact(
-    source: &Manifest,
-    target: &RegistryClient,
-    repo: &str,
-    reference: &str,
-) -> Manifest {
-    assert_eq!(
-        source.computed_digest(),
-        source.digest,
-        "source registry digest"
-    );
+fn assert_digest_exact(source: &Manifest, target: &RegistryClient, repo: &str, reference: &str) -> Manifest {
+    assert_eq!(source.computed_digest(), source.digest, "source registry digest");
     let copied = assert_manifest_at(target, repo, reference, &source.digest, &source.bytes);
-    assert_eq!(
-        copied.content_type, source.content_type,
-        "media type of {repo}:{reference} at the target"
-    );
+    assert_eq!(copied.content_type, source.content_type, "media type of {repo}:{reference} at the target");
     copied
 }
 
@@ -99,17 +70,11 @@ fn assert_nothing_pushed(target: &Registry, repo: &str, reference: &str) {
 /// A cold copy moved every blob once, and about their bytes.
 fn assert_cold_copy_counts(report: &CopyReport, blobs: &[Descriptor]) {
     let blob_bytes: u64 = blobs.iter().map(|b| b.size).sum();
-    assert_eq!(
-        report.blobs_copied,
-        blobs.len() as u64,
-        "blobs_copied: {}",
-        report.raw
-    );
+    assert_eq!(report.blobs_copied, blobs.len() as u64, "blobs_copied: {}", report.raw);
     assert_eq!(report.blobs_mounted, 0, "blobs_mounted: {}", report.raw);
     assert_eq!(report.blobs_skipped, 0, "blobs_skipped: {}", report.raw);
     assert!(
-        report.bytes_transferred >= blob_bytes
-            && report.bytes_transferred <= blob_bytes + MIB as u64,
+        report.bytes_transferred >= blob_bytes && report.bytes_transferred <= blob_bytes + MIB as u64,
         "bytes_transferred {} for {blob_bytes} bytes of blobs: {}",
         report.bytes_transferred,
         report.raw
@@ -166,13 +131,7 @@ fn multi_platform_index_copies_every_platform() {
     let copied = assert_digest_exact(&source, dst.client(), "prod/app", "multi");
     assert_eq!(copied.children().len(), 2);
     for child in &index.children {
-        assert_manifest_at(
-            dst.client(),
-            "prod/app",
-            child.digest(),
-            child.digest(),
-            &child.bytes,
-        );
+        assert_manifest_at(dst.client(), "prod/app", child.digest(), child.digest(), &child.bytes);
         assert_blobs_present(dst.client(), "prod/app", &child.blobs());
     }
     assert_cold_copy_counts(&report, &index.blobs());
@@ -184,11 +143,7 @@ fn docker_schema2_manifest_keeps_its_media_type() {
     let dst = Registry::plain();
     let mut layout = OciLayout::new();
     layout.add_image("src", &[64 * 1024]);
-    let source = src.skopeo_push(
-        &layout.reference("src"),
-        "team/app:v2s2",
-        &["--format", "v2s2"],
-    );
+    let source = src.skopeo_push(&layout.reference("src"), "team/app:v2s2", &["--format", "v2s2"]);
     assert_eq!(source.content_type, media_type::DOCKER_MANIFEST);
 
     let report = ferry_copy()
@@ -226,29 +181,15 @@ fn referrer_artifact_travels_with_the_image() {
 
     assert_eq!(report.digest, image.digest());
     assert_digest_exact(&source, dst.client(), "prod/app", "1.0");
-    assert_eq!(
-        report.referrers_copied, 1,
-        "referrers_copied: {}",
-        report.raw
-    );
-    let copied = assert_digest_exact(
-        &referrer.manifest,
-        dst.client(),
-        "prod/app",
-        &referrer.manifest.digest,
-    );
+    assert_eq!(report.referrers_copied, 1, "referrers_copied: {}", report.raw);
+    let copied = assert_digest_exact(&referrer.manifest, dst.client(), "prod/app", &referrer.manifest.digest);
     assert_eq!(copied.json()["subject"]["digest"], image.digest());
     assert_blobs_present(dst.client(), "prod/app", &referrer.blobs);
 
     let fallback = dst
         .client()
         .manifest("prod/app", &referrer.fallback_tag)
-        .unwrap_or_else(|| {
-            panic!(
-                "referrers fallback tag {} missing at the target",
-                referrer.fallback_tag
-            )
-        });
+        .unwrap_or_else(|| panic!("referrers fallback tag {} missing at the target", referrer.fallback_tag));
     let listed: Vec<String> = fallback.children().into_iter().map(|d| d.digest).collect();
     assert!(
         listed.contains(&referrer.manifest.digest),
@@ -275,21 +216,13 @@ fn no_referrers_flag_leaves_referrers_behind() {
 
     assert_eq!(report.digest, image.digest());
     assert_digest_exact(&source, dst.client(), "prod/app", "1.0");
-    assert_eq!(
-        report.referrers_copied, 0,
-        "referrers_copied: {}",
-        report.raw
-    );
+    assert_eq!(report.referrers_copied, 0, "referrers_copied: {}", report.raw);
     assert!(
-        dst.client()
-            .manifest("prod/app", &referrer.manifest.digest)
-            .is_none(),
+        dst.client().manifest("prod/app", &referrer.manifest.digest).is_none(),
         "--no-referrers still copied the referrer manifest"
     );
     assert!(
-        dst.client()
-            .manifest("prod/app", &referrer.fallback_tag)
-            .is_none(),
+        dst.client().manifest("prod/app", &referrer.fallback_tag).is_none(),
         "--no-referrers still created the referrers fallback tag"
     );
     assert_eq!(dst.client().tags("prod/app"), vec!["1.0".to_string()]);
@@ -350,11 +283,7 @@ fn same_registry_copy_mounts_blobs_across_repositories() {
         report.raw
     );
     assert_eq!(report.blobs_copied, 0, "blobs_copied: {}", report.raw);
-    assert_eq!(
-        report.bytes_transferred, 0,
-        "a mount moves no blob bytes: {}",
-        report.raw
-    );
+    assert_eq!(report.bytes_transferred, 0, "a mount moves no blob bytes: {}", report.raw);
 }
 
 #[test]
@@ -379,12 +308,7 @@ fn warm_copy_skips_every_blob() {
 
     assert_eq!(warm.digest, image.digest());
     assert_digest_exact(&source, dst.client(), "prod/app", "1.0");
-    assert_eq!(
-        warm.blobs_skipped,
-        image.blobs().len() as u64,
-        "blobs_skipped: {}",
-        warm.raw
-    );
+    assert_eq!(warm.blobs_skipped, image.blobs().len() as u64, "blobs_skipped: {}", warm.raw);
     assert_eq!(warm.blobs_copied, 0, "blobs_copied: {}", warm.raw);
     assert_eq!(warm.blobs_mounted, 0, "blobs_mounted: {}", warm.raw);
     assert_eq!(warm.bytes_transferred, 0, "bytes_transferred: {}", warm.raw);
@@ -406,13 +330,7 @@ fn oci_layout_source_copies_to_a_registry() {
 
     assert_eq!(report.digest, image.digest());
     assert_eq!(report.media_type, media_type::OCI_MANIFEST);
-    let copied = assert_manifest_at(
-        dst.client(),
-        "prod/app",
-        "1.0",
-        image.digest(),
-        &image.bytes,
-    );
+    let copied = assert_manifest_at(dst.client(), "prod/app", "1.0", image.digest(), &image.bytes);
     assert_eq!(copied.content_type, media_type::OCI_MANIFEST);
     assert_blobs_present(dst.client(), "prod/app", &image.blobs());
     assert_cold_copy_counts(&report, &image.blobs());
@@ -433,21 +351,9 @@ fn oci_layout_index_source_copies_every_platform() {
         .report();
 
     assert_eq!(report.digest, index.digest());
-    assert_manifest_at(
-        dst.client(),
-        "prod/app",
-        "multi",
-        index.digest(),
-        &index.bytes,
-    );
+    assert_manifest_at(dst.client(), "prod/app", "multi", index.digest(), &index.bytes);
     for child in &index.children {
-        assert_manifest_at(
-            dst.client(),
-            "prod/app",
-            child.digest(),
-            child.digest(),
-            &child.bytes,
-        );
+        assert_manifest_at(dst.client(), "prod/app", child.digest(), child.digest(), &child.bytes);
         assert_blobs_present(dst.client(), "prod/app", &child.blobs());
     }
 }
@@ -468,18 +374,13 @@ fn registry_image_copies_into_an_oci_layout_that_skopeo_reads() {
         .report();
 
     assert_eq!(report.digest, image.digest());
-    assert!(
-        layout_dir.join("oci-layout").is_file(),
-        "no oci-layout file written"
-    );
+    assert!(layout_dir.join("oci-layout").is_file(), "no oci-layout file written");
     let tagged = layout::read_index_json(&layout_dir, "1.0")
         .expect("index.json names the tag with org.opencontainers.image.ref.name");
     assert_eq!(tagged.digest, source.digest);
     assert_eq!(tagged.size, source.bytes.len() as u64);
     let blob = |digest: &str| {
-        let path = layout_dir
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"));
+        let path = layout_dir.join("blobs/sha256").join(digest.trim_start_matches("sha256:"));
         fs::read(&path).unwrap_or_else(|e| panic!("{} unreadable: {e}", path.display()))
     };
     assert_eq!(blob(&source.digest), source.bytes);
@@ -491,11 +392,7 @@ fn registry_image_copies_into_an_oci_layout_that_skopeo_reads() {
 
     // A peer tool reads the layout back to the same digest.
     let check = Registry::plain();
-    let reread = check.skopeo_push(
-        &format!("oci:{}:1.0", layout_dir.display()),
-        "check/app:1.0",
-        &[],
-    );
+    let reread = check.skopeo_push(&format!("oci:{}:1.0", layout_dir.display()), "check/app:1.0", &[]);
     assert_eq!(reread.digest, source.digest);
 }
 
@@ -512,10 +409,7 @@ fn docker_archive_source_pushes_the_archive_config() {
         .arg(format!("docker-archive:{}:team/app:1.0", archive.display()))
         .status()
         .expect("run skopeo");
-    assert!(
-        status.success(),
-        "skopeo could not write the docker archive"
-    );
+    assert!(status.success(), "skopeo could not write the docker archive");
     let archive_config = docker_archive_config_digest(&archive);
 
     let report = ferry_copy()
@@ -526,19 +420,9 @@ fn docker_archive_source_pushes_the_archive_config() {
         .run()
         .report();
 
-    let copied = dst
-        .client()
-        .manifest("prod/app", "1.0")
-        .expect("prod/app:1.0 at the target");
-    assert_eq!(
-        copied.digest, report.digest,
-        "digest ferry reported vs target"
-    );
-    assert_eq!(
-        copied.computed_digest(),
-        report.digest,
-        "sha256 of target manifest"
-    );
+    let copied = dst.client().manifest("prod/app", "1.0").expect("prod/app:1.0 at the target");
+    assert_eq!(copied.digest, report.digest, "digest ferry reported vs target");
+    assert_eq!(copied.computed_digest(), report.digest, "sha256 of target manifest");
     assert_eq!(
         copied.json()["config"]["digest"],
         archive_config.as_str(),
@@ -597,18 +481,11 @@ fn write_docker_config(dir: &Path, registries: &[&Registry]) -> std::path::PathB
     let mut auths = serde_json::Map::new();
     for registry in registries {
         let creds = registry.credentials().expect("registry with credentials");
-        auths.insert(
-            registry.host().to_string(),
-            json!({"auth": base64(creds.pair().as_bytes())}),
-        );
+        auths.insert(registry.host().to_string(), json!({"auth": base64(creds.pair().as_bytes())}));
     }
     fs::create_dir_all(dir).expect("docker config dir");
     let path = dir.join("config.json");
-    fs::write(
-        &path,
-        serde_json::to_vec_pretty(&json!({"auths": auths})).unwrap(),
-    )
-    .expect("write docker config.json");
+    fs::write(&path, serde_json::to_vec_pretty(&json!({"auths": auths})).unwrap()).expect("write docker config.json");
     path
 }
 
@@ -664,25 +541,11 @@ fn wrong_password_fails_naming_the_registry_and_authentication() {
         .timeout(Duration::from_secs(90))
         .run();
 
-    let stderr = run.failure();
-    assert!(
-        stderr.contains(dst.host()),
-        "error does not name the registry {}:\n{stderr}",
-        dst.host()
-    );
-    assert!(
-        lowercase(stderr).contains("auth"),
-        "error does not say authentication failed:\n{stderr}"
-    );
-    assert!(
-        !stderr.contains("not-the-password"),
-        "error leaks the password:\n{stderr}"
-    );
-    assert!(
-        run.elapsed < Duration::from_secs(30),
-        "a rejected password took {:?} to report",
-        run.elapsed
-    );
+    let error = run.failure();
+    assert!(error.contains(dst.host()), "error does not name the registry {}:\n{error}", dst.host());
+    assert!(lowercase(error).contains("auth"), "error does not say authentication failed:\n{error}");
+    assert!(!error.contains("not-the-password"), "error leaks the password:\n{error}");
+    assert!(run.elapsed < Duration::from_secs(30), "a rejected password took {:?} to report", run.elapsed);
     assert_nothing_pushed(&dst, "prod/app", "1.0");
 }
 
@@ -719,18 +582,12 @@ fn tls_registry_without_ca_cert_is_refused() {
         .timeout(Duration::from_secs(90))
         .run();
 
-    let stderr = run.failure();
+    let error = run.failure();
+    assert!(error.contains(dst.host()), "error does not name the registry {}:\n{error}", dst.host());
+    let lower = lowercase(error);
     assert!(
-        stderr.contains(dst.host()),
-        "error does not name the registry {}:\n{stderr}",
-        dst.host()
-    );
-    let lower = lowercase(stderr);
-    assert!(
-        ["certificate", "tls", "ssl", "x509", "issuer"]
-            .iter()
-            .any(|w| lower.contains(w)),
-        "error does not say the certificate was not trusted:\n{stderr}"
+        ["certificate", "tls", "ssl", "x509", "issuer"].iter().any(|w| lower.contains(w)),
+        "error does not say the certificate was not trusted:\n{error}"
     );
     assert_nothing_pushed(&dst, "prod/app", "1.0");
 }
@@ -748,12 +605,8 @@ fn plain_http_is_not_used_unless_asked() {
         .timeout(Duration::from_secs(90))
         .run();
 
-    let stderr = run.failure();
-    assert!(
-        stderr.contains(dst.host()),
-        "error does not name the registry {}:\n{stderr}",
-        dst.host()
-    );
+    let error = run.failure();
+    assert!(error.contains(dst.host()), "error does not name the registry {}:\n{error}", dst.host());
     assert_nothing_pushed(&dst, "prod/app", "1.0");
 }
 
@@ -771,24 +624,14 @@ fn unknown_tag_fails_naming_repository_and_tag() {
         .timeout(Duration::from_secs(90))
         .run();
 
-    let stderr = run.failure();
+    let error = run.failure();
+    assert!(error.contains("team/app"), "error does not name the repository:\n{error}");
+    assert!(error.contains("no-such-tag"), "error does not name the tag:\n{error}");
     assert!(
-        stderr.contains("team/app"),
-        "error does not name the repository:\n{stderr}"
+        error.contains("MANIFEST_UNKNOWN") || lowercase(error).contains("not found"),
+        "error does not say the manifest is unknown:\n{error}"
     );
-    assert!(
-        stderr.contains("no-such-tag"),
-        "error does not name the tag:\n{stderr}"
-    );
-    assert!(
-        stderr.contains("MANIFEST_UNKNOWN") || lowercase(stderr).contains("not found"),
-        "error does not say the manifest is unknown:\n{stderr}"
-    );
-    assert!(
-        run.elapsed < Duration::from_secs(30),
-        "an unknown tag took {:?} to report",
-        run.elapsed
-    );
+    assert!(run.elapsed < Duration::from_secs(30), "an unknown tag took {:?} to report", run.elapsed);
     assert_nothing_pushed(&dst, "prod/app", "1.0");
 }
 
@@ -829,11 +672,7 @@ fn digest_only_source_is_pushed_by_digest_only() {
 
     assert_eq!(report.digest, image.digest());
     assert_digest_exact(&source, dst.client(), "prod/app", image.digest());
-    assert_eq!(
-        dst.client().tags("prod/app"),
-        Vec::<String>::new(),
-        "a digest-only copy must not invent a tag"
-    );
+    assert_eq!(dst.client().tags("prod/app"), Vec::<String>::new(), "a digest-only copy must not invent a tag");
 }
 
 #[test]
@@ -857,11 +696,9 @@ fn flaky_source_is_retried_until_the_copy_is_digest_exact() {
     assert_digest_exact(&source, dst.client(), "prod/app", "1.0");
     assert_blobs_present(dst.client(), "prod/app", &image.blobs());
     assert_eq!(proxy.manifest_503s(), 1, "the 503 was never served");
-    assert_eq!(
-        proxy.blob_cuts(),
-        image.blobs().len(),
-        "every blob's first download should have been cut once"
-    );
+    let gap = proxy.manifest_retry_gap().expect("the manifest was requested again after the 503");
+    assert!(gap >= Duration::from_millis(900), "retried the manifest {gap:?} after a 503 with `Retry-After: 1`");
+    assert_eq!(proxy.blob_cuts(), image.blobs().len(), "every blob's first download should have been cut once");
 }
 
 #[test]
@@ -880,15 +717,12 @@ fn source_that_always_cuts_blobs_fails_in_bounded_time() {
         .timeout(Duration::from_secs(120))
         .run();
 
-    let stderr = run.failure();
+    let error = run.failure();
+    assert!(run.elapsed < Duration::from_secs(60), "giving up on a broken source took {:?}", run.elapsed);
     assert!(
-        run.elapsed < Duration::from_secs(60),
-        "giving up on a broken source took {:?}",
-        run.elapsed
-    );
-    assert!(
-        stderr.contains("team/app") || stderr.contains(proxy.host()) || stderr.contains("sha256:"),
-        "error names neither the repository, the registry nor the blob:\n{stderr}"
+        error.contains(proxy.host()) || error.contains("team/app"),
+        "error does not name the source that broke ({} / team/app):\n{error}",
+        proxy.host()
     );
     assert!(proxy.blob_cuts() >= 1, "the proxy never cut a blob");
     assert_nothing_pushed(&dst, "prod/app", "1.0");
@@ -915,13 +749,7 @@ fn platform_flag_copies_only_that_platform_manifest() {
 
     assert_eq!(report.digest, arm64.digest());
     assert_eq!(report.media_type, media_type::OCI_MANIFEST);
-    assert_manifest_at(
-        dst.client(),
-        "prod/app",
-        "arm64",
-        arm64.digest(),
-        &arm64.bytes,
-    );
+    assert_manifest_at(dst.client(), "prod/app", "arm64", arm64.digest(), &arm64.bytes);
     assert_blobs_present(dst.client(), "prod/app", &arm64.blobs());
     let amd64 = &index.children[0];
     assert!(
@@ -932,4 +760,64 @@ fn platform_flag_copies_only_that_platform_manifest() {
         dst.client().manifest("prod/app", index.digest()).is_none(),
         "--platform linux/arm64 also copied the index"
     );
+}
+
+#[test]
+fn blob_that_does_not_match_its_digest_fails_the_copy() {
+    let src = Registry::plain();
+    let dst = Registry::plain();
+    push_image(&src, "team/app:1.0", &[100 * 1024]);
+    let proxy = FaultyProxy::start(&src, Fault::CorruptBlobs);
+
+    let run = ferry_copy()
+        .args(["--retries", "1"])
+        .args(["--plain-http", proxy.host()])
+        .args(dst.transport_args())
+        .arg(proxy.reference("team/app:1.0"))
+        .arg(dst.reference("prod/app:1.0"))
+        .timeout(Duration::from_secs(120))
+        .run();
+
+    let error = run.failure();
+    assert!(lowercase(error).contains("digest"), "error does not say the blob failed digest verification:\n{error}");
+    assert!(
+        error.contains(proxy.host()) || error.contains("team/app"),
+        "error does not name the source that served the bad blob ({} / team/app):\n{error}",
+        proxy.host()
+    );
+    assert!(run.elapsed < Duration::from_secs(60), "rejecting a corrupt blob took {:?}", run.elapsed);
+    assert!(proxy.blobs_corrupted() >= 1, "the proxy never corrupted a blob");
+    assert_nothing_pushed(&dst, "prod/app", "1.0");
+}
+
+#[test]
+fn corrupt_blob_is_never_written_into_an_oci_layout() {
+    let src = Registry::plain();
+    let (image, _) = push_image(&src, "team/app:1.0", &[100 * 1024]);
+    let proxy = FaultyProxy::start(&src, Fault::CorruptBlobs);
+    let out = tempfile::tempdir().expect("temp dir");
+    let layout_dir = out.path().join("exported");
+
+    let run = ferry_copy()
+        .args(["--retries", "1"])
+        .args(["--plain-http", proxy.host()])
+        .arg(proxy.reference("team/app:1.0"))
+        .arg(format!("oci:{}:1.0", layout_dir.display()))
+        .timeout(Duration::from_secs(120))
+        .run();
+
+    // No registry checks the bytes on this path: ferry itself must.
+    let error = run.failure();
+    assert!(lowercase(error).contains("digest"), "error does not say the blob failed digest verification:\n{error}");
+    assert!(proxy.blobs_corrupted() >= 1, "the proxy never corrupted a blob");
+    assert!(
+        layout::read_index_json(&layout_dir, "1.0").is_none(),
+        "the layout tags an image whose blobs failed verification"
+    );
+    for blob in image.blobs() {
+        let path = layout_dir.join("blobs/sha256").join(blob.digest.trim_start_matches("sha256:"));
+        if let Ok(bytes) = fs::read(&path) {
+            assert_eq!(sha256_digest(&bytes), blob.digest, "{} holds bytes that do not match its name", path.display());
+        }
+    }
 }

@@ -91,6 +91,8 @@ pub struct SourceConfig {
     /// For header-secret senders: the header that carries it (default `Authorization`). The
     /// value may be the secret itself or `Bearer <secret>`.
     pub header: Option<String>,
+    /// Azure DevOps basic auth: the username; the secret is the password.
+    pub username: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,7 +104,30 @@ pub struct Pipeline {
     /// Tag patterns that promote (`*` matches any run of characters); default: every tag.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Promote what an Azure DevOps build produced (`build.complete` events).
+    pub azure_devops: Option<AzureDevopsBuild>,
     pub stages: Vec<Stage>,
+}
+
+/// The build ↔ image link: which build definition pushes this pipeline's source repository,
+/// and the tag it pushes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureDevopsBuild {
+    /// Build definition name or id.
+    pub build_definition: String,
+    /// Tag template; `{build.id}` and `{build.number}` are replaced.
+    #[serde(default = "default_build_tag")]
+    pub tag: Spanned<String>,
+}
+
+fn default_build_tag() -> Spanned<String> {
+    Spanned::new(0..0, "{build.number}".to_string())
+}
+
+/// Renders a build tag template.
+pub fn render_build_tag(template: &str, build_id: &str, build_number: Option<&str>) -> String {
+    template.replace("{build.id}", build_id).replace("{build.number}", build_number.unwrap_or(build_id))
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +138,9 @@ pub struct Stage {
     pub target: Spanned<String>,
     #[serde(default)]
     pub gate: Gate,
+    /// The Azure DevOps release environment whose deployment events report on this stage
+    /// (default: the stage name, compared case-insensitively).
+    pub azure_devops_environment: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
@@ -126,17 +154,9 @@ pub enum Gate {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
-    At {
-        path: String,
-        line: usize,
-        column: usize,
-        message: String,
-    },
+    At { path: String, line: usize, column: usize, message: String },
     #[error("{path}: {message}")]
     File { path: String, message: String },
 }
@@ -152,14 +172,9 @@ impl RepoName {
     pub fn parse(value: &str) -> Result<Self, String> {
         let r: RegistryRef = value.parse().map_err(|e| format!("{e}"))?;
         if r.image.tag.is_some() || r.image.digest.is_some() {
-            return Err(format!(
-                "`{value}` must name a repository without tag or digest"
-            ));
+            return Err(format!("`{value}` must name a repository without tag or digest"));
         }
-        Ok(RepoName {
-            registry: r.registry,
-            repository: r.repository,
-        })
+        Ok(RepoName { registry: r.registry, repository: r.repository })
     }
 }
 
@@ -172,29 +187,19 @@ impl std::fmt::Display for RepoName {
 impl Config {
     /// Reads and validates a configuration file (secrets are not resolved here).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
         let at = |span: std::ops::Range<usize>, message: String| {
             let (line, column) = line_column(text, span.start);
-            ConfigError::At {
-                path: path.to_string(),
-                line,
-                column,
-                message,
-            }
+            ConfigError::At { path: path.to_string(), line, column, message }
         };
         let config: Config = toml::from_str(text).map_err(|e| match e.span() {
             Some(span) => at(span, e.message().to_string()),
-            None => ConfigError::File {
-                path: path.to_string(),
-                message: e.message().to_string(),
-            },
+            None => ConfigError::File { path: path.to_string(), message: e.message().to_string() },
         })?;
 
         for (name, source) in &config.sources {
@@ -202,7 +207,7 @@ impl Config {
                 return Err(at(
                     source.span(),
                     format!(
-                        "sources.{name}: unknown sender; known: acr, dockerhub, github, distribution, harbor, quay, generic"
+                        "sources.{name}: unknown sender; known: acr, azure-devops, dockerhub, github, distribution, harbor, quay, generic"
                     ),
                 ));
             }
@@ -220,22 +225,23 @@ impl Config {
             if !names.insert(pipeline.name.get_ref().clone()) {
                 return Err(at(
                     pipeline.name.span(),
-                    format!(
-                        "{key}.name: `{}` is used by two pipelines",
-                        pipeline.name.get_ref()
-                    ),
+                    format!("{key}.name: `{}` is used by two pipelines", pipeline.name.get_ref()),
                 ));
             }
             let source = RepoName::parse(pipeline.source.get_ref())
                 .map_err(|e| at(pipeline.source.span(), format!("{key}.source: {e}")))?;
-            config
-                .check_registry(&source, &key, "source")
-                .map_err(|m| at(pipeline.source.span(), m))?;
+            config.check_registry(&source, &key, "source").map_err(|m| at(pipeline.source.span(), m))?;
+            if let Some(ado) = &pipeline.azure_devops {
+                let sample = render_build_tag(ado.tag.get_ref(), "4711", Some("20250304.3"));
+                if sample.parse::<crate::registry::Tag>().is_err() {
+                    return Err(at(
+                        ado.tag.span(),
+                        format!("{key}.azure_devops.tag: `{}` does not make a valid tag", ado.tag.get_ref()),
+                    ));
+                }
+            }
             if pipeline.stages.is_empty() {
-                return Err(at(
-                    pipeline.name.span(),
-                    format!("{key}: a pipeline needs at least one stage"),
-                ));
+                return Err(at(pipeline.name.span(), format!("{key}: a pipeline needs at least one stage")));
             }
             let mut stage_names = std::collections::HashSet::new();
             for (j, stage) in pipeline.stages.iter().enumerate() {
@@ -248,9 +254,7 @@ impl Config {
                 }
                 let target = RepoName::parse(stage.target.get_ref())
                     .map_err(|e| at(stage.target.span(), format!("{stage_key}.target: {e}")))?;
-                config
-                    .check_registry(&target, &stage_key, "target")
-                    .map_err(|m| at(stage.target.span(), m))?;
+                config.check_registry(&target, &stage_key, "target").map_err(|m| at(stage.target.span(), m))?;
             }
         }
         Ok(config)
@@ -268,30 +272,17 @@ impl Config {
     }
 
     /// The configured secret of a sender, read from its environment variable or file.
-    pub fn source_secret(
-        &self,
-        sender: Sender,
-    ) -> Result<Option<(Secret, Option<String>)>, String> {
+    pub fn source_secret(&self, sender: Sender) -> Result<Option<(Secret, Option<String>)>, String> {
         let Some(source) = self.sources.get(sender.as_str()) else {
             return Ok(None);
         };
         let source = source.get_ref();
         let value = if let Some(var) = &source.secret_env {
-            std::env::var(var).map_err(|_| {
-                format!(
-                    "sources.{}: environment variable {var} is not set",
-                    sender.as_str()
-                )
-            })?
+            std::env::var(var)
+                .map_err(|_| format!("sources.{}: environment variable {var} is not set", sender.as_str()))?
         } else if let Some(file) = &source.secret_file {
             std::fs::read_to_string(file)
-                .map_err(|e| {
-                    format!(
-                        "sources.{}: cannot read secret_file {}: {e}",
-                        sender.as_str(),
-                        file.display()
-                    )
-                })?
+                .map_err(|e| format!("sources.{}: cannot read secret_file {}: {e}", sender.as_str(), file.display()))?
                 .trim()
                 .to_string()
         } else {
@@ -307,6 +298,7 @@ impl Config {
 pub fn sender_named(name: &str) -> Option<Sender> {
     Some(match name {
         "acr" => Sender::Acr,
+        "azure-devops" => Sender::AzureDevops,
         "dockerhub" => Sender::Dockerhub,
         "github" => Sender::Github,
         "distribution" => Sender::Distribution,
@@ -331,10 +323,7 @@ pub fn tag_matches(pattern: &str, tag: &str) -> bool {
         return pattern == tag;
     }
     let (first, last) = (parts[0], parts[parts.len() - 1]);
-    if !tag.starts_with(first)
-        || !tag[first.len()..].ends_with(last)
-        || tag.len() < first.len() + last.len()
-    {
+    if !tag.starts_with(first) || !tag[first.len()..].ends_with(last) || tag.len() < first.len() + last.len() {
         return false;
     }
     let mut rest = &tag[first.len()..tag.len() - last.len()];
@@ -381,26 +370,14 @@ tags = ["v*"]
 
     #[test]
     fn errors_name_the_key_and_line() {
-        let bad = GOOD.replace(
-            "target = \"127.0.0.1:5002/shop/api\"",
-            "target = \"10.0.0.9:5000/shop/api\"",
-        );
+        let bad = GOOD.replace("target = \"127.0.0.1:5002/shop/api\"", "target = \"10.0.0.9:5000/shop/api\"");
         let err = Config::parse(&bad, "ferry.toml").unwrap_err().to_string();
         assert!(err.starts_with("ferry.toml:19:"), "{err}");
-        assert!(
-            err.contains("pipelines[0].stages[0].target") && err.contains("10.0.0.9:5000"),
-            "{err}"
-        );
+        assert!(err.contains("pipelines[0].stages[0].target") && err.contains("10.0.0.9:5000"), "{err}");
 
-        let typo = GOOD.replace(
-            "plain_http = true\n[registries",
-            "plain_htp = true\n[registries",
-        );
+        let typo = GOOD.replace("plain_http = true\n[registries", "plain_htp = true\n[registries");
         let err = Config::parse(&typo, "ferry.toml").unwrap_err().to_string();
-        assert!(
-            err.contains("ferry.toml:6:") && err.contains("plain_htp"),
-            "{err}"
-        );
+        assert!(err.contains("ferry.toml:6:") && err.contains("plain_htp"), "{err}");
 
         let sender = GOOD.replace("[sources.generic]", "[sources.gitlab]");
         let err = Config::parse(&sender, "f").unwrap_err().to_string();
@@ -410,22 +387,9 @@ tags = ["v*"]
     #[test]
     fn pipelines_need_stages_and_unique_names() {
         let no_stages = "[registries.\"r.io\"]\n[[pipelines]]\nname = \"p\"\nsource = \"r.io/a\"\nstages = []\n";
-        assert!(
-            Config::parse(no_stages, "f")
-                .unwrap_err()
-                .to_string()
-                .contains("at least one stage")
-        );
-        let tagged = GOOD.replace(
-            "source = \"127.0.0.1:5001/shop/api\"",
-            "source = \"127.0.0.1:5001/shop/api:v1\"",
-        );
-        assert!(
-            Config::parse(&tagged, "f")
-                .unwrap_err()
-                .to_string()
-                .contains("without tag")
-        );
+        assert!(Config::parse(no_stages, "f").unwrap_err().to_string().contains("at least one stage"));
+        let tagged = GOOD.replace("source = \"127.0.0.1:5001/shop/api\"", "source = \"127.0.0.1:5001/shop/api:v1\"");
+        assert!(Config::parse(&tagged, "f").unwrap_err().to_string().contains("without tag"));
     }
 
     #[test]

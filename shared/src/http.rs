@@ -18,8 +18,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::config::{Config, RepoName, tag_matches};
-use crate::intake::{self, Parsed, PromotionRequest, Sender, verify};
+use base64::Engine as _;
+
+use crate::config::{Config, RepoName, render_build_tag, tag_matches};
+use crate::intake::azure_devops::{BuildCompleted, DeploymentCompleted};
+use crate::intake::{self, Build, Parsed, PromotionRequest, Sender, verify};
 use crate::queue::{JobQueue, NewJob, QueueError};
 use crate::registry::auth::Secret;
 
@@ -41,6 +44,8 @@ pub struct Intake {
 struct SenderAuth {
     secret: Secret,
     header: String,
+    /// Basic auth (Azure DevOps): the expected `Authorization` value.
+    basic: Option<String>,
 }
 
 struct PipelineMatch {
@@ -48,9 +53,13 @@ struct PipelineMatch {
     source: RepoName,
     tags: Vec<String>,
     first_stage: String,
+    /// Azure DevOps build definition (name or id) and tag template.
+    build: Option<(String, String)>,
+    /// (stage, Azure DevOps environment name) pairs.
+    environments: Vec<(String, String)>,
 }
 
-/// A job as queued for the worker.
+/// A promotion job as queued for the worker.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PromotionJob {
     pub pipeline: String,
@@ -60,6 +69,23 @@ pub struct PromotionJob {
     pub request: PromotionRequest,
 }
 
+/// A stage's deployment outcome reported by a release system, for the worker to record (later
+/// stages may gate on it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeploymentJob {
+    pub pipeline: String,
+    pub stage: String,
+    pub report: DeploymentCompleted,
+}
+
+/// Everything the queue carries, tagged by `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum QueuedJob {
+    Promote(PromotionJob),
+    Deployment(DeploymentJob),
+}
+
 impl Intake {
     /// Resolves every configured sender's secret; a missing one is an error naming it.
     pub fn new(config: &Config, queue: Arc<dyn JobQueue>) -> Result<Self, String> {
@@ -67,12 +93,16 @@ impl Intake {
         for name in config.sources.keys() {
             let sender = crate::config::sender_named(name).expect("validated sender name");
             if let Some((secret, header)) = config.source_secret(sender)? {
+                let username = config.sources[name].get_ref().username.clone();
+                let basic = username.map(|user| {
+                    format!(
+                        "Basic {}",
+                        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", secret.expose()))
+                    )
+                });
                 senders.insert(
                     sender,
-                    SenderAuth {
-                        secret,
-                        header: header.unwrap_or_else(|| "authorization".into()),
-                    },
+                    SenderAuth { secret, header: header.unwrap_or_else(|| "authorization".into()), basic },
                 );
             }
         }
@@ -84,6 +114,15 @@ impl Intake {
                 source: RepoName::parse(p.source.get_ref()).expect("validated source"),
                 tags: p.tags.clone(),
                 first_stage: p.stages[0].name.get_ref().clone(),
+                build: p.azure_devops.as_ref().map(|a| (a.build_definition.clone(), a.tag.get_ref().clone())),
+                environments: p
+                    .stages
+                    .iter()
+                    .map(|st| {
+                        let env = st.azure_devops_environment.clone().unwrap_or_else(|| st.name.get_ref().clone());
+                        (st.name.get_ref().clone(), env)
+                    })
+                    .collect(),
             })
             .collect();
         Ok(Intake {
@@ -97,36 +136,90 @@ impl Intake {
     }
 
     /// The jobs a request starts: one per matching pipeline, at its first stage.
-    fn jobs_for(&self, request: &PromotionRequest) -> Vec<(NewJob, PromotionJob)> {
+    fn jobs_for(&self, request: &PromotionRequest) -> Vec<(NewJob, QueuedJob)> {
+        self.pipelines
+            .iter()
+            .filter(|pipeline| {
+                let registry_matches = request.registry.as_deref().is_none_or(|r| r == pipeline.source.registry);
+                let tag_ok = pipeline.tags.is_empty()
+                    || request.tag.as_deref().is_some_and(|t| pipeline.tags.iter().any(|p| tag_matches(p, t)));
+                registry_matches && request.repository == pipeline.source.repository && tag_ok
+            })
+            .map(|pipeline| promotion(pipeline, request.clone()))
+            .collect()
+    }
+
+    /// A finished build promotes the image its pipeline's tag template names.
+    fn jobs_for_build(&self, build: &BuildCompleted) -> Result<Vec<(NewJob, QueuedJob)>, String> {
         let mut jobs = Vec::new();
         for pipeline in &self.pipelines {
-            let registry_matches = request
-                .registry
-                .as_deref()
-                .is_none_or(|r| r == pipeline.source.registry);
-            let tag_ok = pipeline.tags.is_empty()
-                || request
-                    .tag
-                    .as_deref()
-                    .is_some_and(|t| pipeline.tags.iter().any(|p| tag_matches(p, t)));
-            if !registry_matches || request.repository != pipeline.source.repository || !tag_ok {
+            let Some((definition, template)) = &pipeline.build else { continue };
+            let matches = build.definition_name.as_deref() == Some(definition.as_str())
+                || build.definition_id.as_deref() == Some(definition.as_str());
+            if !matches {
                 continue;
             }
-            let job = PromotionJob {
-                pipeline: pipeline.name.clone(),
-                stage: pipeline.first_stage.clone(),
-                source: pipeline.source.to_string(),
-                request: request.clone(),
+            let tag = render_build_tag(template, &build.build_id, build.build_number.as_deref());
+            if tag.parse::<crate::registry::Tag>().is_err() {
+                return Err(format!("build {} renders the tag `{tag}`, which is not a valid tag", build.build_id));
+            }
+            let request = PromotionRequest {
+                sender: Sender::AzureDevops,
+                registry: Some(pipeline.source.registry.clone()),
+                repository: pipeline.source.repository.clone(),
+                tag: Some(tag),
+                digest: None,
+                build: Some(Build { id: Some(build.build_id.clone()), number: build.build_number.clone() }),
+                delivery_id: build.delivery_id.clone(),
             };
-            jobs.push((
-                NewJob {
-                    dedup_key: dedup_key(&job),
-                    payload: serde_json::to_value(&job).expect("job serializes"),
-                },
-                job,
-            ));
+            jobs.push(promotion(pipeline, request));
+        }
+        Ok(jobs)
+    }
+
+    /// A deployment report concerns every stage bound to its environment.
+    fn jobs_for_deployment(&self, report: &DeploymentCompleted) -> Vec<(NewJob, QueuedJob)> {
+        let mut jobs = Vec::new();
+        for pipeline in &self.pipelines {
+            for (stage, environment) in &pipeline.environments {
+                if !environment.eq_ignore_ascii_case(&report.environment) {
+                    continue;
+                }
+                let job = QueuedJob::Deployment(DeploymentJob {
+                    pipeline: pipeline.name.clone(),
+                    stage: stage.clone(),
+                    report: report.clone(),
+                });
+                let event = report
+                    .delivery_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{}", report.release.as_deref().unwrap_or(""), report.status));
+                let dedup_key = format!("deployment/{}/{stage}/{event}", pipeline.name);
+                jobs.push((NewJob { dedup_key, payload: serde_json::to_value(&job).expect("job serializes") }, job));
+            }
         }
         jobs
+    }
+}
+
+fn promotion(pipeline: &PipelineMatch, request: PromotionRequest) -> (NewJob, QueuedJob) {
+    let job = QueuedJob::Promote(PromotionJob {
+        pipeline: pipeline.name.clone(),
+        stage: pipeline.first_stage.clone(),
+        source: pipeline.source.to_string(),
+        request,
+    });
+    let QueuedJob::Promote(promote) = &job else { unreachable!() };
+    let new = NewJob { dedup_key: dedup_key(promote), payload: serde_json::to_value(&job).expect("job serializes") };
+    (new, job)
+}
+
+impl QueuedJob {
+    fn pipeline_and_stage(&self) -> (&str, &str) {
+        match self {
+            QueuedJob::Promote(j) => (&j.pipeline, &j.stage),
+            QueuedJob::Deployment(j) => (&j.pipeline, &j.stage),
+        }
     }
 }
 
@@ -134,10 +227,7 @@ impl Intake {
 pub fn dedup_key(job: &PromotionJob) -> String {
     let what = match (&job.request.digest, &job.request.tag) {
         (Some(digest), _) => digest.to_string(),
-        (None, Some(tag)) => format!(
-            "tag:{tag}#{}",
-            job.request.delivery_id.as_deref().unwrap_or("")
-        ),
+        (None, Some(tag)) => format!("tag:{tag}#{}", job.request.delivery_id.as_deref().unwrap_or("")),
         (None, None) => "none".into(),
     };
     format!("{}/{}/{}/{what}", job.pipeline, job.stage, job.source)
@@ -148,31 +238,14 @@ pub fn router(intake: Arc<Intake>) -> Router {
     let limit = intake.body_limit;
     Router::new()
         .route("/healthz", get(healthz))
-        .route(
-            "/hooks/acr",
-            post(|s, h, b| hook(s, Sender::Acr, None, h, b)),
-        )
-        .route(
-            "/hooks/github",
-            post(|s, h, b| hook(s, Sender::Github, None, h, b)),
-        )
-        .route(
-            "/hooks/distribution",
-            post(|s, h, b| hook(s, Sender::Distribution, None, h, b)),
-        )
-        .route(
-            "/hooks/harbor",
-            post(|s, h, b| hook(s, Sender::Harbor, None, h, b)),
-        )
-        .route(
-            "/hooks/generic",
-            post(|s, h, b| hook(s, Sender::Generic, None, h, b)),
-        )
+        .route("/hooks/acr", post(|s, h, b| hook(s, Sender::Acr, None, h, b)))
+        .route("/hooks/github", post(|s, h, b| hook(s, Sender::Github, None, h, b)))
+        .route("/hooks/distribution", post(|s, h, b| hook(s, Sender::Distribution, None, h, b)))
+        .route("/hooks/harbor", post(|s, h, b| hook(s, Sender::Harbor, None, h, b)))
+        .route("/hooks/generic", post(|s, h, b| hook(s, Sender::Generic, None, h, b)))
         .route(
             "/hooks/dockerhub/{token}",
-            post(|s, Path(token): Path<String>, h, b| {
-                hook(s, Sender::Dockerhub, Some(token), h, b)
-            }),
+            post(|s, Path(token): Path<String>, h, b| hook(s, Sender::Dockerhub, Some(token), h, b)),
         )
         .route(
             "/hooks/quay/{token}",
@@ -185,10 +258,7 @@ pub fn router(intake: Arc<Intake>) -> Router {
 async fn healthz(State(intake): State<Arc<Intake>>) -> Response {
     match intake.queue.check().await {
         Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
-        Err(e) => reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"status": "unavailable", "error": e.to_string()}),
-        ),
+        Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "unavailable", "error": e.to_string()})),
     }
 }
 
@@ -212,16 +282,10 @@ async fn hook(
     body: Bytes,
 ) -> Response {
     let Some(auth) = intake.senders.get(&sender) else {
-        tracing::warn!(
-            sender = sender.as_str(),
-            "webhook for a sender that is not configured"
-        );
+        tracing::warn!(sender = sender.as_str(), "webhook for a sender that is not configured");
         return error(
             StatusCode::UNAUTHORIZED,
-            format!(
-                "sender `{}` is not configured on this Ferry",
-                sender.as_str()
-            ),
+            format!("sender `{}` is not configured on this Ferry", sender.as_str()),
         );
     };
     if let Err(why) = authenticate(&intake, sender, auth, url_token.as_deref(), &headers, &body) {
@@ -229,14 +293,8 @@ async fn hook(
         return error(StatusCode::UNAUTHORIZED, why);
     }
     let content_type = header(&headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let json_like = media == "application/json"
-        || (media.starts_with("application/") && media.ends_with("+json"));
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let json_like = media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"));
     if !json_like {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -248,51 +306,54 @@ async fn hook(
         Ok(parsed) => parsed,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let requests = match parsed {
-        Parsed::Ignored(reason) => {
-            return reply(
-                StatusCode::OK,
-                json!({ "status": "ignored", "reason": reason }),
-            );
+    let (matched, unmatched_reason): (Vec<(NewJob, QueuedJob)>, String) = match parsed {
+        Parsed::Ignored(reason) => return reply(StatusCode::OK, json!({ "status": "ignored", "reason": reason })),
+        Parsed::Requests(requests) => {
+            let names: Vec<String> =
+                requests.iter().map(|r| format!("{}/{}", r.registry.as_deref().unwrap_or("?"), r.repository)).collect();
+            (
+                requests.iter().flat_map(|r| intake.jobs_for(r)).collect(),
+                format!("no pipeline matches {}", names.join(", ")),
+            )
         }
-        Parsed::Requests(requests) => requests,
+        Parsed::Build(build) => match intake.jobs_for_build(&build) {
+            Ok(jobs) => {
+                let definition = build.definition_name.or(build.definition_id).unwrap_or_else(|| "?".into());
+                (jobs, format!("no pipeline is bound to build definition `{definition}`"))
+            }
+            Err(why) => return error(StatusCode::BAD_REQUEST, why),
+        },
+        Parsed::Deployment(report) => {
+            let reason = format!("no stage is bound to environment `{}`", report.environment);
+            (intake.jobs_for_deployment(&report), reason)
+        }
     };
-    let (new_jobs, jobs): (Vec<NewJob>, Vec<PromotionJob>) =
-        requests.iter().flat_map(|r| intake.jobs_for(r)).unzip();
-    if new_jobs.is_empty() {
-        let names: Vec<String> = requests
-            .iter()
-            .map(|r| format!("{}/{}", r.registry.as_deref().unwrap_or("?"), r.repository))
-            .collect();
-        return reply(
-            StatusCode::OK,
-            json!({ "status": "ignored", "reason": format!("no pipeline matches {}", names.join(", ")) }),
-        );
+    if matched.is_empty() {
+        return reply(StatusCode::OK, json!({ "status": "ignored", "reason": unmatched_reason }));
     }
+    let (new_jobs, jobs): (Vec<NewJob>, Vec<QueuedJob>) = matched.into_iter().unzip();
     match intake.queue.enqueue(new_jobs).await {
         Ok(enqueued) => {
             let listed: Vec<serde_json::Value> = enqueued
                 .iter()
                 .zip(&jobs)
                 .map(|(e, job)| {
-                    tracing::info!(job.id = %e.id, pipeline = %job.pipeline, stage = %job.stage, duplicate = e.duplicate, sender = sender.as_str(), "promotion queued");
-                    json!({ "id": e.id, "pipeline": job.pipeline, "stage": job.stage, "duplicate": e.duplicate })
+                    let (pipeline, stage) = job.pipeline_and_stage();
+                    let kind = match job {
+                        QueuedJob::Promote(_) => "promotion",
+                        QueuedJob::Deployment(_) => "deployment report",
+                    };
+                    tracing::info!(job.id = %e.id, pipeline, stage, duplicate = e.duplicate, sender = sender.as_str(), "{kind} queued");
+                    json!({ "id": e.id, "pipeline": pipeline, "stage": stage, "duplicate": e.duplicate })
                 })
                 .collect();
-            reply(
-                StatusCode::ACCEPTED,
-                json!({ "status": "queued", "jobs": listed }),
-            )
+            reply(StatusCode::ACCEPTED, json!({ "status": "queued", "jobs": listed }))
         }
         Err(QueueError::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
         Err(e) => {
             // Nothing was queued: the sender may retry this very request.
             if let Some(signature) = header(&headers, SIGNATURE_HEADER) {
-                intake
-                    .seen_signatures
-                    .lock()
-                    .expect("not poisoned")
-                    .remove(signature.trim());
+                intake.seen_signatures.lock().expect("not poisoned").remove(signature.trim());
             }
             tracing::error!(error = %e, "queue refused a promotion; the sender will retry");
             error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry later"))
@@ -312,16 +373,11 @@ fn authenticate(
     match sender {
         Sender::Dockerhub | Sender::Quay => {
             let token = url_token.unwrap_or_default();
-            verify::secrets_equal(token.as_bytes(), secret)
-                .then_some(())
-                .ok_or("invalid URL token")
+            verify::secrets_equal(token.as_bytes(), secret).then_some(()).ok_or("invalid URL token")
         }
         Sender::Github => {
-            let signature =
-                header(headers, "x-hub-signature-256").ok_or("missing X-Hub-Signature-256")?;
-            verify::github_signature_valid(secret, body, signature)
-                .then_some(())
-                .ok_or("invalid X-Hub-Signature-256")
+            let signature = header(headers, "x-hub-signature-256").ok_or("missing X-Hub-Signature-256")?;
+            verify::github_signature_valid(secret, body, signature).then_some(()).ok_or("invalid X-Hub-Signature-256")
         }
         Sender::Generic => {
             let timestamp = header(headers, TIMESTAMP_HEADER).ok_or("missing X-Ferry-Timestamp")?;
@@ -329,14 +385,8 @@ fn authenticate(
             if !verify::generic_signature_valid(secret, timestamp, body, signature) {
                 return Err("invalid X-Ferry-Signature");
             }
-            let sent: u64 = timestamp
-                .trim()
-                .parse()
-                .map_err(|_| "X-Ferry-Timestamp must be Unix seconds")?;
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_secs();
+            let sent: u64 = timestamp.trim().parse().map_err(|_| "X-Ferry-Timestamp must be Unix seconds")?;
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
             if sent.abs_diff(now) > intake.max_clock_skew.as_secs() {
                 return Err("X-Ferry-Timestamp is outside the allowed clock skew");
             }
@@ -344,12 +394,15 @@ fn authenticate(
                 .then_some(())
                 .ok_or("replayed request: this signature was already accepted")
         }
-        Sender::Acr | Sender::Distribution | Sender::Harbor => {
+        Sender::AzureDevops if auth.basic.is_some() => {
+            let expected = auth.basic.as_deref().unwrap_or_default();
+            let given = header(headers, "authorization").ok_or("missing basic auth")?;
+            verify::secrets_equal(given.as_bytes(), expected.as_bytes()).then_some(()).ok_or("invalid basic auth")
+        }
+        Sender::Acr | Sender::AzureDevops | Sender::Distribution | Sender::Harbor => {
             let value = header(headers, &auth.header).ok_or("missing secret header")?;
             let value = value.strip_prefix("Bearer ").unwrap_or(value);
-            verify::secrets_equal(value.as_bytes(), secret)
-                .then_some(())
-                .ok_or("invalid secret header")
+            verify::secrets_equal(value.as_bytes(), secret).then_some(()).ok_or("invalid secret header")
         }
     }
 }

@@ -114,42 +114,24 @@ async fn app() -> App {
     ] {
         let path = dir.path().join(format!("{name}.secret"));
         std::fs::write(&path, value).unwrap();
-        text = text.replace(
-            &format!("secret_env = \"{var}\""),
-            &format!("secret_file = {:?}", path.display().to_string()),
-        );
+        text = text
+            .replace(&format!("secret_env = \"{var}\""), &format!("secret_file = {:?}", path.display().to_string()));
     }
     let config = Config::parse(&text, "test.toml").unwrap();
-    let queue = Arc::new(
-        SqliteQueue::open(&dir.path().join("queue.db"), SqliteQueueOptions::default()).unwrap(),
-    );
+    let queue = Arc::new(SqliteQueue::open(&dir.path().join("queue.db"), SqliteQueueOptions::default()).unwrap());
     let intake = Intake::new(&config, queue.clone() as Arc<dyn JobQueue>).unwrap();
-    App {
-        router: router(Arc::new(intake)),
-        queue,
-        _dir: dir,
-    }
+    App { router: router(Arc::new(intake)), queue, _dir: dir }
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/intake/fixtures")
-            .join(name),
-    )
-    .unwrap()
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/intake/fixtures").join(name)).unwrap()
 }
 
 async fn send(app: &App, request: Request<Body>) -> (StatusCode, serde_json::Value) {
     let response = app.router.clone().oneshot(request).await.unwrap();
     let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
 }
 
 fn post(uri: &str) -> axum::http::request::Builder {
@@ -157,31 +139,20 @@ fn post(uri: &str) -> axum::http::request::Builder {
 }
 
 fn now() -> String {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        .to_string()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string()
 }
 
 fn generic(body: &[u8], secret: &str, timestamp: &str) -> Request<Body> {
     Request::post("/hooks/generic")
         .header("content-type", "application/json")
         .header(TIMESTAMP_HEADER, timestamp)
-        .header(
-            SIGNATURE_HEADER,
-            generic_signature(secret.as_bytes(), timestamp, body),
-        )
+        .header(SIGNATURE_HEADER, generic_signature(secret.as_bytes(), timestamp, body))
         .body(Body::from(body.to_vec()))
         .unwrap()
 }
 
 async fn queued(app: &App) -> usize {
-    app.queue
-        .receive(100, std::time::Duration::from_secs(60))
-        .await
-        .unwrap()
-        .len()
+    app.queue.receive(100, std::time::Duration::from_secs(60)).await.unwrap().len()
 }
 
 const GENERIC: &[u8] = br#"{"repository":"127.0.0.1:5001/shop/api","tag":"v1","digest":"sha256:05b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f","build":1234}"#;
@@ -193,36 +164,19 @@ async fn signed_generic_request_is_queued_and_answered_202_with_job_ids() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["jobs"][0]["pipeline"], "local");
     assert_eq!(body["jobs"][0]["stage"], "dev");
-    assert!(
-        body["jobs"][0]["id"]
-            .as_str()
-            .is_some_and(|id| !id.is_empty())
-    );
+    assert!(body["jobs"][0]["id"].as_str().is_some_and(|id| !id.is_empty()));
     assert_eq!(queued(&app).await, 1);
 }
 
 #[tokio::test]
 async fn bad_signature_missing_headers_and_stale_timestamps_get_401_and_queue_nothing() {
     let app = app().await;
-    assert_eq!(
-        send(&app, generic(GENERIC, "wrong-secret", &now())).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    let old = (SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 600)
-        .to_string();
+    assert_eq!(send(&app, generic(GENERIC, "wrong-secret", &now())).await.0, StatusCode::UNAUTHORIZED);
+    let old = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - 600).to_string();
     let (status, body) = send(&app, generic(GENERIC, "generic-secret", &old)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(
-        body["error"].as_str().unwrap().contains("clock skew"),
-        "{body}"
-    );
-    let unsigned = post("/hooks/generic")
-        .body(Body::from(GENERIC.to_vec()))
-        .unwrap();
+    assert!(body["error"].as_str().unwrap().contains("clock skew"), "{body}");
+    let unsigned = post("/hooks/generic").body(Body::from(GENERIC.to_vec())).unwrap();
     assert_eq!(send(&app, unsigned).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(queued(&app).await, 0);
 }
@@ -231,40 +185,20 @@ async fn bad_signature_missing_headers_and_stale_timestamps_get_401_and_queue_no
 async fn replayed_generic_request_is_refused() {
     let app = app().await;
     let ts = now();
-    assert_eq!(
-        send(&app, generic(GENERIC, "generic-secret", &ts)).await.0,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(send(&app, generic(GENERIC, "generic-secret", &ts)).await.0, StatusCode::ACCEPTED);
     let (status, body) = send(&app, generic(GENERIC, "generic-secret", &ts)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    assert!(
-        body["error"].as_str().unwrap().contains("replayed"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("replayed"), "{body}");
 }
 
 #[tokio::test]
 async fn malformed_json_is_400_saying_what_is_wrong() {
     let app = app().await;
-    let (status, body) = send(
-        &app,
-        generic(b"{\"repository\": 12", "generic-secret", &now()),
-    )
-    .await;
+    let (status, body) = send(&app, generic(b"{\"repository\": 12", "generic-secret", &now())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        body["error"].as_str().unwrap().contains("not valid JSON"),
-        "{body}"
-    );
-    let (status, body) = send(
-        &app,
-        generic(
-            br#"{"repository":"127.0.0.1:5001/shop/api"}"#,
-            "generic-secret",
-            &now(),
-        ),
-    )
-    .await;
+    assert!(body["error"].as_str().unwrap().contains("not valid JSON"), "{body}");
+    let (status, body) =
+        send(&app, generic(br#"{"repository":"127.0.0.1:5001/shop/api"}"#, "generic-secret", &now())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body["error"].as_str().unwrap().contains("tag"), "{body}");
 }
@@ -276,26 +210,17 @@ async fn wrong_content_type_is_415() {
     let request = Request::post("/hooks/generic")
         .header("content-type", "text/plain")
         .header(TIMESTAMP_HEADER, &ts)
-        .header(
-            SIGNATURE_HEADER,
-            generic_signature(b"generic-secret", &ts, GENERIC),
-        )
+        .header(SIGNATURE_HEADER, generic_signature(b"generic-secret", &ts, GENERIC))
         .body(Body::from(GENERIC.to_vec()))
         .unwrap();
-    assert_eq!(
-        send(&app, request).await.0,
-        StatusCode::UNSUPPORTED_MEDIA_TYPE
-    );
+    assert_eq!(send(&app, request).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
 #[tokio::test]
 async fn oversized_body_is_413_and_queues_nothing() {
     let app = app().await;
     let big = vec![b' '; 8192];
-    assert_eq!(
-        send(&app, generic(&big, "generic-secret", &now())).await.0,
-        StatusCode::PAYLOAD_TOO_LARGE
-    );
+    assert_eq!(send(&app, generic(&big, "generic-secret", &now())).await.0, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(queued(&app).await, 0);
 }
 
@@ -327,16 +252,8 @@ async fn acr_needs_its_secret_header_and_ignores_pings() {
         }
         r.body(Body::from(body)).unwrap()
     };
-    assert_eq!(
-        send(&app, request(None, fixture("acr-push.json"))).await.0,
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        send(&app, request(Some("Bearer nope"), fixture("acr-push.json")))
-            .await
-            .0,
-        StatusCode::UNAUTHORIZED
-    );
+    assert_eq!(send(&app, request(None, fixture("acr-push.json"))).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(send(&app, request(Some("Bearer nope"), fixture("acr-push.json"))).await.0, StatusCode::UNAUTHORIZED);
     let (status, body) = send(&app, request(Some("acr-secret"), fixture("acr-ping.json"))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ignored");
@@ -356,10 +273,7 @@ async fn every_sender_route_queues_its_fixture() {
     let cases: Vec<(Request<Body>, &str)> = vec![
         (
             Request::post("/hooks/distribution")
-                .header(
-                    "content-type",
-                    "application/vnd.docker.distribution.events.v1+json",
-                )
+                .header("content-type", "application/vnd.docker.distribution.events.v1+json")
                 .header("x-ferry-secret", "dist-secret")
                 .body(Body::from(fixture("distribution-push.json")))
                 .unwrap(),
@@ -427,17 +341,9 @@ async fn unmatched_repository_or_tag_is_200_with_a_reason() {
     let other = br#"{"repository":"127.0.0.1:5001/other","tag":"v1"}"#;
     let (status, body) = send(&app, generic(other, "generic-secret", &now())).await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        body["reason"]
-            .as_str()
-            .unwrap()
-            .contains("no pipeline matches 127.0.0.1:5001/other"),
-        "{body}"
-    );
+    assert!(body["reason"].as_str().unwrap().contains("no pipeline matches 127.0.0.1:5001/other"), "{body}");
     // The ACR pipeline only takes 1.* tags.
-    let wrong_tag = String::from_utf8(fixture("acr-push.json"))
-        .unwrap()
-        .replace("\"1.8.3\"", "\"2.0.0\"");
+    let wrong_tag = String::from_utf8(fixture("acr-push.json")).unwrap().replace("\"1.8.3\"", "\"2.0.0\"");
     let request = Request::post("/hooks/acr")
         .header("content-type", "application/json")
         .header("authorization", "acr-secret")

@@ -58,7 +58,8 @@ fn issue(fake: &Fake, scopes: Vec<String>) -> Response {
 async fn token_get(State(fake): State<Arc<Fake>>, headers: HeaderMap, RawQuery(query): RawQuery) -> Response {
     // "ferry:s3cret"
     if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some("Basic ZmVycnk6czNjcmV0") {
-        return (StatusCode::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#).into_response();
+        return (StatusCode::UNAUTHORIZED, r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#)
+            .into_response();
     }
     let scopes = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .filter(|(k, _)| k == "scope")
@@ -72,7 +73,9 @@ async fn token_get(State(fake): State<Arc<Fake>>, headers: HeaderMap, RawQuery(q
 async fn token_post(State(fake): State<Arc<Fake>>, body: String) -> Response {
     let form: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes()).into_owned().collect();
     let field = |k: &str| form.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
-    if field("grant_type").as_deref() != Some("refresh_token") || field("refresh_token").as_deref() != Some("acr-refresh") {
+    if field("grant_type").as_deref() != Some("refresh_token")
+        || field("refresh_token").as_deref() != Some("acr-refresh")
+    {
         return StatusCode::UNAUTHORIZED.into_response();
     }
     issue(&fake, form.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect())
@@ -95,7 +98,8 @@ async fn start_upload(
     if !scopes.iter().any(|s| s == "repository:prod/api:pull,push") {
         return challenge(&fake, "repository:prod/api:pull,push");
     }
-    if query.get("from").map(String::as_str) == Some("dev/api") && scopes.iter().any(|s| s == "repository:dev/api:pull") {
+    if query.get("from").map(String::as_str) == Some("dev/api") && scopes.iter().any(|s| s == "repository:dev/api:pull")
+    {
         return (StatusCode::CREATED, [(header::LOCATION, "/v2/prod/api/blobs/sha256:x")]).into_response();
     }
     (StatusCode::ACCEPTED, [(header::LOCATION, "/v2/prod/api/blobs/uploads/session-1")]).into_response()

@@ -50,21 +50,11 @@ pub struct CopyArgs {
     plain_http: Vec<String>,
 
     /// Credentials for the source registry.
-    #[arg(
-        long,
-        value_name = "USER:PASSWORD",
-        env = "FERRY_SRC_CREDS",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "USER:PASSWORD", env = "FERRY_SRC_CREDS", hide_env_values = true)]
     src_creds: Option<String>,
 
     /// Credentials for the target registry.
-    #[arg(
-        long,
-        value_name = "USER:PASSWORD",
-        env = "FERRY_DEST_CREDS",
-        hide_env_values = true
-    )]
+    #[arg(long, value_name = "USER:PASSWORD", env = "FERRY_DEST_CREDS", hide_env_values = true)]
     dest_creds: Option<String>,
 
     /// Docker config.json to read registry credentials from [default: $REGISTRY_AUTH_FILE,
@@ -100,10 +90,7 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
 
     let mut ca_certs_pem = Vec::new();
     for path in &args.ca_cert {
-        ca_certs_pem.push(
-            std::fs::read(path)
-                .with_context(|| format!("reading CA certificate {}", path.display()))?,
-        );
+        ca_certs_pem.push(std::fs::read(path).with_context(|| format!("reading CA certificate {}", path.display()))?);
     }
     let docker_config = match args.authfile.clone().or_else(DockerConfig::default_path) {
         Some(path) if args.authfile.is_some() && !path.exists() => {
@@ -116,10 +103,7 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
         client: ClientOptions {
             plain_http: args.plain_http.clone(),
             ca_certs_pem,
-            retry: RetryPolicy {
-                retries: args.retries,
-                ..RetryPolicy::default()
-            },
+            retry: RetryPolicy { retries: args.retries, ..RetryPolicy::default() },
             ..ClientOptions::default()
         },
         source_credential: args
@@ -136,16 +120,11 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
             .context("--dest-creds")?,
         docker_config,
     };
-    let options = CopyOptions {
-        jobs: args.jobs.into(),
-        referrers: !args.no_referrers,
-        platform: args.platform.clone(),
-    };
+    let options =
+        CopyOptions { jobs: args.jobs.into(), referrers: !args.no_referrers, platform: args.platform.clone() };
 
     let progress = Arc::new(Progress::default());
-    let ticker = std::io::stderr()
-        .is_terminal()
-        .then(|| tokio::spawn(show_progress(progress.clone())));
+    let ticker = std::io::stderr().is_terminal().then(|| tokio::spawn(show_progress(progress.clone())));
     let result = copy(&source, &target, &access, &options, progress).await;
     if let Some(ticker) = ticker {
         ticker.abort();
@@ -183,11 +162,7 @@ fn human_bytes(bytes: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
 /// A one-line progress display on a terminal, redrawn a few times a second.
@@ -199,11 +174,7 @@ async fn show_progress(progress: Arc<Progress>) {
         let total = progress.blobs_total.load(Ordering::Relaxed);
         let moved = progress.bytes_moved.load(Ordering::Relaxed);
         let bytes_total = progress.bytes_total.load(Ordering::Relaxed);
-        eprint!(
-            "\r\x1b[2Kblobs {done}/{total}  {} of {}",
-            human_bytes(moved),
-            human_bytes(bytes_total)
-        );
+        eprint!("\r\x1b[2Kblobs {done}/{total}  {} of {}", human_bytes(moved), human_bytes(bytes_total));
     }
 }
 

@@ -37,15 +37,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listen = args.listen.unwrap_or(config.server.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| {
-            format!("cannot listen on {listen} (in use? choose another with --listen)")
-        })?;
+        .with_context(|| format!("cannot listen on {listen} (in use? choose another with --listen)"))?;
     let local = listener.local_addr()?;
     tracing::info!(%local, queue = %queue_path.display(), "ferry serving");
-    eprintln!(
-        "ferry: listening on http://{local} (queue: {})",
-        queue_path.display()
-    );
+    eprintln!("ferry: listening on http://{local} (queue: {})", queue_path.display());
     axum::serve(listener, router(Arc::new(intake)))
         .with_graceful_shutdown(shutdown())
         .await
@@ -58,8 +53,8 @@ async fn shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -12,12 +12,7 @@ use super::tools;
 
 /// Variables through which the environment could hand ferry credentials the
 /// test did not choose.
-const AMBIENT_AUTH_VARS: &[&str] = &[
-    "REGISTRY_AUTH_FILE",
-    "DOCKER_CONFIG",
-    "FERRY_SRC_CREDS",
-    "FERRY_DEST_CREDS",
-];
+const AMBIENT_AUTH_VARS: &[&str] = &["REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "FERRY_SRC_CREDS", "FERRY_DEST_CREDS"];
 
 /// `ferry copy ...` under construction.
 pub struct FerryCommand {
@@ -48,14 +43,12 @@ impl FerryCommand {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
-        self.envs
-            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self.envs.push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
     }
 
@@ -72,10 +65,7 @@ impl FerryCommand {
     }
 
     pub fn run(self) -> FerryRun {
-        let scratch = tempfile::Builder::new()
-            .prefix("ferry-run-")
-            .tempdir()
-            .expect("temp dir for ferry run");
+        let scratch = tempfile::Builder::new().prefix("ferry-run-").tempdir().expect("temp dir for ferry run");
         let home = scratch.path().join("home");
         fs::create_dir_all(&home).expect("empty HOME");
         let stdout_path = scratch.path().join("stdout");
@@ -101,19 +91,11 @@ impl FerryCommand {
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
-        let command_line = format!(
-            "ferry {}",
-            self.args
-                .iter()
-                .map(|a| a.to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
+        let command_line =
+            format!("ferry {}", self.args.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" "));
 
         let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {ferry}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {ferry}: {e}"));
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait for ferry") {
                 break status;
@@ -186,14 +168,13 @@ impl FerryRun {
                 self.command_line, self.stdout, self.stderr
             )
         });
-        eprintln!(
-            "`{}` took {:?}, peak RSS {:?} KiB: {json}",
-            self.command_line, self.elapsed, self.max_rss_kib
-        );
+        eprintln!("`{}` took {:?}, peak RSS {:?} KiB: {json}", self.command_line, self.elapsed, self.max_rss_kib);
         CopyReport::from_json(json)
     }
 
-    /// Assert a non-zero exit with an `error: ...` message on stderr; returns stderr.
+    /// Assert a non-zero exit with an `error: ...` message on stderr, and
+    /// return that message: stderr from its first `error:` line on, without
+    /// the log lines before it, so assertions judge what the user is told.
     pub fn failure(&self) -> &str {
         assert!(
             !self.status.success(),
@@ -210,22 +191,24 @@ impl FerryRun {
             self.stderr
         );
         assert!(
-            self.stderr.contains("error"),
-            "`{}` failed without an `error: ...` message on stderr:\n{}",
-            self.command_line,
-            self.stderr
-        );
-        assert!(
             !self.stderr.contains("panicked at"),
             "`{}` panicked instead of reporting an error:\n{}",
             self.command_line,
             self.stderr
         );
+        let start = self
+            .stderr
+            .match_indices("error:")
+            .map(|(i, _)| i)
+            .find(|&i| i == 0 || self.stderr.as_bytes()[i - 1] == b'\n')
+            .unwrap_or_else(|| {
+                panic!("`{}` failed without an `error: ...` line on stderr:\n{}", self.command_line, self.stderr)
+            });
         eprintln!(
             "`{}` failed as expected ({}) after {:?}:\n{}",
             self.command_line, self.status, self.elapsed, self.stderr
         );
-        &self.stderr
+        &self.stderr[start..]
     }
 }
 
@@ -245,24 +228,13 @@ pub struct CopyReport {
 
 impl CopyReport {
     fn from_json(raw: Value) -> Self {
-        let text = |k: &str| {
-            raw[k]
-                .as_str()
-                .unwrap_or_else(|| panic!("--json report lacks string `{k}`: {raw}"))
-                .to_string()
-        };
+        let text =
+            |k: &str| raw[k].as_str().unwrap_or_else(|| panic!("--json report lacks string `{k}`: {raw}")).to_string();
         let count = |k: &str| {
-            raw[k]
-                .as_u64()
-                .unwrap_or_else(|| panic!("--json report lacks non-negative integer `{k}`: {raw}"))
+            raw[k].as_u64().unwrap_or_else(|| panic!("--json report lacks non-negative integer `{k}`: {raw}"))
         };
-        let seconds = raw["seconds"]
-            .as_f64()
-            .unwrap_or_else(|| panic!("--json report lacks number `seconds`: {raw}"));
-        assert!(
-            seconds.is_finite() && seconds >= 0.0,
-            "--json `seconds` is {seconds}: {raw}"
-        );
+        let seconds = raw["seconds"].as_f64().unwrap_or_else(|| panic!("--json report lacks number `seconds`: {raw}"));
+        assert!(seconds.is_finite() && seconds >= 0.0, "--json `seconds` is {seconds}: {raw}");
         Self {
             digest: text("digest"),
             media_type: text("media_type"),

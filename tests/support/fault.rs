@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
@@ -30,6 +30,9 @@ pub enum Fault {
     TransientFailures,
     /// Every GET of every blob is cut after [`CUT_AFTER`] bytes.
     BlobsAlwaysCut,
+    /// Every blob is served complete but with its first byte flipped, so its
+    /// content no longer matches its digest.
+    CorruptBlobs,
 }
 
 /// The proxy, serving on its own thread and runtime until dropped.
@@ -43,7 +46,11 @@ pub struct FaultyProxy {
 #[derive(Default)]
 struct Stats {
     blob_cuts: AtomicUsize,
+    blobs_corrupted: AtomicUsize,
     manifest_503s: AtomicUsize,
+    /// When the 503 was served, then how long until the next manifest request.
+    manifest_503_at: Mutex<Option<Instant>>,
+    manifest_retry_gap: Mutex<Option<Duration>>,
 }
 
 struct Proxy {
@@ -59,9 +66,7 @@ impl FaultyProxy {
     /// Proxy `upstream` (which must speak plain HTTP) with `fault`.
     pub fn start(upstream: &Registry, fault: Fault) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy to 127.0.0.1:0");
-        listener
-            .set_nonblocking(true)
-            .expect("non-blocking proxy listener");
+        listener.set_nonblocking(true).expect("non-blocking proxy listener");
         let host = listener.local_addr().expect("proxy address").to_string();
         let stats = Arc::new(Stats::default());
         let proxy = Arc::new(Proxy {
@@ -84,8 +89,7 @@ impl FaultyProxy {
                 .build()
                 .expect("proxy runtime");
             rt.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).expect("tokio proxy listener");
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio proxy listener");
                 let serve = async move { axum::serve(listener, app).await };
                 tokio::select! {
                     result = serve => result.expect("proxy server"),
@@ -94,12 +98,7 @@ impl FaultyProxy {
             });
             rt.shutdown_timeout(Duration::from_secs(1));
         });
-        Self {
-            host,
-            stats,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        }
+        Self { host, stats, shutdown: Some(shutdown), thread: Some(thread) }
     }
 
     /// `127.0.0.1:PORT`.
@@ -117,9 +116,19 @@ impl FaultyProxy {
         self.stats.blob_cuts.load(Ordering::SeqCst)
     }
 
+    /// Blob responses served with a flipped byte so far.
+    pub fn blobs_corrupted(&self) -> usize {
+        self.stats.blobs_corrupted.load(Ordering::SeqCst)
+    }
+
     /// Manifest requests answered 503 so far.
     pub fn manifest_503s(&self) -> usize {
         self.stats.manifest_503s.load(Ordering::SeqCst)
+    }
+
+    /// Time between the injected 503 and the next manifest request.
+    pub fn manifest_retry_gap(&self) -> Option<Duration> {
+        *self.stats.manifest_retry_gap.lock().expect("stats lock")
     }
 }
 
@@ -142,19 +151,16 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
 
-    if proxy.fault == Fault::TransientFailures
-        && path.contains("/manifests/")
-        && !proxy.manifest_fault_spent.swap(true, Ordering::SeqCst)
-    {
-        proxy.stats.manifest_503s.fetch_add(1, Ordering::SeqCst);
-        return Response::builder()
-            .status(StatusCode::SERVICE_UNAVAILABLE)
-            .header(header::RETRY_AFTER, "1")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(
-                r#"{"errors":[{"code":"UNAVAILABLE","message":"service unavailable (injected by the test proxy)"}]}"#,
-            ))
-            .expect("503 response");
+    if proxy.fault == Fault::TransientFailures && path.contains("/manifests/") {
+        if proxy.manifest_fault_spent.swap(true, Ordering::SeqCst) {
+            let served_503 = *proxy.stats.manifest_503_at.lock().expect("stats lock");
+            let mut gap = proxy.stats.manifest_retry_gap.lock().expect("stats lock");
+            if let (None, Some(at)) = (*gap, served_503) {
+                *gap = Some(at.elapsed());
+            }
+        } else {
+            return service_unavailable(&proxy.stats);
+        }
     }
 
     let body = match axum::body::to_bytes(body, usize::MAX).await {
@@ -162,24 +168,13 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
         Err(e) => return bad_gateway(format!("reading request body: {e}")),
     };
     let mut headers = parts.headers.clone();
-    for name in [
-        header::HOST,
-        header::CONTENT_LENGTH,
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-    ] {
+    for name in [header::HOST, header::CONTENT_LENGTH, header::CONNECTION, header::TRANSFER_ENCODING] {
         headers.remove(name);
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| path.clone(), |p| p.as_str().to_string());
+    let path_and_query = parts.uri.path_and_query().map_or_else(|| path.clone(), |p| p.as_str().to_string());
     let upstream = proxy
         .client
-        .request(
-            parts.method.clone(),
-            format!("{}{path_and_query}", proxy.upstream),
-        )
+        .request(parts.method.clone(), format!("{}{path_and_query}", proxy.upstream))
         .headers(headers)
         .body(body)
         .send()
@@ -190,28 +185,25 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     };
 
     let status = upstream.status();
-    let cut = parts.method == Method::GET
-        && status == StatusCode::OK
-        && is_blob_path(&path)
+    let blob_get = parts.method == Method::GET && status == StatusCode::OK && is_blob_path(&path);
+    let cut = blob_get
         && match proxy.fault {
-            Fault::TransientFailures => proxy
-                .blobs_seen
-                .lock()
-                .expect("blobs_seen lock")
-                .insert(path.clone()),
+            Fault::TransientFailures => proxy.blobs_seen.lock().expect("blobs_seen lock").insert(path.clone()),
             Fault::BlobsAlwaysCut => true,
+            Fault::CorruptBlobs => false,
         };
+    let corrupt = blob_get && proxy.fault == Fault::CorruptBlobs;
 
     let mut response = Response::builder().status(status);
-    copy_response_headers(
-        upstream.headers(),
-        response.headers_mut().expect("builder headers"),
-    );
+    copy_response_headers(upstream.headers(), response.headers_mut().expect("builder headers"));
     let body = if cut {
         proxy.stats.blob_cuts.fetch_add(1, Ordering::SeqCst);
         let length = upstream.content_length().unwrap_or(0) as usize;
         let limit = CUT_AFTER.min(length / 2);
         Body::from_stream(cut_after(upstream.bytes_stream(), limit))
+    } else if corrupt {
+        proxy.stats.blobs_corrupted.fetch_add(1, Ordering::SeqCst);
+        Body::from_stream(flip_first_byte(upstream.bytes_stream()))
     } else {
         Body::from_stream(upstream.bytes_stream())
     };
@@ -226,11 +218,21 @@ fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
-fn bad_gateway(message: String) -> Response {
+fn service_unavailable(stats: &Stats) -> Response {
+    stats.manifest_503s.fetch_add(1, Ordering::SeqCst);
+    *stats.manifest_503_at.lock().expect("stats lock") = Some(Instant::now());
     Response::builder()
-        .status(StatusCode::BAD_GATEWAY)
-        .body(Body::from(message))
-        .expect("502 response")
+        .status(StatusCode::SERVICE_UNAVAILABLE)
+        .header(header::RETRY_AFTER, "1")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"{"errors":[{"code":"UNAVAILABLE","message":"service unavailable (injected by the test proxy)"}]}"#,
+        ))
+        .expect("503 response")
+}
+
+fn bad_gateway(message: String) -> Response {
+    Response::builder().status(StatusCode::BAD_GATEWAY).body(Body::from(message)).expect("502 response")
 }
 
 /// Pass `limit` bytes of `upstream`, then fail the body stream, which makes
@@ -239,27 +241,39 @@ fn cut_after(
     upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
     limit: usize,
 ) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
-    futures_util::stream::unfold(
-        (Box::pin(upstream), 0usize, false),
-        move |(mut upstream, sent, done)| async move {
-            if done {
-                return None;
+    futures_util::stream::unfold((Box::pin(upstream), 0usize, false), move |(mut upstream, sent, done)| async move {
+        if done {
+            return None;
+        }
+        if sent >= limit {
+            let cut = io::Error::new(io::ErrorKind::ConnectionReset, "blob response cut by the test proxy");
+            return Some((Err(cut), (upstream, sent, true)));
+        }
+        match upstream.next().await {
+            Some(Ok(chunk)) => {
+                let take = (limit - sent).min(chunk.len());
+                Some((Ok(chunk.slice(..take)), (upstream, sent + take, false)))
             }
-            if sent >= limit {
-                let cut = io::Error::new(
-                    io::ErrorKind::ConnectionReset,
-                    "blob response cut by the test proxy",
-                );
-                return Some((Err(cut), (upstream, sent, true)));
+            Some(Err(e)) => Some((Err(io::Error::other(e)), (upstream, sent, true))),
+            None => None,
+        }
+    })
+}
+
+/// Pass `upstream` through with its first byte inverted (same length).
+fn flip_first_byte(
+    upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+) -> impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static {
+    let mut flipped = false;
+    upstream.map(move |chunk| {
+        chunk.map(|chunk| {
+            if flipped || chunk.is_empty() {
+                return chunk;
             }
-            match upstream.next().await {
-                Some(Ok(chunk)) => {
-                    let take = (limit - sent).min(chunk.len());
-                    Some((Ok(chunk.slice(..take)), (upstream, sent + take, false)))
-                }
-                Some(Err(e)) => Some((Err(io::Error::other(e)), (upstream, sent, true))),
-                None => None,
-            }
-        },
-    )
+            flipped = true;
+            let mut bytes = chunk.to_vec();
+            bytes[0] ^= 0xff;
+            Bytes::from(bytes)
+        })
+    })
 }

@@ -34,10 +34,7 @@ impl Descriptor {
     pub fn from_json(value: &Value) -> Self {
         Self {
             media_type: value["mediaType"].as_str().unwrap_or_default().into(),
-            digest: value["digest"]
-                .as_str()
-                .unwrap_or_else(|| panic!("descriptor without digest: {value}"))
-                .into(),
+            digest: value["digest"].as_str().unwrap_or_else(|| panic!("descriptor without digest: {value}")).into(),
             size: value["size"].as_u64().unwrap_or_default(),
         }
     }
@@ -59,9 +56,7 @@ impl Image {
 
     /// Config first, then layers.
     pub fn blobs(&self) -> Vec<Descriptor> {
-        std::iter::once(self.config.clone())
-            .chain(self.layers.iter().cloned())
-            .collect()
+        std::iter::once(self.config.clone()).chain(self.layers.iter().cloned()).collect()
     }
 
     pub fn blob_bytes(&self) -> u64 {
@@ -101,20 +96,10 @@ impl Default for OciLayout {
 
 impl OciLayout {
     pub fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-oci-")
-            .tempdir()
-            .expect("temp dir for OCI layout");
+        let dir = tempfile::Builder::new().prefix("ferry-oci-").tempdir().expect("temp dir for OCI layout");
         fs::create_dir_all(dir.path().join("blobs/sha256")).expect("blobs dir");
-        fs::write(
-            dir.path().join("oci-layout"),
-            br#"{"imageLayoutVersion":"1.0.0"}"#,
-        )
-        .expect("write oci-layout");
-        let layout = Self {
-            dir,
-            refs: Vec::new(),
-        };
+        fs::write(dir.path().join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("write oci-layout");
+        let layout = Self { dir, refs: Vec::new() };
         layout.write_index();
         layout
     }
@@ -144,19 +129,14 @@ impl OciLayout {
     /// An index of a linux/amd64 and a linux/arm64 image, each with
     /// `layer_sizes` layers of its own, tagged `tag`.
     pub fn add_index(&mut self, tag: &str, layer_sizes: &[usize]) -> ImageIndex {
-        let children = vec![
-            self.write_image("amd64", None, layer_sizes),
-            self.write_image("arm64", Some("v8"), layer_sizes),
-        ];
+        let children =
+            vec![self.write_image("amd64", None, layer_sizes), self.write_image("arm64", Some("v8"), layer_sizes)];
         let manifests: Vec<Value> = children
             .iter()
             .map(|child| {
-                let config: Value = serde_json::from_slice(
-                    &fs::read(self.blob_path(&child.config.digest)).unwrap(),
-                )
-                .unwrap();
-                let mut platform =
-                    json!({"os": config["os"], "architecture": config["architecture"]});
+                let config: Value =
+                    serde_json::from_slice(&fs::read(self.blob_path(&child.config.digest)).unwrap()).unwrap();
+                let mut platform = json!({"os": config["os"], "architecture": config["architecture"]});
                 if let Some(variant) = config["variant"].as_str() {
                     platform["variant"] = json!(variant);
                 }
@@ -173,11 +153,7 @@ impl OciLayout {
         let bytes = serde_json::to_vec_pretty(&index).expect("index JSON");
         let manifest = self.write_blob(media_type::OCI_INDEX, &bytes);
         self.tag(tag, manifest.clone());
-        ImageIndex {
-            manifest,
-            bytes,
-            children,
-        }
+        ImageIndex { manifest, bytes, children }
     }
 
     /// Digest that `index.json` gives `tag` (None when absent).
@@ -193,10 +169,7 @@ impl OciLayout {
                 .enumerate()
                 .map(|(i, &size)| scope.spawn(move || self.write_layer(i, size)))
                 .collect();
-            writers
-                .into_iter()
-                .map(|w| w.join().expect("layer writer thread"))
-                .unzip()
+            writers.into_iter().map(|w| w.join().expect("layer writer thread")).unzip()
         });
         let mut config = json!({
             "created": "2026-01-01T00:00:00Z",
@@ -219,10 +192,7 @@ impl OciLayout {
         if let Some(variant) = variant {
             config["variant"] = json!(variant);
         }
-        let config = self.write_blob(
-            media_type::OCI_CONFIG,
-            &serde_json::to_vec(&config).expect("config JSON"),
-        );
+        let config = self.write_blob(media_type::OCI_CONFIG, &serde_json::to_vec(&config).expect("config JSON"));
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": media_type::OCI_MANIFEST,
@@ -231,22 +201,13 @@ impl OciLayout {
         });
         let bytes = serde_json::to_vec_pretty(&manifest).expect("manifest JSON");
         let manifest = self.write_blob(media_type::OCI_MANIFEST, &bytes);
-        Image {
-            manifest,
-            bytes,
-            config,
-            layers,
-        }
+        Image { manifest, bytes, config, layers }
     }
 
     fn write_blob(&self, media_type: &str, bytes: &[u8]) -> Descriptor {
         let digest = sha256_digest(bytes);
         fs::write(self.blob_path(&digest), bytes).expect("write blob");
-        Descriptor {
-            media_type: media_type.into(),
-            digest,
-            size: bytes.len() as u64,
-        }
+        Descriptor { media_type: media_type.into(), digest, size: bytes.len() as u64 }
     }
 
     /// One gzip'd tar layer holding `size` random bytes; returns its
@@ -254,15 +215,10 @@ impl OciLayout {
     fn write_layer(&self, index: usize, size: usize) -> (Descriptor, String) {
         let tmp = self.path().join(format!("layer-{index}.tmp"));
         let file = fs::File::create(&tmp).expect("create layer file");
-        let mut gz = StoredGzip::new(HashingWriter::new(io::BufWriter::with_capacity(
-            1 << 20,
-            file,
-        )));
+        let mut gz = StoredGzip::new(HashingWriter::new(io::BufWriter::with_capacity(1 << 20, file)));
 
         let mut header = tar::Header::new_gnu();
-        header
-            .set_path(format!("ferry-test/layer-{index}.bin"))
-            .expect("tar path");
+        header.set_path(format!("ferry-test/layer-{index}.bin")).expect("tar path");
         header.set_size(size as u64);
         header.set_mode(0o644);
         header.set_mtime(1_767_225_600);
@@ -275,29 +231,19 @@ impl OciLayout {
         let mut left = size;
         while left > 0 {
             let n = left.min(buf.len());
-            urandom
-                .read_exact(&mut buf[..n])
-                .expect("read /dev/urandom");
+            urandom.read_exact(&mut buf[..n]).expect("read /dev/urandom");
             gz.write_all(&buf[..n]).expect("write layer");
             left -= n;
         }
         let padding = (512 - size % 512) % 512;
-        gz.write_all(&vec![0u8; padding + 1024])
-            .expect("write tar trailer");
+        gz.write_all(&vec![0u8; padding + 1024]).expect("write tar trailer");
 
         let (hashing, diff_id) = gz.finish().expect("finish gzip");
         let (mut file, digest, bytes) = hashing.finish();
         file.flush().expect("flush layer");
         drop(file);
         fs::rename(&tmp, self.blob_path(&digest)).expect("move layer into blobs");
-        (
-            Descriptor {
-                media_type: media_type::OCI_LAYER_GZIP.into(),
-                digest,
-                size: bytes,
-            },
-            diff_id,
-        )
+        (Descriptor { media_type: media_type::OCI_LAYER_GZIP.into(), digest, size: bytes }, diff_id)
     }
 
     fn tag(&mut self, tag: &str, manifest: Descriptor) {
@@ -321,18 +267,14 @@ impl OciLayout {
             "mediaType": media_type::OCI_INDEX,
             "manifests": manifests,
         });
-        fs::write(
-            self.path().join("index.json"),
-            serde_json::to_vec_pretty(&index).expect("index.json"),
-        )
-        .expect("write index.json");
+        fs::write(self.path().join("index.json"), serde_json::to_vec_pretty(&index).expect("index.json"))
+            .expect("write index.json");
     }
 }
 
 /// The descriptor `index.json` of the layout at `dir` gives `tag`.
 pub fn read_index_json(dir: &Path, tag: &str) -> Option<Descriptor> {
-    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).ok()?)
-        .expect("index.json is JSON");
+    let index: Value = serde_json::from_slice(&fs::read(dir.join("index.json")).ok()?).expect("index.json is JSON");
     index["manifests"]
         .as_array()?
         .iter()
@@ -348,11 +290,7 @@ pub fn docker_archive_config_digest(archive: &Path) -> String {
         let mut tar = tar::Archive::new(file);
         for entry in tar.entries().expect("read docker archive") {
             let mut entry = entry.expect("docker archive entry");
-            let path = entry
-                .path()
-                .expect("entry path")
-                .to_string_lossy()
-                .into_owned();
+            let path = entry.path().expect("entry path").to_string_lossy().into_owned();
             if path.trim_start_matches("./") == wanted {
                 let mut bytes = Vec::new();
                 entry.read_to_end(&mut bytes).expect("read archive entry");
@@ -363,9 +301,7 @@ pub fn docker_archive_config_digest(archive: &Path) -> String {
     };
     let manifest = read_entry("manifest.json").expect("docker archive has manifest.json");
     let manifest: Value = serde_json::from_slice(&manifest).expect("manifest.json is JSON");
-    let config_path = manifest[0]["Config"]
-        .as_str()
-        .expect("manifest.json names a Config");
+    let config_path = manifest[0]["Config"].as_str().expect("manifest.json names a Config");
     let config = read_entry(config_path).expect("docker archive holds its config");
     sha256_digest(&config)
 }
@@ -381,11 +317,7 @@ struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     fn new(inner: W) -> Self {
-        Self {
-            inner,
-            sha: Sha256Process::start(),
-            bytes: 0,
-        }
+        Self { inner, sha: Sha256Process::start(), bytes: 0 }
     }
 
     fn finish(self) -> (W, String, u64) {
@@ -420,27 +352,16 @@ impl Sha256Process {
             .spawn()
             .expect("start sha256sum");
         let stdin = child.stdin.take();
-        Self {
-            child: Some(child),
-            stdin,
-        }
+        Self { child: Some(child), stdin }
     }
 
     /// `sha256:<hex>` of everything written.
     fn finish(mut self) -> String {
         drop(self.stdin.take());
-        let out = self
-            .child
-            .take()
-            .expect("sha256sum running")
-            .wait_with_output()
-            .expect("sha256sum output");
+        let out = self.child.take().expect("sha256sum running").wait_with_output().expect("sha256sum output");
         assert!(out.status.success(), "sha256sum failed");
         let text = String::from_utf8_lossy(&out.stdout);
-        let hex = text
-            .split_whitespace()
-            .next()
-            .expect("sha256sum printed a digest");
+        let hex = text.split_whitespace().next().expect("sha256sum printed a digest");
         assert_eq!(hex.len(), 64, "sha256sum output: {text}");
         format!("sha256:{hex}")
     }
@@ -448,10 +369,7 @@ impl Sha256Process {
 
 impl Write for Sha256Process {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stdin
-            .as_mut()
-            .expect("sha256sum stdin open")
-            .write(buf)
+        self.stdin.as_mut().expect("sha256sum stdin open").write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -475,8 +393,7 @@ const STORED_BLOCK_MAX: usize = 65_535;
 impl<W: Write> StoredGzip<W> {
     fn new(mut out: W) -> Self {
         // magic, CM=deflate, FLG=0, MTIME=0, XFL=0, OS=255 (unknown)
-        out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255])
-            .expect("write gzip header");
+        out.write_all(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]).expect("write gzip header");
         Self {
             out,
             block: Vec::with_capacity(STORED_BLOCK_MAX),
@@ -534,11 +451,7 @@ fn crc32_update(mut crc: u32, data: &[u8]) -> u32 {
         for i in 0..256u32 {
             let mut c = i;
             for _ in 0..8 {
-                c = if c & 1 == 1 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
+                c = if c & 1 == 1 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
             }
             t[0][i as usize] = c;
         }

@@ -40,10 +40,7 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn new(user: &str, password: &str) -> Self {
-        Self {
-            user: user.into(),
-            password: password.into(),
-        }
+        Self { user: user.into(), password: password.into() }
     }
 
     /// `USER:PASS`, as `--src-creds` / `--dest-creds` / skopeo take it.
@@ -101,9 +98,7 @@ impl Registry {
 
     /// PEM file of the CA that signed this registry's certificate.
     pub fn ca_cert(&self) -> &Path {
-        self.ca_cert
-            .as_deref()
-            .expect("only a TLS registry has a CA certificate")
+        self.ca_cert.as_deref().expect("only a TLS registry has a CA certificate")
     }
 
     /// The `ferry` flags a test passes to reach this registry at all:
@@ -129,36 +124,21 @@ impl Registry {
     /// `extra` goes to `skopeo copy` (`--all`, `--format v2s2`, ...).
     pub fn skopeo_push(&self, source: &str, repo_and_tag: &str, extra: &[&str]) -> Manifest {
         let mut cmd = Command::new(tools::skopeo());
-        cmd.args([
-            "--insecure-policy",
-            "copy",
-            "--quiet",
-            "--dest-tls-verify=false",
-        ]);
+        cmd.args(["--insecure-policy", "copy", "--quiet", "--dest-tls-verify=false"]);
         if let Some(creds) = &self.credentials {
             cmd.args(["--dest-creds", &creds.pair()]);
         }
-        cmd.args(extra)
-            .arg(source)
-            .arg(format!("docker://{}/{repo_and_tag}", self.host));
+        cmd.args(extra).arg(source).arg(format!("docker://{}/{repo_and_tag}", self.host));
         run_tool(cmd);
-        let (repo, tag) = repo_and_tag
-            .rsplit_once(':')
-            .expect("skopeo_push wants repo:tag");
-        self.client.manifest(repo, tag).unwrap_or_else(|| {
-            panic!(
-                "{repo_and_tag} missing right after skopeo pushed it to {}",
-                self.host
-            )
-        })
+        let (repo, tag) = repo_and_tag.rsplit_once(':').expect("skopeo_push wants repo:tag");
+        self.client
+            .manifest(repo, tag)
+            .unwrap_or_else(|| panic!("{repo_and_tag} missing right after skopeo pushed it to {}", self.host))
     }
 
     fn start(security: Security) -> Self {
         let binary = tools::docker_registry();
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-registry-")
-            .tempdir()
-            .expect("temp dir for registry");
+        let dir = tempfile::Builder::new().prefix("ferry-registry-").tempdir().expect("temp dir for registry");
         let storage = dir.path().join("storage");
         fs::create_dir_all(&storage).expect("registry storage dir");
 
@@ -182,10 +162,7 @@ impl Registry {
                     .expect("bcrypt hash")
                     .format_for_version(bcrypt::Version::TwoY);
                 fs::write(&htpasswd, format!("{}:{hash}\n", creds.user)).expect("write htpasswd");
-                let block = format!(
-                    "auth:\n  htpasswd:\n    realm: ferry-test\n    path: {}\n",
-                    htpasswd.display()
-                );
+                let block = format!("auth:\n  htpasswd:\n    realm: ferry-test\n    path: {}\n", htpasswd.display());
                 (block, Some(creds.clone()))
             }
             _ => (String::new(), None),
@@ -226,14 +203,7 @@ impl Registry {
             let mut child = child;
             match wait_until_ready(&mut child, &client, &log_path) {
                 Ok(()) => {
-                    return Registry {
-                        child,
-                        host,
-                        credentials,
-                        ca_cert,
-                        client,
-                        dir,
-                    };
+                    return Registry { child, host, credentials, ca_cert, client, dir };
                 }
                 Err(log) => {
                     // Most likely the port was taken between probing and binding: retry.
@@ -266,10 +236,7 @@ fn wait_until_ready(child: &mut Child, client: &RegistryClient, log: &Path) -> R
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "registry not answering /v2/ after 20 s:\n{}",
-                log()
-            ));
+            return Err(format!("registry not answering /v2/ after 20 s:\n{}", log()));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -277,10 +244,7 @@ fn wait_until_ready(child: &mut Child, client: &RegistryClient, log: &Path) -> R
 
 /// A port that was free a moment ago (bind port 0, read it, release it).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
 struct TestPki {
@@ -328,31 +292,17 @@ fn make_test_pki(dir: &Path) -> TestPki {
 
     let mut cmd = Command::new(&openssl);
     cmd.args(["x509", "-req", "-days", "2", "-set_serial", "2"])
-        .args([
-            "-in",
-            &p(&server_csr),
-            "-CA",
-            &p(&ca_cert),
-            "-CAkey",
-            &p(&ca_key),
-        ])
+        .args(["-in", &p(&server_csr), "-CA", &p(&ca_cert), "-CAkey", &p(&ca_key)])
         .args(["-out", &p(&server_cert), "-extfile", &p(&ext)]);
     run_tool(cmd);
 
-    TestPki {
-        ca_cert,
-        server_cert,
-        server_key,
-    }
+    TestPki { ca_cert, server_cert, server_key }
 }
 
 /// Run a helper tool to completion; panic with its output if it fails.
 fn run_tool(mut cmd: Command) -> String {
     let shown = format!("{cmd:?}");
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
+    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("cannot run {shown}: {e}"));
     assert!(
         out.status.success(),
         "{shown} failed with {}:\nstdout:\n{}\nstderr:\n{}",
@@ -384,11 +334,7 @@ impl Manifest {
     }
 
     pub fn descriptor(&self) -> Descriptor {
-        Descriptor {
-            media_type: self.content_type.clone(),
-            digest: self.digest.clone(),
-            size: self.bytes.len() as u64,
-        }
+        Descriptor { media_type: self.content_type.clone(), digest: self.digest.clone(), size: self.bytes.len() as u64 }
     }
 
     /// Config and layer descriptors of an image manifest.
@@ -396,21 +342,12 @@ impl Manifest {
         let json = self.json();
         let config = std::iter::once(&json["config"]);
         let layers = json["layers"].as_array().into_iter().flatten();
-        config
-            .chain(layers)
-            .filter(|d| d.is_object())
-            .map(Descriptor::from_json)
-            .collect()
+        config.chain(layers).filter(|d| d.is_object()).map(Descriptor::from_json).collect()
     }
 
     /// `manifests[]` descriptors of an index.
     pub fn children(&self) -> Vec<Descriptor> {
-        self.json()["manifests"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(Descriptor::from_json)
-            .collect()
+        self.json()["manifests"].as_array().into_iter().flatten().map(Descriptor::from_json).collect()
     }
 }
 
@@ -432,15 +369,9 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
-    pub fn new(
-        host: &str,
-        scheme: &str,
-        credentials: Option<Credentials>,
-        ca_cert: Option<&Path>,
-    ) -> Self {
-        let mut builder = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(120));
+    pub fn new(host: &str, scheme: &str, credentials: Option<Credentials>, ca_cert: Option<&Path>) -> Self {
+        let mut builder =
+            reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(Duration::from_secs(120));
         if let Some(ca) = ca_cert {
             let pem = fs::read(ca).expect("read test CA");
             let cert = reqwest::Certificate::from_pem(&pem).expect("parse test CA");
@@ -482,11 +413,8 @@ impl RegistryClient {
 
     /// `GET /v2/`: Ok with whatever status once the server answers HTTP.
     pub fn ping(&self) -> Result<StatusCode, reqwest::Error> {
-        let req = self
-            .request(Method::GET, "/v2/")
-            .timeout(Duration::from_secs(2));
-        self.rt
-            .block_on(async { req.send().await.map(|r| r.status()) })
+        let req = self.request(Method::GET, "/v2/").timeout(Duration::from_secs(2));
+        self.rt.block_on(async { req.send().await.map(|r| r.status()) })
     }
 
     /// `GET /v2/<repo>/manifests/<reference>`; `None` on 404.
@@ -504,73 +432,43 @@ impl RegistryClient {
             self.base,
             String::from_utf8_lossy(&bytes)
         );
-        let text = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string()
-        };
-        Some(Manifest {
-            digest: text("docker-content-digest"),
-            content_type: text("content-type"),
-            bytes,
-        })
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        Some(Manifest { digest: text("docker-content-digest"), content_type: text("content-type"), bytes })
     }
 
     /// `HEAD /v2/<repo>/blobs/<digest>` answered 200.
     pub fn blob_exists(&self, repo: &str, digest: &str) -> bool {
-        let (status, _, _) =
-            self.send(self.request(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}")));
+        let (status, _, _) = self.send(self.request(Method::HEAD, &format!("/v2/{repo}/blobs/{digest}")));
         status.is_success()
     }
 
     pub fn blob(&self, repo: &str, digest: &str) -> Vec<u8> {
-        let (status, _, body) =
-            self.send(self.request(Method::GET, &format!("/v2/{repo}/blobs/{digest}")));
+        let (status, _, body) = self.send(self.request(Method::GET, &format!("/v2/{repo}/blobs/{digest}")));
         assert!(status.is_success(), "GET blob {repo}@{digest}: {status}");
         body
     }
 
     /// Tags of `repo`; empty when the registry knows none.
     pub fn tags(&self, repo: &str) -> Vec<String> {
-        let (status, _, body) =
-            self.send(self.request(Method::GET, &format!("/v2/{repo}/tags/list")));
+        let (status, _, body) = self.send(self.request(Method::GET, &format!("/v2/{repo}/tags/list")));
         if status == StatusCode::NOT_FOUND {
             return Vec::new();
         }
         assert!(status.is_success(), "GET tags of {repo}: {status}");
         let json: Value = serde_json::from_slice(&body).expect("tags list JSON");
-        json["tags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.as_str().map(String::from))
-            .collect()
+        json["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(String::from)).collect()
     }
 
     /// Monolithic upload: `POST .../blobs/uploads/` then `PUT <location>?digest=`.
     pub fn push_blob(&self, repo: &str, media_type: &str, bytes: &[u8]) -> Descriptor {
         let digest = sha256_digest(bytes);
-        let (status, headers, body) =
-            self.send(self.request(Method::POST, &format!("/v2/{repo}/blobs/uploads/")));
-        assert_eq!(
-            status,
-            StatusCode::ACCEPTED,
-            "start upload to {repo}: {}",
-            String::from_utf8_lossy(&body)
-        );
-        let location = headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .expect("upload Location header")
-            .to_string();
+        let (status, headers, body) = self.send(self.request(Method::POST, &format!("/v2/{repo}/blobs/uploads/")));
+        assert_eq!(status, StatusCode::ACCEPTED, "start upload to {repo}: {}", String::from_utf8_lossy(&body));
+        let location =
+            headers.get(header::LOCATION).and_then(|v| v.to_str().ok()).expect("upload Location header").to_string();
         let separator = if location.contains('?') { '&' } else { '?' };
         let put = self
-            .request(
-                Method::PUT,
-                &format!("{location}{separator}digest={digest}"),
-            )
+            .request(Method::PUT, &format!("{location}{separator}digest={digest}"))
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(bytes.to_vec());
         let (status, _, body) = self.send(put);
@@ -580,39 +478,20 @@ impl RegistryClient {
             "finish upload of {digest} to {repo}: {}",
             String::from_utf8_lossy(&body)
         );
-        Descriptor {
-            media_type: media_type.into(),
-            digest,
-            size: bytes.len() as u64,
-        }
+        Descriptor { media_type: media_type.into(), digest, size: bytes.len() as u64 }
     }
 
     /// `PUT /v2/<repo>/manifests/<reference>` with the exact `bytes`.
-    pub fn push_manifest(
-        &self,
-        repo: &str,
-        reference: &str,
-        media_type: &str,
-        bytes: &[u8],
-    ) -> String {
+    pub fn push_manifest(&self, repo: &str, reference: &str, media_type: &str, bytes: &[u8]) -> String {
         let req = self
             .request(Method::PUT, &format!("/v2/{repo}/manifests/{reference}"))
             .header(header::CONTENT_TYPE, media_type)
             .body(bytes.to_vec());
         let (status, headers, body) = self.send(req);
-        assert_eq!(
-            status,
-            StatusCode::CREATED,
-            "push manifest {repo}:{reference}: {}",
-            String::from_utf8_lossy(&body)
-        );
+        assert_eq!(status, StatusCode::CREATED, "push manifest {repo}:{reference}: {}", String::from_utf8_lossy(&body));
         let digest = sha256_digest(bytes);
         if let Some(served) = headers.get("docker-content-digest") {
-            assert_eq!(
-                served.to_str().unwrap_or_default(),
-                digest,
-                "registry digest of pushed manifest"
-            );
+            assert_eq!(served.to_str().unwrap_or_default(), digest, "registry digest of pushed manifest");
         }
         digest
     }
@@ -628,11 +507,8 @@ impl RegistryClient {
             "name": format!("sbom for {}", subject.digest),
             "nonce": hex::encode(random_bytes(8)),
         });
-        let payload = self.push_blob(
-            repo,
-            "application/spdx+json",
-            &serde_json::to_vec(&payload).expect("payload JSON"),
-        );
+        let payload =
+            self.push_blob(repo, "application/spdx+json", &serde_json::to_vec(&payload).expect("payload JSON"));
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": media_type::OCI_MANIFEST,
@@ -647,12 +523,7 @@ impl RegistryClient {
             "annotations": {"org.opencontainers.image.created": "2026-01-01T00:00:00Z"},
         });
         let bytes = serde_json::to_vec(&manifest).expect("referrer JSON");
-        let digest = self.push_manifest(
-            repo,
-            &sha256_digest(&bytes),
-            media_type::OCI_MANIFEST,
-            &bytes,
-        );
+        let digest = self.push_manifest(repo, &sha256_digest(&bytes), media_type::OCI_MANIFEST, &bytes);
 
         let fallback_tag = subject.digest.replacen(':', "-", 1);
         let index = json!({
@@ -670,9 +541,7 @@ impl RegistryClient {
         self.push_manifest(repo, &fallback_tag, media_type::OCI_INDEX, &index);
 
         Referrer {
-            manifest: self
-                .manifest(repo, &digest)
-                .expect("referrer readable after push"),
+            manifest: self.manifest(repo, &digest).expect("referrer readable after push"),
             blobs: vec![config, payload],
             fallback_tag,
         }
@@ -682,8 +551,6 @@ impl RegistryClient {
 pub fn random_bytes(n: usize) -> Vec<u8> {
     use std::io::Read;
     let mut buf = vec![0; n];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .expect("read /dev/urandom");
+    fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buf)).expect("read /dev/urandom");
     buf
 }

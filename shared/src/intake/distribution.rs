@@ -2,10 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{
-    Parsed, PayloadError, PromotionRequest, Sender, digest_field, non_empty, repository_field,
-    tag_field,
-};
+use super::{Parsed, PayloadError, PromotionRequest, Sender, digest_field, non_empty, repository_field, tag_field};
 use crate::registry::manifest;
 
 #[derive(Deserialize)]
@@ -38,19 +35,13 @@ struct Request {
 fn is_manifest(media_type: &str) -> bool {
     matches!(
         media_type,
-        manifest::OCI_MANIFEST
-            | manifest::OCI_INDEX
-            | manifest::DOCKER_MANIFEST
-            | manifest::DOCKER_LIST
+        manifest::OCI_MANIFEST | manifest::OCI_INDEX | manifest::DOCKER_MANIFEST | manifest::DOCKER_LIST
     )
 }
 
 pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
-    let envelope: Envelope =
-        serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Distribution, e))?;
-    let events = envelope
-        .events
-        .ok_or_else(|| PayloadError::invalid(Sender::Distribution, "missing `events`"))?;
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Distribution, e))?;
+    let events = envelope.events.ok_or_else(|| PayloadError::invalid(Sender::Distribution, "missing `events`"))?;
     let mut requests = Vec::new();
     for event in events {
         let Some(target) = event.target else { continue };
@@ -73,9 +64,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
         });
     }
     if requests.is_empty() {
-        return Ok(Parsed::Ignored(
-            "no tagged manifest push among the events".into(),
-        ));
+        return Ok(Parsed::Ignored("no tagged manifest push among the events".into()));
     }
     Ok(Parsed::Requests(requests))
 }
@@ -87,9 +76,7 @@ mod tests {
 
     #[test]
     fn tagged_manifest_push_promotes() {
-        let Parsed::Requests(r) = parse(&load("distribution-push.json")).unwrap() else {
-            panic!()
-        };
+        let Parsed::Requests(r) = parse(&load("distribution-push.json")).unwrap() else { panic!() };
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].repository, "shop/api");
         assert_eq!(r[0].registry.as_deref(), Some("registry.dev.example.com"));

@@ -2,9 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{
-    Parsed, PayloadError, PromotionRequest, Sender, non_empty, repository_field, tag_field,
-};
+use super::{Parsed, PayloadError, PromotionRequest, Sender, non_empty, repository_field, tag_field};
 
 #[derive(Deserialize)]
 struct Event {
@@ -26,28 +24,18 @@ struct Repository {
 }
 
 pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
-    let event: Event =
-        serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Dockerhub, e))?;
-    let push = event
-        .push_data
-        .ok_or_else(|| PayloadError::invalid(Sender::Dockerhub, "missing `push_data`"))?;
-    let repo = event
-        .repository
-        .ok_or_else(|| PayloadError::invalid(Sender::Dockerhub, "missing `repository`"))?;
-    let name = non_empty(repo.repo_name).or_else(|| {
-        match (non_empty(repo.namespace), non_empty(repo.name)) {
-            (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
-            _ => None,
-        }
+    let event: Event = serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Dockerhub, e))?;
+    let push = event.push_data.ok_or_else(|| PayloadError::invalid(Sender::Dockerhub, "missing `push_data`"))?;
+    let repo = event.repository.ok_or_else(|| PayloadError::invalid(Sender::Dockerhub, "missing `repository`"))?;
+    let name = non_empty(repo.repo_name).or_else(|| match (non_empty(repo.namespace), non_empty(repo.name)) {
+        (Some(ns), Some(n)) => Some(format!("{ns}/{n}")),
+        _ => None,
     });
     let Some(tag) = tag_field(Sender::Dockerhub, push.tag)? else {
         return Ok(Parsed::Ignored("Docker Hub push without a tag".into()));
     };
     // Docker Hub has no delivery id; the push time tells two pushes of one tag apart.
-    let pushed_at = push
-        .pushed_at
-        .map(|v| v.to_string())
-        .filter(|v| v != "null");
+    let pushed_at = push.pushed_at.map(|v| v.to_string()).filter(|v| v != "null");
     Ok(Parsed::Requests(vec![PromotionRequest {
         sender: Sender::Dockerhub,
         registry: Some(crate::registry::reference::DOCKER_HUB.into()),
@@ -66,9 +54,7 @@ mod tests {
 
     #[test]
     fn push_yields_tag_without_digest() {
-        let Parsed::Requests(r) = parse(&load("dockerhub-push.json")).unwrap() else {
-            panic!()
-        };
+        let Parsed::Requests(r) = parse(&load("dockerhub-push.json")).unwrap() else { panic!() };
         assert_eq!(r[0].repository, "contoso/api");
         assert_eq!(r[0].registry.as_deref(), Some("docker.io"));
         assert_eq!(r[0].tag.as_deref(), Some("1.8.3"));
@@ -79,9 +65,7 @@ mod tests {
     #[test]
     fn namespace_and_name_stand_in_for_repo_name() {
         let body = br#"{"push_data":{"tag":"v1"},"repository":{"namespace":"acme","name":"web","repo_name":""}}"#;
-        let Parsed::Requests(r) = parse(body).unwrap() else {
-            panic!()
-        };
+        let Parsed::Requests(r) = parse(body).unwrap() else { panic!() };
         assert_eq!(r[0].repository, "acme/web");
     }
 

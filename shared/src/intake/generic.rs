@@ -3,9 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{
-    Build, Parsed, PayloadError, PromotionRequest, Sender, digest_field, non_empty, tag_field,
-};
+use super::{Build, Parsed, PayloadError, PromotionRequest, Sender, digest_field, non_empty, tag_field};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -23,10 +21,7 @@ struct Event {
 enum BuildField {
     Text(String),
     Number(u64),
-    Full {
-        id: Option<serde_json::Value>,
-        number: Option<serde_json::Value>,
-    },
+    Full { id: Option<serde_json::Value>, number: Option<serde_json::Value> },
 }
 
 fn scalar(value: Option<serde_json::Value>) -> Option<String> {
@@ -38,14 +33,12 @@ fn scalar(value: Option<serde_json::Value>) -> Option<String> {
 }
 
 pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
-    let event: Event =
-        serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Generic, e))?;
+    let event: Event = serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Generic, e))?;
     // `repository` is a full name: `host[:port]/path`.
-    let full = non_empty(event.repository)
-        .ok_or_else(|| PayloadError::invalid(Sender::Generic, "missing `repository`"))?;
-    let reference: crate::registry::RegistryRef = full
-        .parse()
-        .map_err(|e| PayloadError::invalid(Sender::Generic, format!("`repository`: {e}")))?;
+    let full =
+        non_empty(event.repository).ok_or_else(|| PayloadError::invalid(Sender::Generic, "missing `repository`"))?;
+    let reference: crate::registry::RegistryRef =
+        full.parse().map_err(|e| PayloadError::invalid(Sender::Generic, format!("`repository`: {e}")))?;
     if reference.image.tag.is_some() || reference.image.digest.is_some() {
         return Err(PayloadError::invalid(
             Sender::Generic,
@@ -55,24 +48,12 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
     let tag = tag_field(Sender::Generic, event.tag)?;
     let digest = digest_field(Sender::Generic, event.digest)?;
     if tag.is_none() && digest.is_none() {
-        return Err(PayloadError::invalid(
-            Sender::Generic,
-            "give a `tag`, a `digest`, or both",
-        ));
+        return Err(PayloadError::invalid(Sender::Generic, "give a `tag`, a `digest`, or both"));
     }
     let build = event.build.map(|b| match b {
-        BuildField::Text(number) => Build {
-            id: None,
-            number: non_empty(Some(number)),
-        },
-        BuildField::Number(n) => Build {
-            id: None,
-            number: Some(n.to_string()),
-        },
-        BuildField::Full { id, number } => Build {
-            id: scalar(id),
-            number: scalar(number),
-        },
+        BuildField::Text(number) => Build { id: None, number: non_empty(Some(number)) },
+        BuildField::Number(n) => Build { id: None, number: Some(n.to_string()) },
+        BuildField::Full { id, number } => Build { id: scalar(id), number: scalar(number) },
     });
     Ok(Parsed::Requests(vec![PromotionRequest {
         sender: Sender::Generic,
@@ -92,24 +73,15 @@ mod tests {
 
     #[test]
     fn full_request_parses() {
-        let Parsed::Requests(r) = parse(&load("generic.json")).unwrap() else {
-            panic!()
-        };
+        let Parsed::Requests(r) = parse(&load("generic.json")).unwrap() else { panic!() };
         assert_eq!(r[0].registry.as_deref(), Some("127.0.0.1:5001"));
         assert_eq!(r[0].repository, "shop/api");
-        assert_eq!(
-            r[0].build,
-            Some(Build {
-                id: Some("4711".into()),
-                number: Some("20250304.3".into())
-            })
-        );
+        assert_eq!(r[0].build, Some(Build { id: Some("4711".into()), number: Some("20250304.3".into()) }));
     }
 
     #[test]
     fn build_may_be_a_plain_number() {
-        let Parsed::Requests(r) =
-            parse(br#"{"repository":"127.0.0.1:5001/a","tag":"v1","build":1234}"#).unwrap()
+        let Parsed::Requests(r) = parse(br#"{"repository":"127.0.0.1:5001/a","tag":"v1","build":1234}"#).unwrap()
         else {
             panic!()
         };

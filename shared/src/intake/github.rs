@@ -2,10 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{
-    Parsed, PayloadError, PromotionRequest, Sender, digest_field, non_empty, repository_field,
-    tag_field,
-};
+use super::{Parsed, PayloadError, PromotionRequest, Sender, digest_field, non_empty, repository_field, tag_field};
 
 #[derive(Deserialize)]
 struct Event {
@@ -46,35 +43,25 @@ struct TagInfo {
 }
 
 pub fn parse(body: &[u8], delivery_id: Option<&str>) -> Result<Parsed, PayloadError> {
-    let event: Event =
-        serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Github, e))?;
+    let event: Event = serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Github, e))?;
     let Some(package) = event.package.or(event.registry_package) else {
         return Ok(Parsed::Ignored("not a package event".into()));
     };
     let action = non_empty(event.action).unwrap_or_default();
     if action != "published" && action != "updated" {
-        return Ok(Parsed::Ignored(format!(
-            "package action `{action}` does not promote anything"
-        )));
+        return Ok(Parsed::Ignored(format!("package action `{action}` does not promote anything")));
     }
     let kind = non_empty(package.package_type).unwrap_or_default();
     if !kind.eq_ignore_ascii_case("container") && !kind.eq_ignore_ascii_case("docker") {
-        return Ok(Parsed::Ignored(format!(
-            "package type `{kind}` is not a container image"
-        )));
+        return Ok(Parsed::Ignored(format!("package type `{kind}` is not a container image")));
     }
-    let namespace =
-        non_empty(package.namespace).or_else(|| package.owner.and_then(|o| non_empty(o.login)));
+    let namespace = non_empty(package.namespace).or_else(|| package.owner.and_then(|o| non_empty(o.login)));
     let name = non_empty(package.name);
     let (Some(namespace), Some(name)) = (namespace, name) else {
-        return Err(PayloadError::invalid(
-            Sender::Github,
-            "package without namespace or name",
-        ));
+        return Err(PayloadError::invalid(Sender::Github, "package without namespace or name"));
     };
-    let version = package
-        .package_version
-        .ok_or_else(|| PayloadError::invalid(Sender::Github, "missing `package_version`"))?;
+    let version =
+        package.package_version.ok_or_else(|| PayloadError::invalid(Sender::Github, "missing `package_version`"))?;
     let tag_info = version.container_metadata.and_then(|m| m.tag);
     let (tag, tag_digest) = match tag_info {
         Some(t) => (t.name, t.digest),
@@ -82,20 +69,14 @@ pub fn parse(body: &[u8], delivery_id: Option<&str>) -> Result<Parsed, PayloadEr
     };
     let digest = digest_field(
         Sender::Github,
-        non_empty(tag_digest)
-            .or_else(|| non_empty(version.name).filter(|n| n.starts_with("sha256:"))),
+        non_empty(tag_digest).or_else(|| non_empty(version.name).filter(|n| n.starts_with("sha256:"))),
     )?;
     let tag = tag_field(Sender::Github, tag)?;
     if tag.is_none() && digest.is_none() {
-        return Ok(Parsed::Ignored(
-            "package version has neither tag nor digest".into(),
-        ));
+        return Ok(Parsed::Ignored("package version has neither tag nor digest".into()));
     }
     // GHCR lowercases names; so must Ferry, to match the repository it will pull from.
-    let repository = repository_field(
-        Sender::Github,
-        Some(format!("{namespace}/{name}").to_lowercase()),
-    )?;
+    let repository = repository_field(Sender::Github, Some(format!("{namespace}/{name}").to_lowercase()))?;
     Ok(Parsed::Requests(vec![PromotionRequest {
         sender: Sender::Github,
         registry: Some("ghcr.io".into()),
@@ -114,9 +95,7 @@ mod tests {
 
     #[test]
     fn published_container_yields_ghcr_image() {
-        let Parsed::Requests(r) = parse(&load("github-package.json"), Some("d-1")).unwrap() else {
-            panic!()
-        };
+        let Parsed::Requests(r) = parse(&load("github-package.json"), Some("d-1")).unwrap() else { panic!() };
         assert_eq!(r[0].registry.as_deref(), Some("ghcr.io"));
         assert_eq!(r[0].repository, "contoso/api");
         assert_eq!(r[0].tag.as_deref(), Some("1.8.3"));
@@ -126,13 +105,12 @@ mod tests {
 
     #[test]
     fn registry_package_spelling_is_accepted() {
-        let body = String::from_utf8(load("github-package.json"))
-            .unwrap()
-            .replacen("\"package\":", "\"registry_package\":", 1);
-        assert!(matches!(
-            parse(body.as_bytes(), None).unwrap(),
-            Parsed::Requests(_)
-        ));
+        let body = String::from_utf8(load("github-package.json")).unwrap().replacen(
+            "\"package\":",
+            "\"registry_package\":",
+            1,
+        );
+        assert!(matches!(parse(body.as_bytes(), None).unwrap(), Parsed::Requests(_)));
     }
 
     #[test]
@@ -141,9 +119,6 @@ mod tests {
         assert!(matches!(parse(npm, None).unwrap(), Parsed::Ignored(_)));
         let untagged = br#"{"action":"published","package":{"name":"x","namespace":"o","package_type":"CONTAINER","package_version":{"name":"","container_metadata":{"tag":{"name":"","digest":""}}}}}"#;
         assert!(matches!(parse(untagged, None).unwrap(), Parsed::Ignored(_)));
-        assert!(matches!(
-            parse(br#"{"zen":"ping"}"#, None).unwrap(),
-            Parsed::Ignored(_)
-        ));
+        assert!(matches!(parse(br#"{"zen":"ping"}"#, None).unwrap(), Parsed::Ignored(_)));
     }
 }

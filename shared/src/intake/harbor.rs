@@ -2,10 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{
-    Parsed, PayloadError, PromotionRequest, Sender, digest_field, non_empty, repository_field,
-    tag_field,
-};
+use super::{Parsed, PayloadError, PromotionRequest, Sender, digest_field, non_empty, repository_field, tag_field};
 
 #[derive(Deserialize)]
 struct Event {
@@ -39,27 +36,16 @@ struct Repository {
 }
 
 pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
-    let event: Event =
-        serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Harbor, e))?;
+    let event: Event = serde_json::from_slice(body).map_err(|e| PayloadError::json(Sender::Harbor, e))?;
     let kind = non_empty(event.kind).unwrap_or_default();
     let cloud = event.specversion.is_some();
-    let pushed = if cloud {
-        kind == "harbor.artifact.pushed"
-    } else {
-        kind == "PUSH_ARTIFACT"
-    };
+    let pushed = if cloud { kind == "harbor.artifact.pushed" } else { kind == "PUSH_ARTIFACT" };
     if !pushed {
-        return Ok(Parsed::Ignored(format!(
-            "Harbor event `{kind}` does not promote anything"
-        )));
+        return Ok(Parsed::Ignored(format!("Harbor event `{kind}` does not promote anything")));
     }
     let data = if cloud { event.data } else { event.event_data };
-    let data =
-        data.ok_or_else(|| PayloadError::invalid(Sender::Harbor, "push event without data"))?;
-    let repository = repository_field(
-        Sender::Harbor,
-        data.repository.and_then(|r| r.repo_full_name),
-    )?;
+    let data = data.ok_or_else(|| PayloadError::invalid(Sender::Harbor, "push event without data"))?;
+    let repository = repository_field(Sender::Harbor, data.repository.and_then(|r| r.repo_full_name))?;
     let delivery = non_empty(event.id).or_else(|| event.occur_at.map(|v| v.to_string()));
     let mut requests = Vec::new();
     for resource in data.resources.unwrap_or_default() {
@@ -92,30 +78,20 @@ mod tests {
 
     #[test]
     fn default_and_cloudevents_formats_agree() {
-        let Parsed::Requests(a) = parse(&load("harbor-push.json")).unwrap() else {
-            panic!()
-        };
-        let Parsed::Requests(b) = parse(&load("harbor-push-cloudevents.json")).unwrap() else {
-            panic!()
-        };
+        let Parsed::Requests(a) = parse(&load("harbor-push.json")).unwrap() else { panic!() };
+        let Parsed::Requests(b) = parse(&load("harbor-push-cloudevents.json")).unwrap() else { panic!() };
         for r in [&a[0], &b[0]] {
             assert_eq!(r.repository, "shop/api");
             assert_eq!(r.registry.as_deref(), Some("harbor.dev.example.com"));
             assert_eq!(r.tag.as_deref(), Some("1.8.3"));
             assert!(r.digest.is_some());
         }
-        assert_eq!(
-            b[0].delivery_id.as_deref(),
-            Some("69212242-3bd6-4887-8bd9-42ad5ea0e758")
-        );
+        assert_eq!(b[0].delivery_id.as_deref(), Some("69212242-3bd6-4887-8bd9-42ad5ea0e758"));
     }
 
     #[test]
     fn other_events_are_ignored() {
-        assert!(matches!(
-            parse(br#"{"type":"PULL_ARTIFACT","event_data":{}}"#).unwrap(),
-            Parsed::Ignored(_)
-        ));
+        assert!(matches!(parse(br#"{"type":"PULL_ARTIFACT","event_data":{}}"#).unwrap(), Parsed::Ignored(_)));
         assert!(matches!(
             parse(br#"{"specversion":"1.0","type":"harbor.scan.completed"}"#).unwrap(),
             Parsed::Ignored(_)

@@ -2,6 +2,7 @@
 //! [`PromotionRequest`]s, and match them against configured pipelines.
 
 pub mod acr;
+pub mod azure_devops;
 pub mod distribution;
 pub mod dockerhub;
 pub mod generic;
@@ -19,6 +20,7 @@ use crate::registry::Digest;
 #[serde(rename_all = "kebab-case")]
 pub enum Sender {
     Acr,
+    AzureDevops,
     Dockerhub,
     Github,
     Distribution,
@@ -31,6 +33,7 @@ impl Sender {
     pub fn as_str(self) -> &'static str {
         match self {
             Sender::Acr => "acr",
+            Sender::AzureDevops => "azure-devops",
             Sender::Dockerhub => "dockerhub",
             Sender::Github => "github",
             Sender::Distribution => "distribution",
@@ -75,46 +78,35 @@ pub enum Parsed {
     Requests(Vec<PromotionRequest>),
     /// A well-formed event that promotes nothing (a ping, a delete, a pull …), with the reason.
     Ignored(String),
+    /// A CI build finished: which image it produced comes from the pipeline configuration.
+    Build(azure_devops::BuildCompleted),
+    /// A release stage reports a deployment outcome.
+    Deployment(azure_devops::DeploymentCompleted),
 }
 
 /// Why a payload was refused: always a 400 with this message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PayloadError {
     #[error("body is not valid JSON for a {sender} webhook: {detail}")]
-    Json {
-        sender: &'static str,
-        detail: String,
-    },
+    Json { sender: &'static str, detail: String },
     #[error("{sender} webhook: {detail}")]
-    Invalid {
-        sender: &'static str,
-        detail: String,
-    },
+    Invalid { sender: &'static str, detail: String },
 }
 
 impl PayloadError {
     pub fn json(sender: Sender, err: serde_json::Error) -> Self {
-        PayloadError::Json {
-            sender: sender.as_str(),
-            detail: err.to_string(),
-        }
+        PayloadError::Json { sender: sender.as_str(), detail: err.to_string() }
     }
     pub fn invalid(sender: Sender, detail: impl Into<String>) -> Self {
-        PayloadError::Invalid {
-            sender: sender.as_str(),
-            detail: detail.into(),
-        }
+        PayloadError::Invalid { sender: sender.as_str(), detail: detail.into() }
     }
 }
 
 /// Parses a sender's payload (already authenticated).
-pub fn parse(
-    sender: Sender,
-    body: &[u8],
-    delivery_id: Option<&str>,
-) -> Result<Parsed, PayloadError> {
+pub fn parse(sender: Sender, body: &[u8], delivery_id: Option<&str>) -> Result<Parsed, PayloadError> {
     match sender {
         Sender::Acr => acr::parse(body),
+        Sender::AzureDevops => azure_devops::parse(body),
         Sender::Dockerhub => dockerhub::parse(body),
         Sender::Github => github::parse(body, delivery_id),
         Sender::Distribution => distribution::parse(body),
@@ -126,45 +118,25 @@ pub fn parse(
 
 /// An optional string field that treats `""` as absent (senders use both for "no tag").
 pub(crate) fn non_empty(value: Option<String>) -> Option<String> {
-    value
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
+    value.map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
 }
 
 /// A digest field: absent or empty is fine, present but malformed is an error.
-pub(crate) fn digest_field(
-    sender: Sender,
-    value: Option<String>,
-) -> Result<Option<Digest>, PayloadError> {
-    non_empty(value)
-        .map(|d| {
-            d.parse::<Digest>()
-                .map_err(|e| PayloadError::invalid(sender, e.to_string()))
-        })
-        .transpose()
+pub(crate) fn digest_field(sender: Sender, value: Option<String>) -> Result<Option<Digest>, PayloadError> {
+    non_empty(value).map(|d| d.parse::<Digest>().map_err(|e| PayloadError::invalid(sender, e.to_string()))).transpose()
 }
 
 /// A repository path as registries accept it; rejects anything that could escape a URL path.
-pub(crate) fn repository_field(
-    sender: Sender,
-    value: Option<String>,
-) -> Result<String, PayloadError> {
-    let repository =
-        non_empty(value).ok_or_else(|| PayloadError::invalid(sender, "missing repository"))?;
+pub(crate) fn repository_field(sender: Sender, value: Option<String>) -> Result<String, PayloadError> {
+    let repository = non_empty(value).ok_or_else(|| PayloadError::invalid(sender, "missing repository"))?;
     let probe = format!("registry.invalid/{repository}");
-    probe.parse::<crate::registry::RegistryRef>().map_err(|_| {
-        PayloadError::invalid(
-            sender,
-            format!("`{repository}` is not a valid repository name"),
-        )
-    })?;
+    probe
+        .parse::<crate::registry::RegistryRef>()
+        .map_err(|_| PayloadError::invalid(sender, format!("`{repository}` is not a valid repository name")))?;
     Ok(repository)
 }
 
-pub(crate) fn tag_field(
-    sender: Sender,
-    value: Option<String>,
-) -> Result<Option<String>, PayloadError> {
+pub(crate) fn tag_field(sender: Sender, value: Option<String>) -> Result<Option<String>, PayloadError> {
     non_empty(value)
         .map(|t| {
             t.parse::<crate::registry::Tag>()
@@ -178,9 +150,7 @@ pub(crate) fn tag_field(
 pub(crate) mod fixtures {
     /// Loads a fixture beside the parser: `shared/src/intake/fixtures/NAME`.
     pub fn load(name: &str) -> Vec<u8> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("src/intake/fixtures")
-            .join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/intake/fixtures").join(name);
         std::fs::read(&path).unwrap_or_else(|e| panic!("fixture {}: {e}", path.display()))
     }
 }

@@ -55,16 +55,8 @@ mod tests {
     #[test]
     fn githubs_published_test_vector_verifies() {
         let header = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
-        assert!(github_signature_valid(
-            b"It's a Secret to Everybody",
-            b"Hello, World!",
-            header
-        ));
-        assert!(!github_signature_valid(
-            b"It's a Secret to Everybody",
-            b"Hello, World?",
-            header
-        ));
+        assert!(github_signature_valid(b"It's a Secret to Everybody", b"Hello, World!", header));
+        assert!(!github_signature_valid(b"It's a Secret to Everybody", b"Hello, World?", header));
         assert!(!github_signature_valid(b"wrong", b"Hello, World!", header));
         assert!(!github_signature_valid(b"k", b"b", "sha1=abcd"));
         assert!(!github_signature_valid(b"k", b"b", "sha256=not-hex"));
@@ -74,12 +66,7 @@ mod tests {
     fn generic_signature_binds_timestamp_and_body() {
         let sig = generic_signature(b"s", "1700000000", b"{}");
         assert!(generic_signature_valid(b"s", "1700000000", b"{}", &sig));
-        assert!(generic_signature_valid(
-            b"s",
-            "1700000000",
-            b"{}",
-            sig.trim_start_matches("sha256=")
-        ));
+        assert!(generic_signature_valid(b"s", "1700000000", b"{}", sig.trim_start_matches("sha256=")));
         assert!(!generic_signature_valid(b"s", "1700000001", b"{}", &sig));
         assert!(!generic_signature_valid(b"s", "1700000000", b"{ }", &sig));
     }

@@ -76,10 +76,7 @@ pub struct SqliteQueueOptions {
 
 impl Default for SqliteQueueOptions {
     fn default() -> Self {
-        Self {
-            max_receives: 5,
-            dedup_window: Duration::from_secs(5 * 60),
-        }
+        Self { max_receives: 5, dedup_window: Duration::from_secs(5 * 60) }
     }
 }
 
@@ -106,9 +103,7 @@ pub struct SqliteQueue {
 
 impl fmt::Debug for SqliteQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SqliteQueue")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("SqliteQueue").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -118,9 +113,7 @@ impl SqliteQueue {
     /// not hold a Ferry queue, or has a schema newer than this build knows.
     pub fn open(path: &Path, options: SqliteQueueOptions) -> Result<Self, QueueError> {
         if options.max_receives == 0 {
-            return Err(QueueError::Invalid(
-                "max_receives must be at least 1".to_owned(),
-            ));
+            return Err(QueueError::Invalid("max_receives must be at least 1".to_owned()));
         }
         let conn = open_connection(path)?;
         let counters = Arc::new(Counters::default());
@@ -139,10 +132,7 @@ impl SqliteQueue {
             .name("ferry-queue-writer".to_owned())
             .spawn(move || writer.run())
             .map_err(|e| {
-                QueueError::Unavailable(format!(
-                    "cannot start the writer thread of job queue {}: {e}",
-                    path.display()
-                ))
+                QueueError::Unavailable(format!("cannot start the writer thread of job queue {}: {e}", path.display()))
             })?;
         tracing::debug!(path = %path.display(), "job queue opened");
         Ok(Self {
@@ -174,12 +164,7 @@ impl SqliteQueue {
         F: FnOnce(&Connection, &Batch<'_>) -> Result<T, Failure> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let op: Box<dyn Op> = Box::new(Call {
-            what,
-            work: Some(work),
-            result: None,
-            reply,
-        });
+        let op: Box<dyn Op> = Box::new(Call { what, work: Some(work), result: None, reply });
         Box::pin(async move {
             let sender = self.sender.as_ref().ok_or_else(|| self.stopped())?;
             sender.send(op).await.map_err(|_| self.stopped())?;
@@ -218,10 +203,8 @@ impl JobQueue for SqliteQueue {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
         // Serialize here, on the caller's thread: the writer thread is the bottleneck.
-        let rows: Vec<(String, String)> = jobs
-            .into_iter()
-            .map(|job| (job.dedup_key, job.payload.to_string()))
-            .collect();
+        let rows: Vec<(String, String)> =
+            jobs.into_iter().map(|job| (job.dedup_key, job.payload.to_string())).collect();
         self.call("enqueue", move |conn, batch| enqueue(conn, batch, rows))
     }
 
@@ -229,9 +212,7 @@ impl JobQueue for SqliteQueue {
         if max == 0 {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
-        self.call("receive", move |conn, batch| {
-            receive(conn, batch, max, visibility)
-        })
+        self.call("receive", move |conn, batch| receive(conn, batch, max, visibility))
     }
 
     fn ack(&self, receipt: &str) -> QueueFuture<'_, ()> {
@@ -242,9 +223,7 @@ impl JobQueue for SqliteQueue {
     fn nack(&self, receipt: &str, error: &str, retry_after: Duration) -> QueueFuture<'_, ()> {
         let receipt = receipt.to_owned();
         let error = truncate(error, MAX_ERROR_BYTES);
-        self.call("nack", move |conn, batch| {
-            nack(conn, batch, receipt, error, retry_after)
-        })
+        self.call("nack", move |conn, batch| nack(conn, batch, receipt, error, retry_after))
     }
 
     fn dead_letters(&self) -> QueueFuture<'_, Vec<DeadLetter>> {
@@ -279,11 +258,7 @@ impl JobQueue for SqliteQueue {
     }
 }
 
-fn enqueue(
-    conn: &Connection,
-    batch: &Batch<'_>,
-    rows: Vec<(String, String)>,
-) -> Result<Vec<Enqueued>, Failure> {
+fn enqueue(conn: &Connection, batch: &Batch<'_>, rows: Vec<(String, String)>) -> Result<Vec<Enqueued>, Failure> {
     // Earlier requests of the same batch are visible here: same connection, same transaction.
     let mut existing = conn.prepare_cached(
         "SELECT id FROM jobs
@@ -294,37 +269,23 @@ fn enqueue(
         "INSERT INTO jobs (id, dedup_key, payload, state, enqueued_at, available_at)
          VALUES (?1, ?2, ?3, 'ready', ?4, ?4)",
     )?;
-    let window_start = batch
-        .now_ms
-        .saturating_sub(millis(batch.options.dedup_window));
+    let window_start = batch.now_ms.saturating_sub(millis(batch.options.dedup_window));
     let mut enqueued = Vec::with_capacity(rows.len());
     for (dedup_key, payload) in rows {
-        let found: Option<String> = existing
-            .query_row(params![dedup_key, window_start], |row| row.get(0))
-            .optional()?;
+        let found: Option<String> =
+            existing.query_row(params![dedup_key, window_start], |row| row.get(0)).optional()?;
         if let Some(id) = found {
-            enqueued.push(Enqueued {
-                id,
-                duplicate: true,
-            });
+            enqueued.push(Enqueued { id, duplicate: true });
             continue;
         }
         let id = Uuid::new_v4().to_string();
         insert.execute(params![id, dedup_key, payload, batch.now_ms])?;
-        enqueued.push(Enqueued {
-            id,
-            duplicate: false,
-        });
+        enqueued.push(Enqueued { id, duplicate: false });
     }
     Ok(enqueued)
 }
 
-fn receive(
-    conn: &Connection,
-    batch: &Batch<'_>,
-    max: usize,
-    visibility: Duration,
-) -> Result<Vec<Delivery>, Failure> {
+fn receive(conn: &Connection, batch: &Batch<'_>, max: usize, visibility: Duration) -> Result<Vec<Delivery>, Failure> {
     struct Candidate {
         seq: i64,
         id: String,
@@ -374,17 +335,12 @@ fn receive(
                     error.push_str("; earlier error: ");
                     error.push_str(&earlier);
                 }
-                bury.execute(params![
-                    job.seq,
-                    truncate(&error, MAX_ERROR_BYTES),
-                    batch.now_ms
-                ])?;
+                bury.execute(params![job.seq, truncate(&error, MAX_ERROR_BYTES), batch.now_ms])?;
                 buried = true;
                 continue;
             }
-            let payload = serde_json::from_str(&job.payload).map_err(|e| {
-                QueueError::Unavailable(format!("job {} has a corrupt payload: {e}", job.id))
-            })?;
+            let payload = serde_json::from_str(&job.payload)
+                .map_err(|e| QueueError::Unavailable(format!("job {} has a corrupt payload: {e}", job.id)))?;
             let receipt = Uuid::new_v4().to_string();
             deliver.execute(params![job.seq, receipt, invisible_until])?;
             deliveries.push(Delivery {
@@ -412,14 +368,9 @@ fn ack(conn: &Connection, receipt: String) -> Result<(), Failure> {
     if settled == 1 {
         return Ok(());
     }
-    let already_done = conn
-        .prepare_cached("SELECT 1 FROM jobs WHERE receipt = ?1 AND state = 'done'")?
-        .exists([&receipt])?;
-    if already_done {
-        Ok(())
-    } else {
-        Err(QueueError::StaleReceipt(receipt).into())
-    }
+    let already_done =
+        conn.prepare_cached("SELECT 1 FROM jobs WHERE receipt = ?1 AND state = 'done'")?.exists([&receipt])?;
+    if already_done { Ok(()) } else { Err(QueueError::StaleReceipt(receipt).into()) }
 }
 
 fn nack(
@@ -430,9 +381,7 @@ fn nack(
     retry_after: Duration,
 ) -> Result<(), Failure> {
     let delivered: Option<(i64, u32)> = conn
-        .prepare_cached(
-            "SELECT seq, receive_count FROM jobs WHERE receipt = ?1 AND state = 'ready'",
-        )?
+        .prepare_cached("SELECT seq, receive_count FROM jobs WHERE receipt = ?1 AND state = 'ready'")?
         .query_row([&receipt], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     let Some((seq, receive_count)) = delivered else {
@@ -445,14 +394,8 @@ fn nack(
         )?
         .execute(params![seq, error, batch.now_ms])?;
     } else {
-        conn.prepare_cached(
-            "UPDATE jobs SET receipt = NULL, last_error = ?2, available_at = ?3 WHERE seq = ?1",
-        )?
-        .execute(params![
-            seq,
-            error,
-            batch.now_ms.saturating_add(millis(retry_after))
-        ])?;
+        conn.prepare_cached("UPDATE jobs SET receipt = NULL, last_error = ?2, available_at = ?3 WHERE seq = ?1")?
+            .execute(params![seq, error, batch.now_ms.saturating_add(millis(retry_after))])?;
     }
     Ok(())
 }
@@ -464,30 +407,15 @@ fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, Failure> {
     )?;
     let rows = select
         .query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get(2)?,
-                row.get(3)?,
-                row.get(4)?,
-            ))
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter()
-        .map(
-            |(id, payload, receive_count, last_error, failed_at_unix_ms)| {
-                let payload = serde_json::from_str(&payload).map_err(|e| {
-                    QueueError::Unavailable(format!("job {id} has a corrupt payload: {e}"))
-                })?;
-                Ok(DeadLetter {
-                    id,
-                    payload,
-                    receive_count,
-                    last_error,
-                    failed_at_unix_ms,
-                })
-            },
-        )
+        .map(|(id, payload, receive_count, last_error, failed_at_unix_ms)| {
+            let payload = serde_json::from_str(&payload)
+                .map_err(|e| QueueError::Unavailable(format!("job {id} has a corrupt payload: {e}")))?;
+            Ok(DeadLetter { id, payload, receive_count, last_error, failed_at_unix_ms })
+        })
         .collect()
 }
 
@@ -501,8 +429,7 @@ fn open_connection(path: &Path) -> Result<Connection, QueueError> {
         ))
     };
     let conn = Connection::open(path).map_err(|e| fail("open", e))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(|e| fail("setting busy_timeout", e))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("setting busy_timeout", e))?;
     let journal_mode: String = conn
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
         .map_err(|e| fail("switching to WAL", e))?;
@@ -513,23 +440,20 @@ fn open_connection(path: &Path) -> Result<Connection, QueueError> {
             path.display()
         )));
     }
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(|e| fail("setting synchronous=FULL", e))?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail("setting synchronous=FULL", e))?;
     migrate(&conn, path)?;
     // SQLite fsyncs the WAL on commit, but not the directory entry of a new database file.
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| {
-            QueueError::Unavailable(format!(
-                "cannot sync directory {} of job queue database {}: {e}",
-                dir.display(),
-                path.display()
-            ))
-        })?;
+    std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(|e| {
+        QueueError::Unavailable(format!(
+            "cannot sync directory {} of job queue database {}: {e}",
+            dir.display(),
+            path.display()
+        ))
+    })?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
 }
@@ -550,8 +474,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
             path.display()
         ))
     };
-    conn.execute_batch("BEGIN IMMEDIATE")
-        .map_err(|e| fail("locking for the schema check", e))?;
+    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| fail("locking for the schema check", e))?;
     let checked = (|| {
         let application_id: i64 = conn
             .pragma_query_value(None, "application_id", |row| row.get(0))
@@ -565,9 +488,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
                     .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
                     .map_err(|e| fail("reading the schema", e))?;
                 if objects > 0 {
-                    return Err(not_ours(format!(
-                        "it already holds {objects} tables/indexes"
-                    )));
+                    return Err(not_ours(format!("it already holds {objects} tables/indexes")));
                 }
                 conn.execute_batch(&format!(
                     "{SCHEMA}
@@ -577,29 +498,22 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
                 .map_err(|e| fail("creating the schema", e))
             }
             (APPLICATION_ID, SCHEMA_VERSION) => Ok(()),
-            (APPLICATION_ID, version) if version > SCHEMA_VERSION => {
-                Err(QueueError::Unavailable(format!(
-                    "job queue database {} has schema version {version}, newer than this ferry \
+            (APPLICATION_ID, version) if version > SCHEMA_VERSION => Err(QueueError::Unavailable(format!(
+                "job queue database {} has schema version {version}, newer than this ferry \
                      understands ({SCHEMA_VERSION}); run a newer ferry",
-                    path.display()
-                )))
-            }
+                path.display()
+            ))),
             (APPLICATION_ID, version) => Err(QueueError::Unavailable(format!(
                 "job queue database {} has unknown schema version {version}",
                 path.display()
             ))),
-            (application_id, version) => Err(not_ours(format!(
-                "application_id {application_id:#x}, user_version {version}"
-            ))),
+            (application_id, version) => {
+                Err(not_ours(format!("application_id {application_id:#x}, user_version {version}")))
+            }
         }
     })();
-    let end = if checked.is_ok() {
-        "COMMIT"
-    } else {
-        "ROLLBACK"
-    };
-    conn.execute_batch(end)
-        .map_err(|e| fail("committing the schema", e))?;
+    let end = if checked.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    conn.execute_batch(end).map_err(|e| fail("committing the schema", e))?;
     checked
 }
 
@@ -651,9 +565,7 @@ struct Clock {
 
 impl Clock {
     fn now_ms(&self) -> i64 {
-        let since_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         millis(since_epoch).saturating_add(self.offset_ms.load(Ordering::Relaxed))
     }
 }
@@ -727,10 +639,9 @@ where
             (Some(Err(error)), _) => Err(error),
             (Some(Ok(value)), Ok(())) => Ok(value),
             (_, Err(error)) => Err(error.clone()),
-            (None, Ok(())) => Err(QueueError::Unavailable(format!(
-                "{} was not executed by the job queue writer",
-                self.what
-            ))),
+            (None, Ok(())) => {
+                Err(QueueError::Unavailable(format!("{} was not executed by the job queue writer", self.what)))
+            }
         };
         // The caller may have gone away (client disconnected): its work is committed anyway.
         let _ = self.reply.send(answer);
@@ -759,14 +670,9 @@ impl Writer {
     }
 
     fn execute(&mut self, ops: &mut Vec<Box<dyn Op>>) {
-        let batch = Batch {
-            now_ms: self.clock.now_ms(),
-            options: &self.options,
-        };
+        let batch = Batch { now_ms: self.clock.now_ms(), options: &self.options };
         let outcome = self.transaction(ops, &batch);
-        self.counters
-            .requests
-            .fetch_add(ops.len() as u64, Ordering::Relaxed);
+        self.counters.requests.fetch_add(ops.len() as u64, Ordering::Relaxed);
         for op in ops.drain(..) {
             op.finish(outcome.as_ref().map(|_| ()));
         }
@@ -775,8 +681,7 @@ impl Writer {
     /// One transaction, one savepoint per request, one commit.
     fn transaction(&self, ops: &mut [Box<dyn Op>], batch: &Batch<'_>) -> Result<(), QueueError> {
         let conn = &self.conn;
-        conn.execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.storage_error("beginning a transaction", e))?;
+        conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.storage_error("beginning a transaction", e))?;
         let result = (|| {
             self.prune(batch);
             for op in ops.iter_mut() {
@@ -810,11 +715,8 @@ impl Writer {
         if batch.now_ms < self.next_prune_at.get() {
             return;
         }
-        self.next_prune_at
-            .set(batch.now_ms.saturating_add(PRUNE_EVERY_MS));
-        let cutoff = batch
-            .now_ms
-            .saturating_sub(millis(self.options.dedup_window));
+        self.next_prune_at.set(batch.now_ms.saturating_add(PRUNE_EVERY_MS));
+        let cutoff = batch.now_ms.saturating_sub(millis(self.options.dedup_window));
         let pruned = self
             .conn
             .prepare_cached("DELETE FROM jobs WHERE state = 'done' AND enqueued_at <= ?1")
@@ -826,11 +728,7 @@ impl Writer {
     }
 
     fn storage_error(&self, doing: &str, e: rusqlite::Error) -> QueueError {
-        QueueError::Unavailable(format!(
-            "job queue database {}: {doing} failed: {e}{}",
-            self.path.display(),
-            hint(&e)
-        ))
+        QueueError::Unavailable(format!("job queue database {}: {doing} failed: {e}{}", self.path.display(), hint(&e)))
     }
 }
 
@@ -854,18 +752,12 @@ mod tests {
     }
 
     fn job(dedup_key: &str) -> NewJob {
-        NewJob {
-            dedup_key: dedup_key.to_owned(),
-            payload: json!({ "key": dedup_key }),
-        }
+        NewJob { dedup_key: dedup_key.to_owned(), payload: json!({ "key": dedup_key }) }
     }
 
     /// Moves the queue's clock forward instead of sleeping through timeouts and windows.
     fn advance(queue: &SqliteQueue, by: Duration) {
-        queue
-            .clock
-            .offset_ms
-            .fetch_add(millis(by), Ordering::Relaxed);
+        queue.clock.offset_ms.fetch_add(millis(by), Ordering::Relaxed);
     }
 
     async fn enqueue_one(queue: &SqliteQueue, dedup_key: &str) -> Enqueued {
@@ -885,10 +777,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ids: Vec<String> = {
             let queue = open(&dir);
-            let enqueued = queue
-                .enqueue(vec![job("a"), job("b"), job("c")])
-                .await
-                .unwrap();
+            let enqueued = queue.enqueue(vec![job("a"), job("b"), job("c")]).await.unwrap();
             assert!(enqueued.iter().all(|e| !e.duplicate));
             enqueued.into_iter().map(|e| e.id).collect()
         };
@@ -907,18 +796,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Arc::new(open(&dir));
 
-        let batch = queue
-            .enqueue(vec![job("a"), job("b"), job("a")])
-            .await
-            .unwrap();
+        let batch = queue.enqueue(vec![job("a"), job("b"), job("a")]).await.unwrap();
         assert!(!batch[0].duplicate && !batch[1].duplicate);
-        assert_eq!(
-            batch[2],
-            Enqueued {
-                id: batch[0].id.clone(),
-                duplicate: true
-            }
-        );
+        assert_eq!(batch[2], Enqueued { id: batch[0].id.clone(), duplicate: true });
         let again = enqueue_one(&queue, "b").await;
         assert_eq!(again.id, batch[1].id);
         assert!(again.duplicate);
@@ -965,17 +845,11 @@ mod tests {
 
         advance(&queue, Duration::from_secs(3600));
         let ready = enqueue_one(&queue, "k").await;
-        assert_eq!(
-            (ready.id.as_str(), ready.duplicate),
-            (first.id.as_str(), true)
-        );
+        assert_eq!((ready.id.as_str(), ready.duplicate), (first.id.as_str(), true));
 
         receive_one(&queue).await;
         let in_flight = enqueue_one(&queue, "k").await;
-        assert_eq!(
-            (in_flight.id.as_str(), in_flight.duplicate),
-            (first.id.as_str(), true)
-        );
+        assert_eq!((in_flight.id.as_str(), in_flight.duplicate), (first.id.as_str(), true));
     }
 
     #[tokio::test]
@@ -989,9 +863,7 @@ mod tests {
         queue.check().await.unwrap(); // any batch prunes, at most once a second
 
         let rows: i64 = queue
-            .call("count", |conn, _| {
-                Ok(conn.query_row("SELECT count(*) FROM jobs", [], |row| row.get(0))?)
-            })
+            .call("count", |conn, _| Ok(conn.query_row("SELECT count(*) FROM jobs", [], |row| row.get(0))?))
             .await
             .unwrap();
         assert_eq!(rows, 0);
@@ -1004,10 +876,7 @@ mod tests {
         let enqueued = enqueue_one(&queue, "k").await;
 
         let first = receive_one(&queue).await;
-        assert_eq!(
-            (first.id.as_str(), first.receive_count),
-            (enqueued.id.as_str(), 1)
-        );
+        assert_eq!((first.id.as_str(), first.receive_count), (enqueued.id.as_str(), 1));
         assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
         advance(&queue, VISIBILITY - Duration::from_secs(1));
         assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
@@ -1024,17 +893,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = open(&dir);
         let keys = ["j0", "j1", "j2", "j3", "j4"];
-        let enqueued = queue
-            .enqueue(keys.iter().map(|key| job(key)).collect())
-            .await
-            .unwrap();
+        let enqueued = queue.enqueue(keys.iter().map(|key| job(key)).collect()).await.unwrap();
 
         let first = queue.receive(2, VISIBILITY).await.unwrap();
         let rest = queue.receive(10, VISIBILITY).await.unwrap();
 
-        let ids = |deliveries: &[Delivery]| -> Vec<String> {
-            deliveries.iter().map(|d| d.id.clone()).collect()
-        };
+        let ids = |deliveries: &[Delivery]| -> Vec<String> { deliveries.iter().map(|d| d.id.clone()).collect() };
         let expected: Vec<String> = enqueued.into_iter().map(|e| e.id).collect();
         assert_eq!(ids(&first), expected[..2]);
         assert_eq!(ids(&rest), expected[2..]);
@@ -1052,23 +916,14 @@ mod tests {
 
         let error = queue.ack(&stale.receipt).await.unwrap_err();
         assert_eq!(error, QueueError::StaleReceipt(stale.receipt.clone()));
-        let error = queue
-            .nack(&stale.receipt, "late", Duration::ZERO)
-            .await
-            .unwrap_err();
+        let error = queue.nack(&stale.receipt, "late", Duration::ZERO).await.unwrap_err();
         assert!(matches!(error, QueueError::StaleReceipt(_)));
 
         advance(&queue, VISIBILITY);
         let third = receive_one(&queue).await;
-        assert_eq!(
-            (third.id.as_str(), third.receive_count),
-            (current.id.as_str(), 3)
-        );
+        assert_eq!((third.id.as_str(), third.receive_count), (current.id.as_str(), 3));
         queue.ack(&third.receipt).await.unwrap();
-        queue
-            .ack(&third.receipt)
-            .await
-            .expect("a repeated ack is a no-op");
+        queue.ack(&third.receipt).await.expect("a repeated ack is a no-op");
         advance(&queue, VISIBILITY);
         assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
     }
@@ -1089,27 +944,15 @@ mod tests {
     #[tokio::test]
     async fn nack_retries_then_dead_letters_after_max_receives() {
         let dir = tempfile::tempdir().unwrap();
-        let queue = open_with(
-            &dir,
-            SqliteQueueOptions {
-                max_receives: 3,
-                ..SqliteQueueOptions::default()
-            },
-        );
+        let queue = open_with(&dir, SqliteQueueOptions { max_receives: 3, ..SqliteQueueOptions::default() });
         let enqueued = enqueue_one(&queue, "k").await;
         let retry_after = Duration::from_secs(10);
 
         for attempt in 1..=3 {
             let delivery = receive_one(&queue).await;
             assert_eq!(delivery.receive_count, attempt);
-            queue
-                .nack(&delivery.receipt, &format!("boom {attempt}"), retry_after)
-                .await
-                .unwrap();
-            assert!(
-                queue.receive(10, VISIBILITY).await.unwrap().is_empty(),
-                "not visible before retry_after"
-            );
+            queue.nack(&delivery.receipt, &format!("boom {attempt}"), retry_after).await.unwrap();
+            assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty(), "not visible before retry_after");
             advance(&queue, retry_after);
         }
 
@@ -1126,47 +969,27 @@ mod tests {
     #[tokio::test]
     async fn redrive_returns_dead_letter_to_ready() {
         let dir = tempfile::tempdir().unwrap();
-        let queue: Arc<dyn JobQueue> = Arc::new(open_with(
-            &dir,
-            SqliteQueueOptions {
-                max_receives: 1,
-                ..SqliteQueueOptions::default()
-            },
-        ));
+        let queue: Arc<dyn JobQueue> =
+            Arc::new(open_with(&dir, SqliteQueueOptions { max_receives: 1, ..SqliteQueueOptions::default() }));
         queue.enqueue(vec![job("k")]).await.unwrap();
         let delivery = queue.receive(1, VISIBILITY).await.unwrap().remove(0);
-        queue
-            .nack(&delivery.receipt, "registry said 500", Duration::ZERO)
-            .await
-            .unwrap();
+        queue.nack(&delivery.receipt, "registry said 500", Duration::ZERO).await.unwrap();
         let dead = queue.dead_letters().await.unwrap().remove(0);
 
         assert!(queue.redrive(&dead.id).await.unwrap());
-        assert!(
-            !queue.redrive(&dead.id).await.unwrap(),
-            "no longer a dead letter"
-        );
+        assert!(!queue.redrive(&dead.id).await.unwrap(), "no longer a dead letter");
         assert!(!queue.redrive("no-such-job").await.unwrap());
 
         assert!(queue.dead_letters().await.unwrap().is_empty());
         let again = queue.receive(10, VISIBILITY).await.unwrap();
         assert_eq!(again.len(), 1);
-        assert_eq!(
-            (again[0].id.as_str(), again[0].receive_count),
-            (dead.id.as_str(), 1)
-        );
+        assert_eq!((again[0].id.as_str(), again[0].receive_count), (dead.id.as_str(), 1));
     }
 
     #[tokio::test]
     async fn job_whose_worker_keeps_crashing_is_dead_lettered() {
         let dir = tempfile::tempdir().unwrap();
-        let queue = open_with(
-            &dir,
-            SqliteQueueOptions {
-                max_receives: 2,
-                ..SqliteQueueOptions::default()
-            },
-        );
+        let queue = open_with(&dir, SqliteQueueOptions { max_receives: 2, ..SqliteQueueOptions::default() });
         let stuck = enqueue_one(&queue, "stuck").await;
         assert_eq!(receive_one(&queue).await.id, stuck.id);
         advance(&queue, VISIBILITY);
@@ -1181,11 +1004,7 @@ mod tests {
         let dead = queue.dead_letters().await.unwrap();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].id, stuck.id);
-        assert!(
-            dead[0].last_error.contains("without an ack or nack"),
-            "{}",
-            dead[0].last_error
-        );
+        assert!(dead[0].last_error.contains("without an ack or nack"), "{}", dead[0].last_error);
     }
 
     #[tokio::test]
@@ -1237,10 +1056,7 @@ mod tests {
 
         let error = queue.enqueue(vec![job("a"), job("")]).await.unwrap_err();
 
-        assert!(
-            matches!(error, QueueError::Invalid(ref m) if m.contains("job 1")),
-            "{error}"
-        );
+        assert!(matches!(error, QueueError::Invalid(ref m) if m.contains("job 1")), "{error}");
         assert!(queue.receive(10, VISIBILITY).await.unwrap().is_empty());
     }
 
@@ -1252,33 +1068,16 @@ mod tests {
         let QueueError::Unavailable(message) = &error else {
             panic!("expected Unavailable, got {error:?}");
         };
-        assert!(
-            message.contains(&missing.display().to_string()),
-            "{message}"
-        );
-        assert!(
-            message.contains("check that the directory exists"),
-            "{message}"
-        );
+        assert!(message.contains(&missing.display().to_string()), "{message}");
+        assert!(message.contains("check that the directory exists"), "{message}");
 
         // The file becomes unwritable while the queue runs.
         let queue = open(&dir);
-        queue
-            .call("make read-only", |conn, _| {
-                Ok(conn.pragma_update(None, "query_only", true)?)
-            })
-            .await
-            .unwrap();
+        queue.call("make read-only", |conn, _| Ok(conn.pragma_update(None, "query_only", true)?)).await.unwrap();
 
         let error = queue.enqueue(vec![job("k")]).await.unwrap_err();
-        assert!(
-            matches!(error, QueueError::Unavailable(ref m) if m.contains("readonly")),
-            "{error}"
-        );
-        assert!(matches!(
-            queue.check().await,
-            Err(QueueError::Unavailable(_))
-        ));
+        assert!(matches!(error, QueueError::Unavailable(ref m) if m.contains("readonly")), "{error}");
+        assert!(matches!(queue.check().await, Err(QueueError::Unavailable(_))));
     }
 
     #[tokio::test]
@@ -1287,18 +1086,12 @@ mod tests {
         let queue = open(&dir);
         queue.check().await.unwrap();
 
-        let crashed = queue
-            .call("crash", |_, _| -> Result<(), Failure> {
-                panic!("simulated bug in the queue writer")
-            })
-            .await;
+        let crashed =
+            queue.call("crash", |_, _| -> Result<(), Failure> { panic!("simulated bug in the queue writer") }).await;
 
         assert!(matches!(crashed, Err(QueueError::Unavailable(_))));
         let error = queue.enqueue(vec![job("k")]).await.unwrap_err();
-        assert!(
-            matches!(error, QueueError::Unavailable(ref m) if m.contains("has stopped")),
-            "{error}"
-        );
+        assert!(matches!(error, QueueError::Unavailable(ref m) if m.contains("has stopped")), "{error}");
         assert!(queue.check().await.is_err());
     }
 
@@ -1306,19 +1099,11 @@ mod tests {
     async fn foreign_database_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.db");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE entries (id INTEGER PRIMARY KEY);")
-            .unwrap();
+        Connection::open(&path).unwrap().execute_batch("CREATE TABLE entries (id INTEGER PRIMARY KEY);").unwrap();
 
         let error = SqliteQueue::open(&path, SqliteQueueOptions::default()).unwrap_err();
 
-        assert!(
-            error
-                .to_string()
-                .contains("is not a Ferry job queue database"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("is not a Ferry job queue database"), "{error}");
     }
 
     #[tokio::test]
@@ -1326,17 +1111,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         drop(open(&dir));
         let path = dir.path().join("queue.db");
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
 
         let error = SqliteQueue::open(&path, SqliteQueueOptions::default()).unwrap_err();
 
-        assert!(
-            error.to_string().contains("newer than this ferry"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("newer than this ferry"), "{error}");
     }
 
     #[tokio::test]
@@ -1369,9 +1148,8 @@ mod tests {
                      FROM jobs WHERE state = 'ready' AND available_at <= ?1
                      ORDER BY available_at, seq LIMIT ?2",
                 )?;
-                let rows = explain
-                    .query_map(params![0, 1], |row| row.get::<_, String>(3))?
-                    .collect::<Result<Vec<_>, _>>()?;
+                let rows =
+                    explain.query_map(params![0, 1], |row| row.get::<_, String>(3))?.collect::<Result<Vec<_>, _>>()?;
                 Ok(rows)
             })
             .await

@@ -53,9 +53,7 @@ impl DockerArchive {
 
     fn open_blocking(path: PathBuf) -> Result<Self, CopyError> {
         let io = |e| CopyError::io(&path, e);
-        let invalid = |why: String| {
-            CopyError::Invalid(format!("{}: not a docker-archive: {why}", path.display()))
-        };
+        let invalid = |why: String| CopyError::Invalid(format!("{}: not a docker-archive: {why}", path.display()));
         let mut entries: HashMap<String, Span> = HashMap::new();
         let mut links: HashMap<String, String> = HashMap::new();
         let mut archive = tar::Archive::new(File::open(&path).map_err(io)?);
@@ -67,10 +65,8 @@ impl DockerArchive {
                 if let Some(target) = entry.link_name().map_err(io)? {
                     let target = target.to_string_lossy().to_string();
                     let resolved = if kind.is_symlink() {
-                        let dir = Path::new(&name)
-                            .parent()
-                            .map(|p| p.to_string_lossy().to_string())
-                            .unwrap_or_default();
+                        let dir =
+                            Path::new(&name).parent().map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
                         normalize(&format!("{dir}/{target}"))
                     } else {
                         normalize(&target)
@@ -78,13 +74,7 @@ impl DockerArchive {
                     links.insert(name, resolved);
                 }
             } else if kind.is_file() {
-                entries.insert(
-                    name,
-                    Span {
-                        offset: entry.raw_file_position(),
-                        size: entry.size(),
-                    },
-                );
+                entries.insert(name, Span { offset: entry.raw_file_position(), size: entry.size() });
             }
         }
         let lookup = |name: &str| -> Option<Span> {
@@ -100,10 +90,7 @@ impl DockerArchive {
         let mut file = File::open(&path).map_err(io)?;
         let mut read_small = |span: Span, what: &str| -> Result<Bytes, CopyError> {
             if span.size > manifest::MAX_MANIFEST_BYTES as u64 {
-                return Err(invalid(format!(
-                    "{what} is larger than {} bytes",
-                    manifest::MAX_MANIFEST_BYTES
-                )));
+                return Err(invalid(format!("{what} is larger than {} bytes", manifest::MAX_MANIFEST_BYTES)));
             }
             let mut buf = vec![0; span.size as usize];
             file.seek(SeekFrom::Start(span.offset)).map_err(io)?;
@@ -115,12 +102,9 @@ impl DockerArchive {
         if let (Some(index_span), Some(_)) = (lookup("index.json"), lookup("oci-layout")) {
             let index: ImageIndex = serde_json::from_slice(&read_small(index_span, "index.json")?)
                 .map_err(|e| invalid(format!("index.json: {e}")))?;
-            let root = index
-                .manifests
-                .first()
-                .ok_or_else(|| invalid("index.json lists no image".into()))?;
-            let span = lookup(&blob_name(&root.digest))
-                .ok_or_else(|| invalid(format!("missing blob {}", root.digest)))?;
+            let root = index.manifests.first().ok_or_else(|| invalid("index.json lists no image".into()))?;
+            let span =
+                lookup(&blob_name(&root.digest)).ok_or_else(|| invalid(format!("missing blob {}", root.digest)))?;
             let bytes = read_small(span, "the manifest")?;
             if !root.digest.matches(&bytes) {
                 return Err(CopyError::DigestMismatch {
@@ -129,12 +113,9 @@ impl DockerArchive {
                     actual: Digest::sha256_of(&bytes),
                 });
             }
-            let manifest = Manifest::parse(bytes, Some(&root.media_type), root.digest.clone())
-                .map_err(|source| CopyError::Manifest {
-                    location: path.display().to_string(),
-                    digest: root.digest.to_string(),
-                    source,
-                })?;
+            let manifest = Manifest::parse(bytes, Some(&root.media_type), root.digest.clone()).map_err(|source| {
+                CopyError::Manifest { location: path.display().to_string(), digest: root.digest.to_string(), source }
+            })?;
             let blobs = entries
                 .iter()
                 .filter_map(|(name, span)| {
@@ -142,24 +123,17 @@ impl DockerArchive {
                     Some((Digest::from_sha256_hex(hex).ok()?, *span))
                 })
                 .collect();
-            return Ok(DockerArchive {
-                file: path,
-                manifest,
-                blobs,
-            });
+            return Ok(DockerArchive { file: path, manifest, blobs });
         }
 
         // Legacy: describe the files as they are in a Docker v2 schema 2 manifest.
         let span = lookup("manifest.json").ok_or_else(|| invalid("no manifest.json".into()))?;
         let saved: Vec<SaveEntry> = serde_json::from_slice(&read_small(span, "manifest.json")?)
             .map_err(|e| invalid(format!("manifest.json: {e}")))?;
-        let image = saved
-            .first()
-            .ok_or_else(|| invalid("manifest.json lists no image".into()))?;
+        let image = saved.first().ok_or_else(|| invalid("manifest.json lists no image".into()))?;
         let mut blobs = HashMap::new();
         let mut describe = |name: &str, media_type: &str| -> Result<Descriptor, CopyError> {
-            let span = lookup(name)
-                .ok_or_else(|| invalid(format!("`{name}` is listed but not in the tarball")))?;
+            let span = lookup(name).ok_or_else(|| invalid(format!("`{name}` is listed but not in the tarball")))?;
             let (digest, gzip) = hash_span(&mut file, span).map_err(io)?;
             blobs.insert(digest.clone(), span);
             let media_type = match media_type {
@@ -176,11 +150,8 @@ impl DockerArchive {
             })
         };
         let config = describe(&image.config, manifest::DOCKER_CONFIG)?;
-        let layers = image
-            .layers
-            .iter()
-            .map(|layer| describe(layer, manifest::DOCKER_LAYER))
-            .collect::<Result<Vec<_>, _>>()?;
+        let layers =
+            image.layers.iter().map(|layer| describe(layer, manifest::DOCKER_LAYER)).collect::<Result<Vec<_>, _>>()?;
         let bytes = Bytes::from(
             serde_json::to_vec_pretty(&serde_json::json!({
                 "schemaVersion": 2,
@@ -191,17 +162,16 @@ impl DockerArchive {
             .expect("manifest serializes"),
         );
         let digest = Digest::sha256_of(&bytes);
-        let manifest =
-            Manifest::parse(bytes, None, digest.clone()).map_err(|source| CopyError::Manifest {
-                location: path.display().to_string(),
-                digest: digest.to_string(),
-                source,
-            })?;
-        Ok(DockerArchive {
-            file: path,
-            manifest,
-            blobs,
-        })
+        let manifest = Manifest::parse(bytes, None, digest.clone()).map_err(|source| CopyError::Manifest {
+            location: path.display().to_string(),
+            digest: digest.to_string(),
+            source,
+        })?;
+        Ok(DockerArchive { file: path, manifest, blobs })
+    }
+
+    pub fn file(&self) -> &Path {
+        &self.file
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -222,31 +192,21 @@ impl DockerArchive {
                 actual: Digest::sha256_of(&bytes),
             });
         }
-        Manifest::parse(
-            bytes.into(),
-            Some(&descriptor.media_type),
-            descriptor.digest.clone(),
-        )
-        .map_err(|source| CopyError::Manifest {
-            location: self.file.display().to_string(),
-            digest: descriptor.digest.to_string(),
-            source,
+        Manifest::parse(bytes.into(), Some(&descriptor.media_type), descriptor.digest.clone()).map_err(|source| {
+            CopyError::Manifest {
+                location: self.file.display().to_string(),
+                digest: descriptor.digest.to_string(),
+                source,
+            }
         })
     }
 
     pub async fn open_blob(&self, digest: &Digest) -> Result<(BlobStream, u64), CopyError> {
         let span = *self.blobs.get(digest).ok_or_else(|| {
-            CopyError::Invalid(format!(
-                "{}: blob {digest} is not in the tarball",
-                self.file.display()
-            ))
+            CopyError::Invalid(format!("{}: blob {digest} is not in the tarball", self.file.display()))
         })?;
-        let mut file = tokio::fs::File::open(&self.file)
-            .await
-            .map_err(|e| CopyError::io(&self.file, e))?;
-        file.seek(SeekFrom::Start(span.offset))
-            .await
-            .map_err(|e| CopyError::io(&self.file, e))?;
+        let mut file = tokio::fs::File::open(&self.file).await.map_err(|e| CopyError::io(&self.file, e))?;
+        file.seek(SeekFrom::Start(span.offset)).await.map_err(|e| CopyError::io(&self.file, e))?;
         let stream = tokio_util::io::ReaderStream::with_capacity(file.take(span.size), 256 << 10);
         Ok((stream.boxed(), span.size))
     }
@@ -286,8 +246,7 @@ fn hash_span(file: &mut File, span: Span) -> std::io::Result<(Digest, bool)> {
         gzip.get_or_insert(buf[..n].starts_with(&[0x1f, 0x8b]));
         hasher.update(&buf[..n]);
     }
-    let digest =
-        Digest::from_sha256_hex(&hex::encode(hasher.finalize())).expect("sha256 hex is valid");
+    let digest = Digest::from_sha256_hex(&hex::encode(hasher.finalize())).expect("sha256 hex is valid");
     Ok((digest, gzip.unwrap_or(false)))
 }
 
@@ -307,8 +266,7 @@ mod tests {
     async fn legacy_archive_becomes_a_schema2_manifest_over_the_same_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("image.tar");
-        let config =
-            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let config = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
         let layer = vec![7u8; 300_000];
         let config_name = format!("{}.json", hex::encode(Sha256::digest(config)));
         {
@@ -320,9 +278,7 @@ mod tests {
             link.set_entry_type(tar::EntryType::Symlink);
             link.set_size(0);
             link.set_cksum();
-            builder
-                .append_link(&mut link, "def/layer.tar", "../abc/layer.tar")
-                .unwrap();
+            builder.append_link(&mut link, "def/layer.tar", "../abc/layer.tar").unwrap();
             let manifest = format!(
                 r#"[{{"Config":"{config_name}","RepoTags":["app:1"],"Layers":["abc/layer.tar","def/layer.tar"]}}]"#
             );
@@ -352,10 +308,6 @@ mod tests {
         let path = dir.path().join("bad.tar");
         std::fs::write(&path, b"definitely not a tarball").unwrap();
         assert!(DockerArchive::open(&path).await.is_err());
-        assert!(
-            DockerArchive::open(&dir.path().join("missing.tar"))
-                .await
-                .is_err()
-        );
+        assert!(DockerArchive::open(&dir.path().join("missing.tar")).await.is_err());
     }
 }

@@ -43,10 +43,9 @@ impl Credential {
     /// Parses `USER:PASSWORD` as given on the command line or in `FERRY_*_CREDS`.
     pub fn from_user_pass(value: &str) -> Result<Self, CopyError> {
         match value.split_once(':') {
-            Some((user, pass)) if !user.is_empty() => Ok(Credential::Basic {
-                username: user.to_string(),
-                password: Secret::new(pass),
-            }),
+            Some((user, pass)) if !user.is_empty() => {
+                Ok(Credential::Basic { username: user.to_string(), password: Secret::new(pass) })
+            }
             _ => Err(CopyError::Invalid(
                 "credentials must be given as USER:PASSWORD (the password may contain `:`)".into(),
             )),
@@ -55,10 +54,9 @@ impl Credential {
 
     pub fn basic_header(&self) -> Option<String> {
         match self {
-            Credential::Basic { username, password } => Some(format!(
-                "Basic {}",
-                BASE64.encode(format!("{username}:{}", password.expose()))
-            )),
+            Credential::Basic { username, password } => {
+                Some(format!("Basic {}", BASE64.encode(format!("{username}:{}", password.expose()))))
+            }
             Credential::IdentityToken(_) => None,
         }
     }
@@ -68,11 +66,7 @@ impl Credential {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Challenge {
     Basic,
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
 }
 
 impl Challenge {
@@ -103,11 +97,7 @@ fn parse_params(input: &str) -> HashMap<String, String> {
         let Some((key, after)) = rest.split_once('=') else {
             break;
         };
-        let key = key
-            .trim()
-            .trim_start_matches(',')
-            .trim()
-            .to_ascii_lowercase();
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
         let (value, remainder) = if let Some(quoted) = after.strip_prefix('"') {
             let mut value = String::new();
             let mut chars = quoted.char_indices();
@@ -177,24 +167,17 @@ impl DockerConfig {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(e) => return Err(CopyError::io(path, e)),
         };
-        let file: DockerConfigFile = serde_json::from_slice(&text).map_err(|e| {
-            CopyError::Invalid(format!("{}: not a docker config.json: {e}", path.display()))
-        })?;
+        let file: DockerConfigFile = serde_json::from_slice(&text)
+            .map_err(|e| CopyError::Invalid(format!("{}: not a docker config.json: {e}", path.display())))?;
         let mut by_host = HashMap::new();
         for (key, entry) in file.auths {
             let host = normalize_config_host(&key);
             let credential = if let Some(token) = entry.identitytoken.filter(|t| !t.is_empty()) {
                 Credential::IdentityToken(Secret::new(token))
             } else if let (Some(username), Some(password)) = (entry.username, entry.password) {
-                Credential::Basic {
-                    username,
-                    password: Secret::new(password),
-                }
+                Credential::Basic { username, password: Secret::new(password) }
             } else if let Some(auth) = entry.auth.filter(|a| !a.is_empty()) {
-                let decoded = BASE64
-                    .decode(auth.trim())
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok());
+                let decoded = BASE64.decode(auth.trim()).ok().and_then(|b| String::from_utf8(b).ok());
                 let Some(pair) = decoded else {
                     return Err(CopyError::Invalid(format!(
                         "{}: the `auth` of `{key}` is not base64 of USER:PASSWORD",
@@ -218,9 +201,7 @@ impl DockerConfig {
 
 /// Config keys come as `host`, `https://host/v1/` or Docker Hub's legacy index URL.
 fn normalize_config_host(key: &str) -> String {
-    let host = key
-        .trim_start_matches("https://")
-        .trim_start_matches("http://");
+    let host = key.trim_start_matches("https://").trim_start_matches("http://");
     let host = host.split('/').next().unwrap_or(host);
     match host {
         "index.docker.io" | "registry-1.docker.io" => super::reference::DOCKER_HUB.to_string(),
@@ -249,25 +230,16 @@ mod tests {
 
     #[test]
     fn basic_and_unknown_challenges() {
-        assert_eq!(
-            Challenge::parse(r#"Basic realm="Registry Realm""#),
-            Some(Challenge::Basic)
-        );
+        assert_eq!(Challenge::parse(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
         assert_eq!(Challenge::parse("Negotiate abc"), None);
-        assert_eq!(
-            Challenge::parse(r#"Bearer service="x""#),
-            None,
-            "a bearer challenge needs a realm"
-        );
+        assert_eq!(Challenge::parse(r#"Bearer service="x""#), None, "a bearer challenge needs a realm");
     }
 
     #[test]
     fn secrets_never_print() {
         let c = Credential::from_user_pass("ci:hunter2:with-colon").unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
-        let Credential::Basic { password, .. } = &c else {
-            panic!()
-        };
+        let Credential::Basic { password, .. } = &c else { panic!() };
         assert_eq!(password.expose(), "hunter2:with-colon");
         assert!(Credential::from_user_pass("no-colon").is_err());
     }
@@ -291,25 +263,11 @@ mod tests {
         let config = DockerConfig::load(&path).unwrap();
         assert_eq!(
             config.credential_for("docker.io"),
-            Some(&Credential::Basic {
-                username: "hub".into(),
-                password: Secret::new("pw")
-            })
+            Some(&Credential::Basic { username: "hub".into(), password: Secret::new("pw") })
         );
-        assert!(matches!(
-            config.credential_for("127.0.0.1:5000"),
-            Some(Credential::Basic { .. })
-        ));
-        assert!(matches!(
-            config.credential_for("contoso.azurecr.io"),
-            Some(Credential::IdentityToken(_))
-        ));
-        assert!(
-            DockerConfig::load(&dir.path().join("missing.json"))
-                .unwrap()
-                .credential_for("x")
-                .is_none()
-        );
+        assert!(matches!(config.credential_for("127.0.0.1:5000"), Some(Credential::Basic { .. })));
+        assert!(matches!(config.credential_for("contoso.azurecr.io"), Some(Credential::IdentityToken(_))));
+        assert!(DockerConfig::load(&dir.path().join("missing.json")).unwrap().credential_for("x").is_none());
         std::fs::write(&path, "{not json").unwrap();
         assert!(DockerConfig::load(&path).is_err());
     }

@@ -32,11 +32,7 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy {
-            retries: 4,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-        }
+        RetryPolicy { retries: 4, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(10) }
     }
 }
 
@@ -47,9 +43,7 @@ impl RetryPolicy {
         if let Some(wait) = retry_after {
             return wait.min(Duration::from_secs(60));
         }
-        let exp = self
-            .base_delay
-            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        let exp = self.base_delay.saturating_mul(1 << attempt.saturating_sub(1).min(16));
         let capped = exp.min(self.max_delay);
         // Up to 25% jitter so concurrent transfers do not retry in lockstep.
         let nanos = Instant::now().elapsed().subsec_nanos() as u64 ^ (attempt as u64 * 0x9E37_79B9);
@@ -187,11 +181,8 @@ impl RegistryClient {
         credential: Option<Credential>,
     ) -> Result<Arc<Self>, CopyError> {
         let plain = options.plain_http.iter().any(|h| h == host);
-        let base = Url::parse(&format!(
-            "{}://{host}/",
-            if plain { "http" } else { "https" }
-        ))
-        .map_err(|e| CopyError::Invalid(format!("invalid registry host `{host}`: {e}")))?;
+        let base = Url::parse(&format!("{}://{host}/", if plain { "http" } else { "https" }))
+            .map_err(|e| CopyError::Invalid(format!("invalid registry host `{host}`: {e}")))?;
         Ok(Arc::new(RegistryClient {
             http,
             host: host.to_string(),
@@ -212,9 +203,7 @@ impl RegistryClient {
     }
 
     fn url(&self, path: &str) -> Url {
-        self.base
-            .join(path)
-            .expect("registry API paths are valid URL paths")
+        self.base.join(path).expect("registry API paths are valid URL paths")
     }
 
     /// The `Authorization` value for `scope`, fetching a token when the registry wants one.
@@ -237,19 +226,10 @@ impl RegistryClient {
         Ok(Some(header))
     }
 
-    async fn fetch_token(
-        &self,
-        realm: &str,
-        service: Option<&str>,
-        scope: &Scope,
-    ) -> Result<CachedToken, CopyError> {
-        let auth_error = |detail: String| CopyError::Auth {
-            registry: self.host.clone(),
-            scope: scope.join(" "),
-            detail,
-        };
-        let realm_url = Url::parse(realm)
-            .map_err(|e| auth_error(format!("invalid token realm `{realm}`: {e}")))?;
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &Scope) -> Result<CachedToken, CopyError> {
+        let auth_error =
+            |detail: String| CopyError::Auth { registry: self.host.clone(), scope: scope.join(" "), detail };
+        let realm_url = Url::parse(realm).map_err(|e| auth_error(format!("invalid token realm `{realm}`: {e}")))?;
         let mut params: Vec<(&str, &str)> = Vec::new();
         if let Some(service) = service {
             params.push(("service", service));
@@ -280,9 +260,7 @@ impl RegistryClient {
                     .send()
                     .await
                     .map_err(|e| CopyError::transport(&self.host, &e))?;
-                if response.status().is_server_error()
-                    || response.status() == StatusCode::TOO_MANY_REQUESTS
-                {
+                if response.status().is_server_error() || response.status() == StatusCode::TOO_MANY_REQUESTS {
                     return Err(self.status_error("token request", response).await);
                 }
                 Ok(response)
@@ -292,30 +270,22 @@ impl RegistryClient {
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
             let remote = RemoteError::parse_envelope(&body);
-            let detail = remote
-                .first()
-                .map(|e| format!("{} ({})", e.code, e.message));
+            let detail = remote.first().map(|e| format!("{} ({})", e.code, e.message));
             return Err(auth_error(format!(
                 "the token service answered HTTP {status}{}",
                 detail.map(|d| format!(": {d}")).unwrap_or_default()
             )));
         }
-        let body: TokenResponse = response
-            .json()
-            .await
-            .map_err(|e| auth_error(format!("unreadable token response: {e}")))?;
+        let body: TokenResponse =
+            response.json().await.map_err(|e| auth_error(format!("unreadable token response: {e}")))?;
         let value = body
             .token
             .or(body.access_token)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| auth_error("the token response has no token".into()))?;
         // Renew a little early so a token does not expire between check and use.
-        let lifetime =
-            Duration::from_secs(body.expires_in.unwrap_or(60).max(10)) - Duration::from_secs(5);
-        Ok(CachedToken {
-            value,
-            expires: Instant::now() + lifetime,
-        })
+        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(60).max(10)) - Duration::from_secs(5);
+        Ok(CachedToken { value, expires: Instant::now() + lifetime })
     }
 
     /// Learns the auth scheme from a 401 challenge and forgets a token that was refused.
@@ -333,15 +303,8 @@ impl RegistryClient {
         };
         match challenge {
             Some(Challenge::Basic) => {
-                if self
-                    .credential
-                    .as_ref()
-                    .and_then(Credential::basic_header)
-                    .is_none()
-                {
-                    return Err(auth_error(
-                        "the registry wants a username and password and none was given",
-                    ));
+                if self.credential.as_ref().and_then(Credential::basic_header).is_none() {
+                    return Err(auth_error("the registry wants a username and password and none was given"));
                 }
                 *self.scheme.lock().await = AuthScheme::Basic;
             }
@@ -350,9 +313,7 @@ impl RegistryClient {
                 self.tokens.lock().await.remove(&scope.join(" "));
             }
             None => {
-                return Err(auth_error(
-                    "HTTP 401 without a usable WWW-Authenticate challenge",
-                ));
+                return Err(auth_error("HTTP 401 without a usable WWW-Authenticate challenge"));
             }
         }
         Ok(())
@@ -374,10 +335,7 @@ impl RegistryClient {
                     if let Some(auth) = self.authorization(scope).await? {
                         request = request.header(AUTHORIZATION, auth);
                     }
-                    let response = request
-                        .send()
-                        .await
-                        .map_err(|e| CopyError::transport(&self.host, &e))?;
+                    let response = request.send().await.map_err(|e| CopyError::transport(&self.host, &e))?;
                     let status = response.status();
                     if status == StatusCode::UNAUTHORIZED {
                         challenges += 1;
@@ -417,20 +375,11 @@ impl RegistryClient {
                 scope: what.to_string(),
                 detail: format!(
                     "HTTP {status}{}",
-                    remote
-                        .first()
-                        .map(|e| format!(": {} ({})", e.code, e.message))
-                        .unwrap_or_default()
+                    remote.first().map(|e| format!(": {} ({})", e.code, e.message)).unwrap_or_default()
                 ),
             };
         }
-        CopyError::Status {
-            registry: self.host.clone(),
-            what: what.to_string(),
-            status,
-            remote,
-            retry_after,
-        }
+        CopyError::Status { registry: self.host.clone(), what: what.to_string(), status, remote, retry_after }
     }
 
     async fn not_found(&self, repository: &str, reference: &str, response: Response) -> CopyError {
@@ -445,19 +394,11 @@ impl RegistryClient {
 
     /// Fetches a manifest and checks its bytes against the digest asked for, or against the
     /// registry's `Docker-Content-Digest` when fetched by tag.
-    pub async fn get_manifest(
-        &self,
-        repository: &str,
-        reference: &str,
-    ) -> Result<Manifest, CopyError> {
+    pub async fn get_manifest(&self, repository: &str, reference: &str) -> Result<Manifest, CopyError> {
         let scope = vec![pull_scope(repository)];
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
         let what = format!("GET manifest {repository}:{reference}");
-        let response = self
-            .send(&scope, &what, |http| {
-                http.get(url.clone()).header(ACCEPT, ACCEPT_MANIFESTS)
-            })
-            .await?;
+        let response = self.send(&scope, &what, |http| http.get(url.clone()).header(ACCEPT, ACCEPT_MANIFESTS)).await?;
         match response.status() {
             s if s.is_success() => {}
             StatusCode::NOT_FOUND => {
@@ -467,9 +408,8 @@ impl RegistryClient {
         }
         let content_type = header_str(response.headers(), CONTENT_TYPE.as_str());
         let claimed = header_str(response.headers(), "docker-content-digest");
-        let bytes = read_limited(response, MAX_MANIFEST_BYTES)
-            .await
-            .map_err(|e| CopyError::transport(&self.host, &e))?;
+        let bytes =
+            read_limited(response, MAX_MANIFEST_BYTES).await.map_err(|e| CopyError::transport(&self.host, &e))?;
         if bytes.len() >= MAX_MANIFEST_BYTES {
             return Err(CopyError::Invalid(format!(
                 "{}/{repository}:{reference}: manifest larger than {MAX_MANIFEST_BYTES} bytes",
@@ -494,12 +434,10 @@ impl RegistryClient {
             Ok(d) => d,
             Err(_) => actual,
         };
-        Manifest::parse(bytes, content_type.as_deref(), digest.clone()).map_err(|source| {
-            CopyError::Manifest {
-                location: format!("{}/{repository}", self.host),
-                digest: digest.to_string(),
-                source,
-            }
+        Manifest::parse(bytes, content_type.as_deref(), digest.clone()).map_err(|source| CopyError::Manifest {
+            location: format!("{}/{repository}", self.host),
+            digest: digest.to_string(),
+            source,
         })
     }
 
@@ -512,16 +450,12 @@ impl RegistryClient {
     ) -> Result<Option<Digest>, CopyError> {
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
         let what = format!("HEAD manifest {repository}:{reference}");
-        let response = self
-            .send(scope, &what, |http| {
-                http.head(url.clone()).header(ACCEPT, ACCEPT_MANIFESTS)
-            })
-            .await?;
+        let response = self.send(scope, &what, |http| http.head(url.clone()).header(ACCEPT, ACCEPT_MANIFESTS)).await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
-                let digest = header_str(response.headers(), "docker-content-digest")
-                    .and_then(|d| d.parse::<Digest>().ok());
+                let digest =
+                    header_str(response.headers(), "docker-content-digest").and_then(|d| d.parse::<Digest>().ok());
                 match digest {
                     Some(d) => Ok(Some(d)),
                     // Without the header, read the bytes and hash them.
@@ -544,33 +478,23 @@ impl RegistryClient {
         let what = format!("PUT manifest {repository}:{reference}");
         let response = self
             .send(&scope, &what, |http| {
-                http.put(url.clone())
-                    .header(CONTENT_TYPE, manifest.media_type.as_str())
-                    .body(manifest.bytes.clone())
+                http.put(url.clone()).header(CONTENT_TYPE, manifest.media_type.as_str()).body(manifest.bytes.clone())
             })
             .await?;
         if !response.status().is_success() {
             return Err(self.status_error(&what, response).await);
         }
         Ok(PushedManifest {
-            digest: header_str(response.headers(), "docker-content-digest")
-                .and_then(|d| d.parse().ok()),
+            digest: header_str(response.headers(), "docker-content-digest").and_then(|d| d.parse().ok()),
             registry_tracks_subject: response.headers().contains_key("oci-subject"),
         })
     }
 
     /// The size of a blob when the repository has it.
-    pub async fn head_blob(
-        &self,
-        repository: &str,
-        digest: &Digest,
-        scope: &Scope,
-    ) -> Result<Option<u64>, CopyError> {
+    pub async fn head_blob(&self, repository: &str, digest: &Digest, scope: &Scope) -> Result<Option<u64>, CopyError> {
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
         let what = format!("HEAD blob {repository}@{digest}");
-        let response = self
-            .send(scope, &what, |http| http.head(url.clone()))
-            .await?;
+        let response = self.send(scope, &what, |http| http.head(url.clone())).await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => Ok(Some(
@@ -587,14 +511,10 @@ impl RegistryClient {
         let scope = vec![pull_scope(repository)];
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
         let what = format!("GET blob {repository}@{digest}");
-        let response = self
-            .send(&scope, &what, |http| http.get(url.clone()))
-            .await?;
+        let response = self.send(&scope, &what, |http| http.get(url.clone())).await?;
         match response.status() {
             s if s.is_success() => Ok(response),
-            StatusCode::NOT_FOUND => {
-                Err(self.not_found(repository, digest.as_str(), response).await)
-            }
+            StatusCode::NOT_FOUND => Err(self.not_found(repository, digest.as_str(), response).await),
             _ => Err(self.status_error(&what, response).await),
         }
     }
@@ -610,16 +530,10 @@ impl RegistryClient {
         if let Some((digest, from)) = mount {
             // The token must cover pulling from the source repository too, or the mount is refused.
             scope.push(pull_scope(from));
-            url.query_pairs_mut()
-                .append_pair("mount", digest.as_str())
-                .append_pair("from", from);
+            url.query_pairs_mut().append_pair("mount", digest.as_str()).append_pair("from", from);
         }
         let what = format!("POST blob upload {repository}");
-        let response = self
-            .send(&scope, &what, |http| {
-                http.post(url.clone()).header(CONTENT_LENGTH, "0")
-            })
-            .await?;
+        let response = self.send(&scope, &what, |http| http.post(url.clone()).header(CONTENT_LENGTH, "0")).await?;
         let status = response.status();
         if status == StatusCode::CREATED && mount.is_some() {
             return Ok(UploadStart::Mounted);
@@ -643,20 +557,13 @@ impl RegistryClient {
         let scope = vec![push_scope(repository)];
         let mut url = session;
         url.query_pairs_mut().append_pair("digest", digest.as_str());
-        let mut request = self
-            .http
-            .put(url)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, size)
-            .body(body);
+        let mut request =
+            self.http.put(url).header(CONTENT_TYPE, "application/octet-stream").header(CONTENT_LENGTH, size).body(body);
         if let Some(auth) = self.authorization(&scope).await? {
             request = request.header(AUTHORIZATION, auth);
         }
         let what = format!("PUT blob {repository}@{digest}");
-        let response = request
-            .send()
-            .await
-            .map_err(|e| CopyError::transport(&self.host, &e))?;
+        let response = request.send().await.map_err(|e| CopyError::transport(&self.host, &e))?;
         if response.status() == StatusCode::UNAUTHORIZED {
             // The token expired during a long upload: forget it so the retry fetches a new one.
             self.tokens.lock().await.remove(&scope.join(" "));
@@ -675,39 +582,26 @@ impl RegistryClient {
     }
 
     /// The referrers of `digest`, or `None` when the registry has no referrers API.
-    pub async fn referrers(
-        &self,
-        repository: &str,
-        digest: &Digest,
-    ) -> Result<Option<Vec<Descriptor>>, CopyError> {
+    pub async fn referrers(&self, repository: &str, digest: &Digest) -> Result<Option<Vec<Descriptor>>, CopyError> {
         let scope = vec![pull_scope(repository)];
         let mut next = Some(self.url(&format!("v2/{repository}/referrers/{digest}")));
         let mut all = Vec::new();
         let what = format!("GET referrers {repository}@{digest}");
         while let Some(url) = next.take() {
             let response = self
-                .send(&scope, &what, |http| {
-                    http.get(url.clone())
-                        .header(ACCEPT, super::manifest::OCI_INDEX)
-                })
+                .send(&scope, &what, |http| http.get(url.clone()).header(ACCEPT, super::manifest::OCI_INDEX))
                 .await?;
             match response.status() {
                 // distribution 2.x and other registries without the API.
-                StatusCode::NOT_FOUND
-                | StatusCode::METHOD_NOT_ALLOWED
-                | StatusCode::BAD_REQUEST => return Ok(None),
+                StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::BAD_REQUEST => return Ok(None),
                 s if s.is_success() => {}
                 _ => return Err(self.status_error(&what, response).await),
             }
             next = next_link(response.headers()).and_then(|link| url.join(&link).ok());
-            let body = read_limited(response, MAX_MANIFEST_BYTES)
-                .await
-                .map_err(|e| CopyError::transport(&self.host, &e))?;
+            let body =
+                read_limited(response, MAX_MANIFEST_BYTES).await.map_err(|e| CopyError::transport(&self.host, &e))?;
             let index: ImageIndex = serde_json::from_slice(&body).map_err(|e| {
-                CopyError::Invalid(format!(
-                    "{}: unreadable referrers list for {repository}@{digest}: {e}",
-                    self.host
-                ))
+                CopyError::Invalid(format!("{}: unreadable referrers list for {repository}@{digest}: {e}", self.host))
             })?;
             all.extend(index.manifests);
         }
@@ -716,18 +610,12 @@ impl RegistryClient {
 
     fn location(&self, response: &Response, what: &str) -> Result<Url, CopyError> {
         let location = header_str(response.headers(), LOCATION.as_str()).ok_or_else(|| {
-            CopyError::Invalid(format!(
-                "{}: {what}: the registry sent no Location header",
-                self.host
-            ))
+            CopyError::Invalid(format!("{}: {what}: the registry sent no Location header", self.host))
         })?;
         // Relative locations resolve against the registry itself.
-        self.base.join(&location).map_err(|e| {
-            CopyError::Invalid(format!(
-                "{}: {what}: unusable Location `{location}`: {e}",
-                self.host
-            ))
-        })
+        self.base
+            .join(&location)
+            .map_err(|e| CopyError::Invalid(format!("{}: {what}: unusable Location `{location}`: {e}", self.host)))
     }
 
     pub fn method_path(method: &Method, url: &Url) -> String {
@@ -736,22 +624,17 @@ impl RegistryClient {
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 /// `Link: <url>; rel="next"`.
 fn next_link(headers: &HeaderMap) -> Option<String> {
     let link = headers.get(reqwest::header::LINK)?.to_str().ok()?;
-    link.split(',')
-        .find(|part| part.contains("rel=\"next\""))
-        .and_then(|part| {
-            let start = part.find('<')? + 1;
-            let end = part.find('>')?;
-            Some(part[start..end].to_string())
-        })
+    link.split(',').find(|part| part.contains("rel=\"next\"")).and_then(|part| {
+        let start = part.find('<')? + 1;
+        let end = part.find('>')?;
+        Some(part[start..end].to_string())
+    })
 }
 
 /// Reads at most `limit` bytes of a body (so a hostile registry cannot make Ferry buffer much).
@@ -773,23 +656,14 @@ mod tests {
 
     #[test]
     fn backoff_grows_caps_and_honours_retry_after() {
-        let policy = RetryPolicy {
-            retries: 5,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
+        let policy =
+            RetryPolicy { retries: 5, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
         assert!(policy.delay(1, None) >= Duration::from_millis(100));
         assert!(policy.delay(1, None) <= Duration::from_millis(125));
         assert!(policy.delay(3, None) >= Duration::from_millis(400));
         assert!(policy.delay(10, None) <= Duration::from_millis(1250));
-        assert_eq!(
-            policy.delay(1, Some(Duration::from_secs(3))),
-            Duration::from_secs(3)
-        );
-        assert_eq!(
-            policy.delay(1, Some(Duration::from_secs(3600))),
-            Duration::from_secs(60)
-        );
+        assert_eq!(policy.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
+        assert_eq!(policy.delay(1, Some(Duration::from_secs(3600))), Duration::from_secs(60));
     }
 
     #[tokio::test(start_paused = true)]
@@ -818,15 +692,7 @@ mod tests {
     #[test]
     fn next_link_is_found() {
         let mut headers = HeaderMap::new();
-        headers.insert(
-            reqwest::header::LINK,
-            r#"</v2/a/referrers/sha256:x?n=1&last=y>; rel="next""#
-                .parse()
-                .unwrap(),
-        );
-        assert_eq!(
-            next_link(&headers).as_deref(),
-            Some("/v2/a/referrers/sha256:x?n=1&last=y")
-        );
+        headers.insert(reqwest::header::LINK, r#"</v2/a/referrers/sha256:x?n=1&last=y>; rel="next""#.parse().unwrap());
+        assert_eq!(next_link(&headers).as_deref(), Some("/v2/a/referrers/sha256:x?n=1&last=y"));
     }
 }

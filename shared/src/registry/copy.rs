@@ -38,11 +38,7 @@ pub struct CopyOptions {
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        CopyOptions {
-            jobs: 4,
-            referrers: true,
-            platform: None,
-        }
+        CopyOptions { jobs: 4, referrers: true, platform: None }
     }
 }
 
@@ -84,19 +80,13 @@ pub struct CopyReport {
 }
 
 enum Source {
-    Registry {
-        client: Arc<RegistryClient>,
-        repository: String,
-    },
+    Registry { client: Arc<RegistryClient>, repository: String },
     Layout(OciLayout),
     Archive(Box<DockerArchive>),
 }
 
 enum Target {
-    Registry {
-        client: Arc<RegistryClient>,
-        repository: String,
-    },
+    Registry { client: Arc<RegistryClient>, repository: String },
     Layout(OciLayout),
 }
 
@@ -125,17 +115,12 @@ pub async fn copy(
     let started = Instant::now();
     let http = http_client(&access.client)?;
     let source_client = |r: &RegistryRef| {
-        let credential = access
-            .source_credential
-            .clone()
-            .or_else(|| access.docker_config.credential_for(&r.registry).cloned());
+        let credential =
+            access.source_credential.clone().or_else(|| access.docker_config.credential_for(&r.registry).cloned());
         RegistryClient::new(http.clone(), r.api_host(), &access.client, credential)
     };
     let target_credential = |r: &RegistryRef| {
-        access
-            .target_credential
-            .clone()
-            .or_else(|| access.docker_config.credential_for(&r.registry).cloned())
+        access.target_credential.clone().or_else(|| access.docker_config.credential_for(&r.registry).cloned())
     };
 
     let (src, src_tag, mut root) = match source {
@@ -144,27 +129,14 @@ pub async fn copy(
             let reference = r.image.api_reference();
             let root = client.get_manifest(&r.repository, &reference).await?;
             // `repo` alone means `repo:latest`, and that tag travels to the target.
-            let tag = r.image.tag.clone().or_else(|| {
-                r.image
-                    .digest
-                    .is_none()
-                    .then(|| "latest".parse().expect("valid tag"))
-            });
-            (
-                Source::Registry {
-                    client,
-                    repository: r.repository.clone(),
-                },
-                tag,
-                root,
-            )
+            let tag =
+                r.image.tag.clone().or_else(|| r.image.digest.is_none().then(|| "latest".parse().expect("valid tag")));
+            (Source::Registry { client, repository: r.repository.clone() }, tag, root)
         }
         Location::OciLayout { dir, tag } => {
             let layout = OciLayout::open(dir)?;
             let descriptor = layout.resolve(tag.as_ref()).await?;
-            let root = layout
-                .read_manifest(&descriptor.digest, Some(&descriptor.media_type))
-                .await?;
+            let root = layout.read_manifest(&descriptor.digest, Some(&descriptor.media_type)).await?;
             (Source::Layout(layout), tag.clone(), root)
         }
         Location::DockerArchive { file } => {
@@ -194,20 +166,11 @@ pub async fn copy(
             };
             // A target written without a tag takes the source's tag.
             let tag = r.image.tag.clone().or_else(|| src_tag.clone());
-            (
-                Target::Registry {
-                    client,
-                    repository: r.repository.clone(),
-                },
-                tag,
-                r.image.digest.clone(),
-            )
+            (Target::Registry { client, repository: r.repository.clone() }, tag, r.image.digest.clone())
         }
-        Location::OciLayout { dir, tag } => (
-            Target::Layout(OciLayout::create(dir).await?),
-            tag.clone().or_else(|| src_tag.clone()),
-            None,
-        ),
+        Location::OciLayout { dir, tag } => {
+            (Target::Layout(OciLayout::create(dir).await?), tag.clone().or_else(|| src_tag.clone()), None)
+        }
         Location::DockerArchive { .. } => {
             return Err(CopyError::Invalid(
                 "docker-archive: is a source only; copy to a registry or to oci:DIR".into(),
@@ -224,9 +187,7 @@ pub async fn copy(
                 .find(|d| d.platform.as_ref().is_some_and(|p| p.matches(wanted)))
                 .cloned()
                 .ok_or_else(|| {
-                    CopyError::Invalid(format!(
-                        "{source}: the index has no manifest for platform {wanted}"
-                    ))
+                    CopyError::Invalid(format!("{source}: the index has no manifest for platform {wanted}"))
                 })?;
             root = fetch_manifest(&src, &child).await?;
             platform = Some(wanted.clone());
@@ -243,13 +204,7 @@ pub async fn copy(
         }
     }
 
-    let engine = Engine {
-        src,
-        dst,
-        options: options.clone(),
-        progress,
-        counters: Counters::default(),
-    };
+    let engine = Engine { src, dst, options: options.clone(), progress, counters: Counters::default() };
     let mut copied = HashSet::new();
     let manifests = engine.copy_tree(&root, &mut copied).await?;
     engine.push_root(&root, dst_tag.as_ref()).await?;
@@ -276,18 +231,21 @@ pub async fn copy(
     })
 }
 
+impl Source {
+    /// Names the source in errors: `host/repo`, the layout directory, or the tarball.
+    fn describe(&self) -> String {
+        match self {
+            Source::Registry { client, repository } => format!("{}/{repository}", client.host()),
+            Source::Layout(layout) => layout.dir().display().to_string(),
+            Source::Archive(archive) => archive.file().display().to_string(),
+        }
+    }
+}
+
 async fn fetch_manifest(src: &Source, descriptor: &Descriptor) -> Result<Manifest, CopyError> {
     match src {
-        Source::Registry { client, repository } => {
-            client
-                .get_manifest(repository, descriptor.digest.as_str())
-                .await
-        }
-        Source::Layout(layout) => {
-            layout
-                .read_manifest(&descriptor.digest, Some(&descriptor.media_type))
-                .await
-        }
+        Source::Registry { client, repository } => client.get_manifest(repository, descriptor.digest.as_str()).await,
+        Source::Layout(layout) => layout.read_manifest(&descriptor.digest, Some(&descriptor.media_type)).await,
         Source::Archive(archive) => archive.read_manifest(descriptor).await,
     }
 }
@@ -303,11 +261,7 @@ struct Engine {
 impl Engine {
     /// Copies a manifest's whole tree except the root manifest itself; returns every manifest
     /// in it (root last). `copied` holds manifest digests already pushed.
-    async fn copy_tree(
-        &self,
-        root: &Manifest,
-        copied: &mut HashSet<Digest>,
-    ) -> Result<Vec<Manifest>, CopyError> {
+    async fn copy_tree(&self, root: &Manifest, copied: &mut HashSet<Digest>) -> Result<Vec<Manifest>, CopyError> {
         // Walk: children before parents; blobs de-duplicated across platforms.
         let mut order = Vec::new();
         let mut blobs: HashMap<Digest, Descriptor> = HashMap::new();
@@ -315,9 +269,7 @@ impl Engine {
         while let Some((manifest, expanded)) = pending.pop() {
             if expanded || manifest.manifests.is_empty() {
                 for blob in &manifest.blobs {
-                    blobs
-                        .entry(blob.digest.clone())
-                        .or_insert_with(|| blob.clone());
+                    blobs.entry(blob.digest.clone()).or_insert_with(|| blob.clone());
                 }
                 order.push(manifest);
                 continue;
@@ -335,12 +287,8 @@ impl Engine {
         let mut blobs: Vec<Descriptor> = blobs.into_values().collect();
         // Largest first keeps every transfer slot busy until the end.
         blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
-        self.progress
-            .blobs_total
-            .fetch_add(blobs.len() as u64, Ordering::Relaxed);
-        self.progress
-            .bytes_total
-            .fetch_add(blobs.iter().map(|b| b.size).sum(), Ordering::Relaxed);
+        self.progress.blobs_total.fetch_add(blobs.len() as u64, Ordering::Relaxed);
+        self.progress.bytes_total.fetch_add(blobs.iter().map(|b| b.size).sum(), Ordering::Relaxed);
         futures_util::stream::iter(blobs.iter().map(|blob| self.copy_blob(blob)))
             .buffer_unordered(self.options.jobs.max(1))
             .try_for_each(|outcome| {
@@ -373,29 +321,18 @@ impl Engine {
         self.verify(root, tag).await
     }
 
-    async fn push_manifest(
-        &self,
-        manifest: &Manifest,
-        tag: Option<&Tag>,
-    ) -> Result<bool, CopyError> {
+    async fn push_manifest(&self, manifest: &Manifest, tag: Option<&Tag>) -> Result<bool, CopyError> {
         match &self.dst {
             Target::Registry { client, repository } => {
-                let reference = tag
-                    .map(Tag::to_string)
-                    .unwrap_or_else(|| manifest.digest.to_string());
+                let reference = tag.map(Tag::to_string).unwrap_or_else(|| manifest.digest.to_string());
                 let pushed = client
                     .retry()
-                    .run("push manifest", || {
-                        client.put_manifest(repository, &reference, manifest)
-                    })
+                    .run("push manifest", || client.put_manifest(repository, &reference, manifest))
                     .await?;
                 if let Some(digest) = pushed.digest {
                     if digest != manifest.digest {
                         return Err(CopyError::DigestMismatch {
-                            what: format!(
-                                "manifest pushed to {}/{repository}:{reference}",
-                                client.host()
-                            ),
+                            what: format!("manifest pushed to {}/{repository}:{reference}", client.host()),
                             expected: manifest.digest.clone(),
                             actual: digest,
                         });
@@ -417,32 +354,17 @@ impl Engine {
     async fn verify(&self, root: &Manifest, tag: Option<&Tag>) -> Result<(), CopyError> {
         let (actual, what) = match &self.dst {
             Target::Registry { client, repository } => {
-                let reference = tag
-                    .map(Tag::to_string)
-                    .unwrap_or_else(|| root.digest.to_string());
-                let actual = client
-                    .head_manifest(repository, &reference, &vec![push_scope(repository)])
-                    .await?;
-                (
-                    actual,
-                    format!("{}/{repository}:{reference}", client.host()),
-                )
+                let reference = tag.map(Tag::to_string).unwrap_or_else(|| root.digest.to_string());
+                let actual = client.head_manifest(repository, &reference, &vec![push_scope(repository)]).await?;
+                (actual, format!("{}/{repository}:{reference}", client.host()))
             }
             Target::Layout(layout) => {
                 let descriptor = match tag {
                     Some(tag) => Some(layout.resolve(Some(tag)).await?.digest),
-                    None => layout
-                        .has_blob(&root.digest)
-                        .await
-                        .then(|| root.digest.clone()),
+                    None => layout.has_blob(&root.digest).await.then(|| root.digest.clone()),
                 };
                 let actual = match descriptor {
-                    Some(digest) => Some(
-                        layout
-                            .read_manifest(&digest, Some(&root.media_type))
-                            .await?
-                            .digest,
-                    ),
+                    Some(digest) => Some(layout.read_manifest(&digest, Some(&root.media_type)).await?.digest),
                     None => None,
                 };
                 (actual, layout.dir().display().to_string())
@@ -455,9 +377,7 @@ impl Engine {
                 expected: root.digest.clone(),
                 actual,
             }),
-            None => Err(CopyError::Invalid(format!(
-                "target {what}: the manifest just pushed cannot be found"
-            ))),
+            None => Err(CopyError::Invalid(format!("target {what}: the manifest just pushed cannot be found"))),
         }
     }
 
@@ -465,24 +385,13 @@ impl Engine {
         match &self.dst {
             Target::Registry { client, repository } => {
                 let scope = vec![push_scope(repository)];
-                if client
-                    .head_blob(repository, &blob.digest, &scope)
-                    .await?
-                    .is_some()
-                {
+                if client.head_blob(repository, &blob.digest, &scope).await?.is_some() {
                     return Ok(BlobOutcome::Skipped);
                 }
                 let mut session = None;
-                if let Source::Registry {
-                    client: source,
-                    repository: from,
-                } = &self.src
-                {
+                if let Source::Registry { client: source, repository: from } = &self.src {
                     if source.host() == client.host() && from != repository {
-                        match client
-                            .start_upload(repository, Some((&blob.digest, from)))
-                            .await?
-                        {
+                        match client.start_upload(repository, Some((&blob.digest, from))).await? {
                             UploadStart::Mounted => return Ok(BlobOutcome::Mounted),
                             UploadStart::Session(url) => session = Some(url),
                         }
@@ -501,11 +410,20 @@ impl Engine {
                             },
                         };
                         let (stream, size) = self.open_blob(blob).await?;
+                        // The body streams from the source: when the upload fails, find out
+                        // which side broke, so the error names the right registry.
+                        let source_failure = Arc::new(std::sync::Mutex::new(None::<String>));
+                        let failure_slot = source_failure.clone();
+                        let stream = stream
+                            .inspect_err(move |e| *failure_slot.lock().expect("not poisoned") = Some(e.to_string()))
+                            .boxed();
                         let body = reqwest::Body::wrap_stream(self.counted(stream));
-                        client
-                            .finish_upload(repository, url, &blob.digest, size, body)
-                            .await?;
-                        Ok(BlobOutcome::Copied(size))
+                        let result = client.finish_upload(repository, url, &blob.digest, size, body).await;
+                        let source_failure = source_failure.lock().expect("not poisoned").take();
+                        match result {
+                            Ok(()) => Ok(BlobOutcome::Copied(size)),
+                            Err(err) => Err(self.blame(blob, err, source_failure)),
+                        }
                     })
                     .await
             }
@@ -520,13 +438,34 @@ impl Engine {
                 retry
                     .run("blob transfer", || async {
                         let (stream, _) = self.open_blob(blob).await?;
-                        let written = layout
-                            .write_blob(&blob.digest, self.counted(stream))
-                            .await?;
+                        let written =
+                            layout.write_blob(&blob.digest, self.counted(stream), &self.src.describe()).await?;
                         Ok(BlobOutcome::Copied(written))
                     })
                     .await
             }
+        }
+    }
+
+    /// Attributes a failed upload: a broken source stream is the source's (retryable) error, a
+    /// blob the target refused as `DIGEST_INVALID` was corrupt at the source.
+    fn blame(&self, blob: &Descriptor, err: CopyError, source_failure: Option<String>) -> CopyError {
+        if let Some(detail) = source_failure {
+            return CopyError::Transport {
+                registry: self.src.describe(),
+                detail: format!("reading blob {}: {detail}", blob.digest),
+                hint: "",
+            };
+        }
+        match err {
+            CopyError::Status { status: 400, remote, .. } if remote.iter().any(|r| r.code == "DIGEST_INVALID") => {
+                CopyError::CorruptBlob {
+                    source_name: self.src.describe(),
+                    digest: blob.digest.clone(),
+                    detail: "the target registry refused the bytes with DIGEST_INVALID".into(),
+                }
+            }
+            other => other,
         }
     }
 
@@ -544,10 +483,7 @@ impl Engine {
                         )));
                     }
                 }
-                let stream = response
-                    .bytes_stream()
-                    .map_err(std::io::Error::other)
-                    .boxed();
+                let stream = response.bytes_stream().map_err(std::io::Error::other).boxed();
                 Ok((stream, blob.size))
             }
             Source::Layout(layout) => layout.open_blob(&blob.digest).await,
@@ -560,20 +496,14 @@ impl Engine {
         let progress = self.progress.clone();
         stream
             .inspect_ok(move |chunk| {
-                progress
-                    .bytes_moved
-                    .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                progress.bytes_moved.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             })
             .boxed()
     }
 
     /// Copies every artifact that refers to one of `subjects` (and, in turn, what refers to
     /// those), and keeps the target's referrers discoverable.
-    async fn copy_referrers(
-        &self,
-        mut subjects: Vec<Digest>,
-        copied: &mut HashSet<Digest>,
-    ) -> Result<u64, CopyError> {
+    async fn copy_referrers(&self, mut subjects: Vec<Digest>, copied: &mut HashSet<Digest>) -> Result<u64, CopyError> {
         let mut count = 0;
         let mut depth = 0;
         while !subjects.is_empty() && depth < 4 {
@@ -611,10 +541,7 @@ impl Engine {
                 if let Some(list) = client.referrers(repository, subject).await? {
                     return Ok(list);
                 }
-                match client
-                    .get_manifest(repository, subject.referrers_tag().as_str())
-                    .await
-                {
+                match client.get_manifest(repository, subject.referrers_tag().as_str()).await {
                     Ok(index) => Ok(index.manifests),
                     Err(CopyError::NotFound { .. }) => Ok(Vec::new()),
                     Err(e) => Err(e),
@@ -627,11 +554,7 @@ impl Engine {
 
     /// For registries without the referrers API: merge `referrers` into the target's
     /// `sha256-<hex>` tag index.
-    async fn update_fallback_tag(
-        &self,
-        subject: &Digest,
-        referrers: &[Descriptor],
-    ) -> Result<(), CopyError> {
+    async fn update_fallback_tag(&self, subject: &Digest, referrers: &[Descriptor]) -> Result<(), CopyError> {
         let Target::Registry { client, repository } = &self.dst else {
             return Ok(());
         };
@@ -650,15 +573,10 @@ impl Engine {
         if entries.len() == before && before > 0 {
             return Ok(());
         }
-        let bytes = bytes::Bytes::from(
-            serde_json::to_vec(&ImageIndex::new(entries)).expect("index serializes"),
-        );
+        let bytes = bytes::Bytes::from(serde_json::to_vec(&ImageIndex::new(entries)).expect("index serializes"));
         let digest = Digest::sha256_of(&bytes);
-        let index =
-            Manifest::parse(bytes, Some(OCI_INDEX), digest).expect("Ferry's own index parses");
-        client
-            .put_manifest(repository, tag.as_str(), &index)
-            .await?;
+        let index = Manifest::parse(bytes, Some(OCI_INDEX), digest).expect("Ferry's own index parses");
+        client.put_manifest(repository, tag.as_str(), &index).await?;
         Ok(())
     }
 }

@@ -29,9 +29,7 @@ struct Envelope {
 impl RemoteError {
     /// Reads an OCI error envelope; anything else yields no entries.
     pub fn parse_envelope(body: &[u8]) -> Vec<RemoteError> {
-        serde_json::from_slice::<Envelope>(body)
-            .map(|e| e.errors)
-            .unwrap_or_default()
+        serde_json::from_slice::<Envelope>(body).map(|e| e.errors).unwrap_or_default()
     }
 }
 
@@ -53,57 +51,30 @@ impl fmt::Display for Remote<'_> {
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
     #[error("{registry}: {what} failed with HTTP {status}{remote}", remote = Remote(remote))]
-    Status {
-        registry: String,
-        what: String,
-        status: u16,
-        remote: Vec<RemoteError>,
-        retry_after: Option<Duration>,
-    },
+    Status { registry: String, what: String, status: u16, remote: Vec<RemoteError>, retry_after: Option<Duration> },
 
     #[error("{registry}/{repository}: `{reference}` not found{remote}; check the repository and tag exist", remote = Remote(remote))]
-    NotFound {
-        registry: String,
-        repository: String,
-        reference: String,
-        remote: Vec<RemoteError>,
-    },
+    NotFound { registry: String, repository: String, reference: String, remote: Vec<RemoteError> },
 
     #[error(
         "{registry}: authentication failed for scope `{scope}`: {detail}; give credentials with --src-creds/--dest-creds, FERRY_SRC_CREDS/FERRY_DEST_CREDS or a docker config.json (--authfile)"
     )]
-    Auth {
-        registry: String,
-        scope: String,
-        detail: String,
-    },
+    Auth { registry: String, scope: String, detail: String },
 
     #[error("cannot reach {registry}: {detail}{hint}")]
-    Transport {
-        registry: String,
-        detail: String,
-        hint: &'static str,
-    },
+    Transport { registry: String, detail: String, hint: &'static str },
 
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
-    DigestMismatch {
-        what: String,
-        expected: Digest,
-        actual: Digest,
-    },
+    DigestMismatch { what: String, expected: Digest, actual: Digest },
+
+    #[error("digest mismatch: blob {digest} served by {source_name} does not hash to its digest ({detail})")]
+    CorruptBlob { source_name: String, digest: Digest, detail: String },
 
     #[error("{location}: invalid manifest {digest}: {source}")]
-    Manifest {
-        location: String,
-        digest: String,
-        source: ManifestError,
-    },
+    Manifest { location: String, digest: String, source: ManifestError },
 
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("{0}")]
     Invalid(String),
@@ -128,10 +99,7 @@ impl CopyError {
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        CopyError::Io {
-            path: path.into(),
-            source,
-        }
+        CopyError::Io { path: path.into(), source }
     }
 
     /// Describes a reqwest failure with its whole cause chain (reqwest's own message alone says
@@ -155,11 +123,7 @@ impl CopyError {
         } else {
             ""
         };
-        CopyError::Transport {
-            registry: registry.to_string(),
-            detail,
-            hint,
-        }
+        CopyError::Transport { registry: registry.to_string(), detail, hint }
     }
 }
 
@@ -195,10 +159,7 @@ mod tests {
         };
         let text = err.to_string();
         assert!(text.contains("127.0.0.1:5000/shop/api"), "{text}");
-        assert!(
-            text.contains("MANIFEST_UNKNOWN (manifest unknown)"),
-            "{text}"
-        );
+        assert!(text.contains("MANIFEST_UNKNOWN (manifest unknown)"), "{text}");
         assert!(!err.is_retryable());
     }
 

@@ -102,11 +102,7 @@ pub struct Manifest {
 impl Manifest {
     /// Parses `bytes`. The media type comes from the body, else from the `Content-Type` the
     /// registry sent, else from the shape of the body.
-    pub fn parse(
-        bytes: bytes::Bytes,
-        content_type: Option<&str>,
-        digest: Digest,
-    ) -> Result<Self, ManifestError> {
+    pub fn parse(bytes: bytes::Bytes, content_type: Option<&str>, digest: Digest) -> Result<Self, ManifestError> {
         let fields: ManifestFields = serde_json::from_slice(&bytes)?;
         if fields.schema_version == Some(1) {
             return Err(ManifestError::SchemaOne);
@@ -123,23 +119,13 @@ impl Manifest {
                     OCI_INDEX.to_string()
                 }
             });
-        if !matches!(
-            media_type.as_str(),
-            OCI_INDEX | OCI_MANIFEST | DOCKER_LIST | DOCKER_MANIFEST | OCI_ARTIFACT
-        ) {
+        if !matches!(media_type.as_str(), OCI_INDEX | OCI_MANIFEST | DOCKER_LIST | DOCKER_MANIFEST | OCI_ARTIFACT) {
             return Err(ManifestError::UnknownMediaType(media_type));
         }
         let mut blobs: Vec<Descriptor> = fields.config.into_iter().collect();
         blobs.extend(fields.layers);
         blobs.extend(fields.blobs);
-        Ok(Manifest {
-            bytes,
-            media_type,
-            digest,
-            manifests: fields.manifests,
-            blobs,
-            subject: fields.subject,
-        })
+        Ok(Manifest { bytes, media_type, digest, manifests: fields.manifests, blobs, subject: fields.subject })
     }
 
     pub fn is_index(&self) -> bool {
@@ -174,12 +160,7 @@ pub struct ImageIndex {
 
 impl ImageIndex {
     pub fn new(manifests: Vec<Descriptor>) -> Self {
-        ImageIndex {
-            schema_version: 2,
-            media_type: Some(OCI_INDEX.into()),
-            manifests,
-            annotations: None,
-        }
+        ImageIndex { schema_version: 2, media_type: Some(OCI_INDEX.into()), manifests, annotations: None }
     }
 }
 
@@ -213,29 +194,16 @@ mod tests {
 
     #[test]
     fn media_type_falls_back_to_content_type_then_shape() {
-        let body = format!(
-            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":1}}]}}"#
-        );
-        assert_eq!(
-            parse(&body, Some(DOCKER_LIST)).unwrap().media_type,
-            DOCKER_LIST
-        );
-        assert_eq!(
-            parse(&body, Some("application/json")).unwrap().media_type,
-            OCI_INDEX
-        );
+        let body =
+            format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"{OCI_MANIFEST}","digest":"{D}","size":1}}]}}"#);
+        assert_eq!(parse(&body, Some(DOCKER_LIST)).unwrap().media_type, DOCKER_LIST);
+        assert_eq!(parse(&body, Some("application/json")).unwrap().media_type, OCI_INDEX);
     }
 
     #[test]
     fn schema_one_and_garbage_are_refused() {
-        assert!(matches!(
-            parse(r#"{"schemaVersion":1}"#, None),
-            Err(ManifestError::SchemaOne)
-        ));
-        assert!(matches!(
-            parse("not json", None),
-            Err(ManifestError::Json(_))
-        ));
+        assert!(matches!(parse(r#"{"schemaVersion":1}"#, None), Err(ManifestError::SchemaOne)));
+        assert!(matches!(parse("not json", None), Err(ManifestError::Json(_))));
         assert!(matches!(
             parse(r#"{"schemaVersion":2,"mediaType":"text/html"}"#, None),
             Err(ManifestError::UnknownMediaType(_))
@@ -244,11 +212,7 @@ mod tests {
 
     #[test]
     fn platform_filter_matches_os_arch_and_variant() {
-        let p = Platform {
-            os: "linux".into(),
-            architecture: "arm".into(),
-            variant: Some("v7".into()),
-        };
+        let p = Platform { os: "linux".into(), architecture: "arm".into(), variant: Some("v7".into()) };
         assert!(p.matches("linux/arm"));
         assert!(p.matches("linux/arm/v7"));
         assert!(!p.matches("linux/arm/v6"));

@@ -14,5 +14,4 @@ pub use error::CopyError;
 pub use reference::{Digest, Location, RegistryRef, Tag};
 
 /// Blob bytes on their way from a source to a target.
-pub type BlobStream =
-    futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;
+pub type BlobStream = futures_util::stream::BoxStream<'static, Result<bytes::Bytes, std::io::Error>>;

@@ -118,9 +118,9 @@ impl FromStr for Tag {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let valid = !s.is_empty()
             && s.len() <= 128
-            && s.bytes().enumerate().all(|(i, b)| {
-                b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-'))
-            });
+            && s.bytes()
+                .enumerate()
+                .all(|(i, b)| b.is_ascii_alphanumeric() || b == b'_' || (i > 0 && (b == b'.' || b == b'-')));
         if valid {
             Ok(Tag(s.to_string()))
         } else {
@@ -170,11 +170,7 @@ pub struct RegistryRef {
 impl RegistryRef {
     /// The host the registry API is served from.
     pub fn api_host(&self) -> &str {
-        if self.registry == DOCKER_HUB {
-            DOCKER_HUB_API
-        } else {
-            &self.registry
-        }
+        if self.registry == DOCKER_HUB { DOCKER_HUB_API } else { &self.registry }
     }
 
     /// The repository, without tag or digest: `host/repo`.
@@ -203,15 +199,9 @@ fn is_valid_repository(repo: &str) -> bool {
         && repo.split('/').all(|component| {
             let bytes = component.as_bytes();
             !bytes.is_empty()
-                && bytes
-                    .first()
-                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                && bytes
-                    .last()
-                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
+                && bytes.first().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && bytes.last().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b))
                 && !component.contains("..")
                 && !component.contains("___")
         })
@@ -220,10 +210,7 @@ fn is_valid_repository(repo: &str) -> bool {
 impl FromStr for RegistryRef {
     type Err = ReferenceError;
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ReferenceError::Reference {
-            input: input.to_string(),
-            reason,
-        };
+        let err = |reason| ReferenceError::Reference { input: input.to_string(), reason };
         let (rest, digest) = match input.split_once('@') {
             Some((rest, d)) => (rest, Some(d.parse::<Digest>()?)),
             None => (input, None),
@@ -231,16 +218,11 @@ impl FromStr for RegistryRef {
         // A tag follows the last `:` after the last `/` (a `:` before it is a port).
         let last_slash = rest.rfind('/').unwrap_or(0);
         let (name, tag) = match rest[last_slash..].rfind(':') {
-            Some(i) => (
-                &rest[..last_slash + i],
-                Some(rest[last_slash + i + 1..].parse::<Tag>()?),
-            ),
+            Some(i) => (&rest[..last_slash + i], Some(rest[last_slash + i + 1..].parse::<Tag>()?)),
             None => (rest, None),
         };
         let (registry, repository) = match name.split_once('/') {
-            Some((first, path))
-                if first.contains('.') || first.contains(':') || first == "localhost" =>
-            {
+            Some((first, path)) if first.contains('.') || first.contains(':') || first == "localhost" => {
                 (first.to_string(), path.to_string())
             }
             Some(_) => (DOCKER_HUB.to_string(), name.to_string()),
@@ -254,11 +236,7 @@ impl FromStr for RegistryRef {
                 "the repository must be lowercase path components of [a-z0-9] joined by `.`, `_`, `-` or `/`",
             ));
         }
-        Ok(RegistryRef {
-            registry,
-            repository,
-            image: ImageRef { tag, digest },
-        })
+        Ok(RegistryRef { registry, repository, image: ImageRef { tag, digest } })
     }
 }
 
@@ -277,9 +255,7 @@ impl FromStr for Location {
         if let Some(rest) = input.strip_prefix("oci:") {
             // `oci:DIR:tag`: the tag follows the last `:` when no `/` comes after it.
             let (dir, tag) = match rest.rfind(':') {
-                Some(i) if !rest[i + 1..].contains('/') && i > 0 => {
-                    (&rest[..i], Some(rest[i + 1..].parse::<Tag>()?))
-                }
+                Some(i) if !rest[i + 1..].contains('/') && i > 0 => (&rest[..i], Some(rest[i + 1..].parse::<Tag>()?)),
                 _ => (rest, None),
             };
             if dir.is_empty() {
@@ -288,10 +264,7 @@ impl FromStr for Location {
                     reason: "`oci:` needs a directory, as in `oci:./layout:v1`",
                 });
             }
-            return Ok(Location::OciLayout {
-                dir: dir.into(),
-                tag,
-            });
+            return Ok(Location::OciLayout { dir: dir.into(), tag });
         }
         if let Some(file) = input.strip_prefix("docker-archive:") {
             if file.is_empty() {
@@ -348,10 +321,7 @@ mod tests {
         assert_eq!(r.image.digest.unwrap().hex(), HEX);
         assert_eq!(
             format!("ghcr.io/o/p:v2@sha256:{HEX}"),
-            format!("ghcr.io/o/p:v2@sha256:{HEX}")
-                .parse::<RegistryRef>()
-                .unwrap()
-                .to_string()
+            format!("ghcr.io/o/p:v2@sha256:{HEX}").parse::<RegistryRef>().unwrap().to_string()
         );
     }
 
@@ -377,21 +347,14 @@ mod tests {
             "127.0.0.1:5000/a@md5:0123",
             "127.0.0.1:5000/a b",
         ] {
-            assert!(
-                bad.parse::<RegistryRef>().is_err(),
-                "{bad} should not parse"
-            );
+            assert!(bad.parse::<RegistryRef>().is_err(), "{bad} should not parse");
         }
     }
 
     #[test]
     fn digest_checks_algorithm_and_length() {
         assert!(format!("sha256:{HEX}").parse::<Digest>().is_ok());
-        assert!(
-            format!("sha256:{}", HEX.to_uppercase())
-                .parse::<Digest>()
-                .is_err()
-        );
+        assert!(format!("sha256:{}", HEX.to_uppercase()).parse::<Digest>().is_err());
         assert!("sha256:".parse::<Digest>().is_err());
         let d = Digest::sha256_of(b"ferry");
         assert!(d.matches(b"ferry"));
@@ -403,28 +366,14 @@ mod tests {
     fn locations_parse_every_transport() {
         assert_eq!(
             "oci:/tmp/lay:v1".parse::<Location>().unwrap(),
-            Location::OciLayout {
-                dir: "/tmp/lay".into(),
-                tag: Some("v1".parse().unwrap())
-            }
+            Location::OciLayout { dir: "/tmp/lay".into(), tag: Some("v1".parse().unwrap()) }
         );
-        assert_eq!(
-            "oci:./lay".parse::<Location>().unwrap(),
-            Location::OciLayout {
-                dir: "./lay".into(),
-                tag: None
-            }
-        );
+        assert_eq!("oci:./lay".parse::<Location>().unwrap(), Location::OciLayout { dir: "./lay".into(), tag: None });
         assert_eq!(
             "docker-archive:img.tar".parse::<Location>().unwrap(),
-            Location::DockerArchive {
-                file: "img.tar".into()
-            }
+            Location::DockerArchive { file: "img.tar".into() }
         );
-        assert!(matches!(
-            "docker://127.0.0.1:5000/a:b".parse::<Location>().unwrap(),
-            Location::Registry(_)
-        ));
+        assert!(matches!("docker://127.0.0.1:5000/a:b".parse::<Location>().unwrap(), Location::Registry(_)));
         assert!("oci:".parse::<Location>().is_err());
     }
 }
