@@ -238,6 +238,7 @@ pub fn router(intake: Arc<Intake>) -> Router {
     let limit = intake.body_limit;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/hooks/azure-devops", post(|s, h, b| hook(s, Sender::AzureDevops, None, h, b)))
         .route("/hooks/acr", post(|s, h, b| hook(s, Sender::Acr, None, h, b)))
         .route("/hooks/github", post(|s, h, b| hook(s, Sender::Github, None, h, b)))
         .route("/hooks/distribution", post(|s, h, b| hook(s, Sender::Distribution, None, h, b)))

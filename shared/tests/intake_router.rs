@@ -41,6 +41,9 @@ secret_env = "ROUTER_TEST_HUB"
 secret_env = "ROUTER_TEST_HARBOR"
 [sources.quay]
 secret_env = "ROUTER_TEST_QUAY"
+[sources.azure-devops]
+secret_env = "ROUTER_TEST_ADO"
+username = "ferry"
 
 [[pipelines]]
 name = "local"
@@ -86,6 +89,16 @@ source = "harbor.dev.example.com/shop/api"
   target = "127.0.0.1:5002/shop/api"
 
 [[pipelines]]
+name = "ado"
+source = "127.0.0.1:5001/shop/web"
+  [pipelines.azure_devops]
+  build_definition = "shop-api-ci"
+  tag = "build-{build.id}"
+  [[pipelines.stages]]
+  name = "staging"
+  target = "127.0.0.1:5002/shop/web"
+
+[[pipelines]]
 name = "quay"
 source = "quay.io/contoso/api"
   [[pipelines.stages]]
@@ -111,6 +124,7 @@ async fn app() -> App {
         ("dockerhub", "ROUTER_TEST_HUB", "hub-token-0123456789"),
         ("harbor", "ROUTER_TEST_HARBOR", "harbor-secret"),
         ("quay", "ROUTER_TEST_QUAY", "quay-token-0123456789"),
+        ("azure-devops", "ROUTER_TEST_ADO", "ado-password"),
     ] {
         let path = dir.path().join(format!("{name}.secret"));
         std::fs::write(&path, value).unwrap();
@@ -359,4 +373,63 @@ async fn healthz_reports_the_queue() {
     let (status, body) = send(&app, Request::get("/healthz").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["status"], "ok");
+}
+
+fn azure_devops(body: Vec<u8>, authorization: Option<&str>) -> Request<Body> {
+    let mut request = Request::post("/hooks/azure-devops").header("content-type", "application/json; charset=utf-8");
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    request.body(Body::from(body)).unwrap()
+}
+
+/// `Basic base64("ferry:ado-password")`.
+const ADO_BASIC: &str = "Basic ZmVycnk6YWRvLXBhc3N3b3Jk";
+
+#[tokio::test]
+async fn azure_devops_build_promotes_the_image_its_build_tagged() {
+    let app = app().await;
+    let (status, body) = send(&app, azure_devops(fixture("azure-devops-build.json"), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"][0]["pipeline"], "ado");
+    let jobs = app.queue.receive(10, std::time::Duration::from_secs(60)).await.unwrap();
+    let payload = &jobs[0].payload;
+    assert_eq!(payload["kind"], "promote");
+    assert_eq!(payload["request"]["tag"], "build-4711", "the tag template links build and image");
+    assert_eq!(payload["request"]["build"]["number"], "20250304.3");
+    assert_eq!(payload["request"]["repository"], "shop/web");
+}
+
+#[tokio::test]
+async fn azure_devops_deployment_is_queued_as_a_report_for_its_stage() {
+    let app = app().await;
+    let (status, body) = send(&app, azure_devops(fixture("azure-devops-deployment.json"), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"][0]["stage"], "staging");
+    let jobs = app.queue.receive(10, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(jobs[0].payload["kind"], "deployment");
+    assert_eq!(jobs[0].payload["report"]["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn azure_devops_needs_basic_auth() {
+    let app = app().await;
+    assert_eq!(send(&app, azure_devops(fixture("azure-devops-build.json"), None)).await.0, StatusCode::UNAUTHORIZED);
+    let wrong = "Basic ZmVycnk6bm9wZQ==";
+    assert_eq!(
+        send(&app, azure_devops(fixture("azure-devops-build.json"), Some(wrong))).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn unconfigured_sender_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::parse("[registries.\"r.io\"]\n", "empty.toml").unwrap();
+    let queue = Arc::new(SqliteQueue::open(&dir.path().join("q.db"), SqliteQueueOptions::default()).unwrap());
+    let app = App { router: router(Arc::new(Intake::new(&config, queue.clone()).unwrap())), queue, _dir: dir };
+    let (status, body) = send(&app, generic(GENERIC, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(body["error"].as_str().unwrap().contains("not configured"), "{body}");
 }
