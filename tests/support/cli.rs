@@ -24,8 +24,13 @@ pub struct FerryCommand {
 
 /// Start a `ferry copy` invocation.
 pub fn ferry_copy() -> FerryCommand {
+    ferry("copy")
+}
+
+/// Start a `ferry SUBCOMMAND` invocation.
+pub fn ferry(subcommand: &str) -> FerryCommand {
     FerryCommand {
-        args: vec!["copy".into()],
+        args: vec![subcommand.into()],
         envs: Vec::new(),
         timeout: Duration::from_secs(180),
         measure_memory: false,

@@ -12,12 +12,14 @@ pub mod cli;
 pub mod fault;
 pub mod layout;
 pub mod registry;
+pub mod serve;
 pub mod tools;
 
-pub use cli::{CopyReport, FerryRun, ferry_copy};
+pub use cli::{CopyReport, FerryRun, ferry, ferry_copy};
 pub use fault::{Fault, FaultyProxy};
 pub use layout::{Descriptor, Image, ImageIndex, OciLayout, docker_archive_config_digest};
 pub use registry::{Credentials, Manifest, Referrer, Registry, RegistryClient, media_type};
+pub use serve::FerryServer;
 
 use sha2::{Digest as _, Sha256};
 

@@ -76,6 +76,15 @@ impl Registry {
         Self::start(Security::Htpasswd(Credentials::new(user, password)))
     }
 
+    /// Anonymous plain-HTTP registry whose `notifications:` endpoint POSTs every event to
+    /// `url` with `header: value` — a real webhook sender.
+    pub fn plain_notifying(url: &str, header: &str, value: &str) -> Self {
+        let block = format!(
+            "notifications:\n  endpoints:\n    - name: ferry\n      url: {url}\n      headers:\n        {header}: [\"{value}\"]\n      timeout: 2s\n      threshold: 3\n      backoff: 200ms\n"
+        );
+        Self::start_with(Security::Plain, block)
+    }
+
     /// Anonymous registry speaking HTTPS with a certificate from a fresh,
     /// self-signed test CA (see [`Registry::ca_cert`]).
     pub fn with_tls() -> Self {
@@ -137,6 +146,10 @@ impl Registry {
     }
 
     fn start(security: Security) -> Self {
+        Self::start_with(security, String::new())
+    }
+
+    fn start_with(security: Security, notifications_block: String) -> Self {
         let binary = tools::docker_registry();
         let dir = tempfile::Builder::new().prefix("ferry-registry-").tempdir().expect("temp dir for registry");
         let storage = dir.path().join("storage");
@@ -179,7 +192,7 @@ impl Registry {
                  \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
                  http:\n  addr: {host}\n  secret: ferry-integration-test-secret\n{tls_block}\
                  health:\n  storagedriver:\n    enabled: false\n\
-                 {auth_block}",
+                 {auth_block}{notifications_block}",
                 storage = storage.display(),
             );
             let config_path = dir.path().join("config.yml");
