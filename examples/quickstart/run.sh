@@ -14,6 +14,7 @@ repo="$(cd "$here/../.." && pwd)"
 state="$repo/.quickstart"
 export FERRY_DISTRIBUTION_SECRET="${FERRY_DISTRIBUTION_SECRET:-quickstart-distribution-secret}"
 export FERRY_GENERIC_SECRET="${FERRY_GENERIC_SECRET:-quickstart-generic-secret}"
+export FERRY_OPERATOR_TOKEN="${FERRY_OPERATOR_TOKEN:-quickstart-operator-token}"
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 

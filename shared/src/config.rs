@@ -27,6 +27,8 @@ pub struct Config {
     pub sources: BTreeMap<String, Spanned<SourceConfig>>,
     #[serde(default)]
     pub pipelines: Vec<Pipeline>,
+    #[serde(default)]
+    pub worker: Worker,
 }
 
 #[derive(Debug, Deserialize)]
@@ -43,6 +45,9 @@ pub struct Server {
     /// How far a generic sender's timestamp may be from Ferry's clock, in seconds.
     #[serde(default = "default_clock_skew")]
     pub max_clock_skew_secs: u64,
+    /// Environment variable holding the operator token for `/api/*` (status, approve, rollback …).
+    /// Without it the operations API is off.
+    pub operator_token_env: Option<String>,
 }
 
 impl Default for Server {
@@ -52,6 +57,7 @@ impl Default for Server {
             body_limit: default_body_limit(),
             data_dir: default_data_dir(),
             max_clock_skew_secs: default_clock_skew(),
+            operator_token_env: None,
         }
     }
 }
@@ -136,19 +142,111 @@ pub struct Stage {
     pub name: Spanned<String>,
     /// The repository this stage's images are copied to: `host[:port]/repo`.
     pub target: Spanned<String>,
+    /// What must hold before an image enters this stage.
     #[serde(default)]
     pub gate: Gate,
+    /// `approval`: how many different people must approve (never the one who triggered it).
+    #[serde(default = "default_approvers")]
+    pub approvers: u32,
+    /// `approval`: a promotion not approved within this many hours is rejected.
+    pub approval_expires_hours: Option<u64>,
+    /// `soak`: minutes the image must have run in the previous stage.
+    #[serde(default)]
+    pub soak_minutes: u64,
+    /// Only tags matching one of these patterns enter this stage (`*` wildcard).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Only semantic-version tags (`1.2.3`, `v1.2.3`; no pre-release) enter this stage.
+    #[serde(default)]
+    pub semver: bool,
+    /// Tags set on the target; `{stage}`, `{tag}`, `{build.number}`, `{build.id}` are replaced,
+    /// and a template whose value is unknown (no build, no tag) is skipped.
+    #[serde(default = "default_target_tags")]
+    pub target_tags: Vec<String>,
+    /// Told about every image this stage now runs.
+    pub notify: Option<Notify>,
     /// The Azure DevOps release environment whose deployment events report on this stage
     /// (default: the stage name, compared case-insensitively).
     pub azure_devops_environment: Option<String>,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+fn default_approvers() -> u32 {
+    1
+}
+
+fn default_target_tags() -> Vec<String> {
+    vec!["{tag}".into(), "{stage}".into(), "build-{build.number}".into()]
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Gate {
+    /// Promote as soon as the previous stage has it.
     #[default]
     Auto,
+    /// Wait for `approvers` people to run `ferry approve`.
     Approval,
+    /// Wait until the previous stage reports deployed (Azure DevOps release, or its notifier).
+    After,
+    /// Wait until the image has run `soak_minutes` in the previous stage.
+    Soak,
+}
+
+/// A stage's deploy notification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum Notify {
+    /// POST a signed JSON event (same HMAC scheme as `/hooks/generic`).
+    Webhook { url: String, secret_env: Option<String> },
+}
+
+/// The promotion worker inside `ferry serve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Worker {
+    /// Jobs worked on at once.
+    #[serde(default = "default_worker_concurrency")]
+    pub concurrency: usize,
+    /// A job not finished (nor its lease renewed) within this time is delivered again.
+    #[serde(default = "default_visibility")]
+    pub visibility_secs: u64,
+    /// Attempts before a job goes to the dead-letter store.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; doubles each attempt, capped at 5 minutes.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// How often parked promotions (soak, expiry) are looked at again.
+    #[serde(default = "default_sweep_secs")]
+    pub sweep_secs: u64,
+}
+
+impl Default for Worker {
+    fn default() -> Self {
+        Worker {
+            concurrency: default_worker_concurrency(),
+            visibility_secs: default_visibility(),
+            max_attempts: default_max_attempts(),
+            retry_base_ms: default_retry_base_ms(),
+            sweep_secs: default_sweep_secs(),
+        }
+    }
+}
+
+fn default_worker_concurrency() -> usize {
+    2
+}
+fn default_visibility() -> u64 {
+    60
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_retry_base_ms() -> u64 {
+    2_000
+}
+fn default_sweep_secs() -> u64 {
+    30
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +390,32 @@ impl Config {
             return Err(format!("sources.{}: the secret is empty", sender.as_str()));
         }
         Ok(Some((Secret::new(value), source.header.clone())))
+    }
+}
+
+impl Config {
+    pub fn pipeline(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.name.get_ref() == name)
+    }
+}
+
+impl Pipeline {
+    /// The stage's position and config.
+    pub fn stage(&self, name: &str) -> Option<(usize, &Stage)> {
+        self.stages.iter().enumerate().find(|(_, s)| s.name.get_ref() == name)
+    }
+
+    /// Where a stage's images come from: the pipeline source for the first stage, else the
+    /// previous stage's target.
+    pub fn stage_source(&self, index: usize) -> RepoName {
+        let source = if index == 0 { &self.source } else { &self.stages[index - 1].target };
+        RepoName::parse(source.get_ref()).expect("validated at load")
+    }
+}
+
+impl Stage {
+    pub fn target_repo(&self) -> RepoName {
+        RepoName::parse(self.target.get_ref()).expect("validated at load")
     }
 }
 

@@ -23,6 +23,7 @@ use base64::Engine as _;
 use crate::config::{Config, RepoName, render_build_tag, tag_matches};
 use crate::intake::azure_devops::{BuildCompleted, DeploymentCompleted};
 use crate::intake::{self, Build, Parsed, PromotionRequest, Sender, verify};
+pub use crate::job::{DeploymentJob, PromotionJob, QueuedJob, dedup_key};
 use crate::queue::{JobQueue, NewJob, QueueError};
 use crate::registry::auth::Secret;
 
@@ -57,33 +58,6 @@ struct PipelineMatch {
     build: Option<(String, String)>,
     /// (stage, Azure DevOps environment name) pairs.
     environments: Vec<(String, String)>,
-}
-
-/// A promotion job as queued for the worker.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct PromotionJob {
-    pub pipeline: String,
-    pub stage: String,
-    /// `host/repo` the image is promoted from.
-    pub source: String,
-    pub request: PromotionRequest,
-}
-
-/// A stage's deployment outcome reported by a release system, for the worker to record (later
-/// stages may gate on it).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct DeploymentJob {
-    pub pipeline: String,
-    pub stage: String,
-    pub report: DeploymentCompleted,
-}
-
-/// Everything the queue carries, tagged by `kind`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum QueuedJob {
-    Promote(PromotionJob),
-    Deployment(DeploymentJob),
 }
 
 impl Intake {
@@ -203,34 +177,8 @@ impl Intake {
 }
 
 fn promotion(pipeline: &PipelineMatch, request: PromotionRequest) -> (NewJob, QueuedJob) {
-    let job = QueuedJob::Promote(PromotionJob {
-        pipeline: pipeline.name.clone(),
-        stage: pipeline.first_stage.clone(),
-        source: pipeline.source.to_string(),
-        request,
-    });
-    let QueuedJob::Promote(promote) = &job else { unreachable!() };
-    let new = NewJob { dedup_key: dedup_key(promote), payload: serde_json::to_value(&job).expect("job serializes") };
-    (new, job)
-}
-
-impl QueuedJob {
-    fn pipeline_and_stage(&self) -> (&str, &str) {
-        match self {
-            QueuedJob::Promote(j) => (&j.pipeline, &j.stage),
-            QueuedJob::Deployment(j) => (&j.pipeline, &j.stage),
-        }
-    }
-}
-
-/// Same digest (or, without one, same tag and delivery) for the same stage → one job.
-pub fn dedup_key(job: &PromotionJob) -> String {
-    let what = match (&job.request.digest, &job.request.tag) {
-        (Some(digest), _) => digest.to_string(),
-        (None, Some(tag)) => format!("tag:{tag}#{}", job.request.delivery_id.as_deref().unwrap_or("")),
-        (None, None) => "none".into(),
-    };
-    format!("{}/{}/{}/{what}", job.pipeline, job.stage, job.source)
+    let job = PromotionJob::new(&pipeline.name, &pipeline.first_stage, &pipeline.source.to_string(), request);
+    (job.to_new_job(), QueuedJob::Promote(job))
 }
 
 /// The router: every intake route plus `GET /healthz`.
@@ -400,6 +348,7 @@ fn authenticate(
             let given = header(headers, "authorization").ok_or("missing basic auth")?;
             verify::secrets_equal(given.as_bytes(), expected.as_bytes()).then_some(()).ok_or("invalid basic auth")
         }
+        Sender::Operator => Err("not a webhook sender"),
         Sender::Acr | Sender::AzureDevops | Sender::Distribution | Sender::Harbor => {
             let value = header(headers, &auth.header).ok_or("missing secret header")?;
             let value = value.strip_prefix("Bearer ").unwrap_or(value);

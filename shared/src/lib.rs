@@ -1,5 +1,11 @@
+pub mod api;
 pub mod config;
+pub mod deploy;
 pub mod http;
 pub mod intake;
+pub mod job;
+pub mod ledger;
+pub mod ops;
 pub mod queue;
 pub mod registry;
+pub mod worker;

@@ -120,8 +120,12 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
             .context("--dest-creds")?,
         docker_config,
     };
-    let options =
-        CopyOptions { jobs: args.jobs.into(), referrers: !args.no_referrers, platform: args.platform.clone() };
+    let options = CopyOptions {
+        jobs: args.jobs.into(),
+        referrers: !args.no_referrers,
+        platform: args.platform.clone(),
+        extra_tags: Vec::new(),
+    };
 
     let progress = Arc::new(Progress::default());
     let ticker = std::io::stderr().is_terminal().then(|| tokio::spawn(show_progress(progress.clone())));

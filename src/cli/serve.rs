@@ -1,18 +1,25 @@
-//! `ferry serve`: the webhook intake and the embedded durable queue in one process.
+//! `ferry serve`: the webhook intake, the operations API, the embedded durable queue and the
+//! promotion worker in one process.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use ferry_core::config::Config;
 use ferry_core::http::{Intake, router};
+use ferry_core::ledger::{Ledger, SqliteLedger};
+use ferry_core::ops::Operations;
 use ferry_core::queue::{JobQueue, SqliteQueue, SqliteQueueOptions};
+use ferry_core::registry::auth::Secret;
+use ferry_core::worker::Worker;
 
-/// Serve every webhook route (/hooks/acr, /hooks/dockerhub/{token}, /hooks/github,
-/// /hooks/distribution, /hooks/harbor, /hooks/quay/{token}, /hooks/generic) and GET /healthz.
-/// A webhook is answered 202 only once its promotion jobs are committed to the embedded queue
-/// (SQLite, in `server.data_dir`).
+/// Serve every webhook route (/hooks/acr, /hooks/azure-devops, /hooks/dockerhub/{token},
+/// /hooks/github, /hooks/distribution, /hooks/harbor, /hooks/quay/{token}, /hooks/generic),
+/// GET /healthz and, with `server.operator_token_env`, the operations API (/api/*); and run the
+/// promotion worker. A webhook is answered 202 only once its jobs are committed to the embedded
+/// queue; queue and ledger are SQLite files in `server.data_dir`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML); see examples/quickstart/ferry.toml.
@@ -22,29 +29,61 @@ pub struct ServeArgs {
     /// Listen here instead of `server.listen`.
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<std::net::SocketAddr>,
+
+    /// Take webhooks only; leave the queued jobs to another process's worker.
+    #[arg(long)]
+    no_worker: bool,
+}
+
+/// The queue and ledger files of a configuration, opened.
+pub struct Stores {
+    pub queue: Arc<dyn JobQueue>,
+    pub ledger: Arc<dyn Ledger>,
+}
+
+pub fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+    let dir = &config.server.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating data_dir {}", dir.display()))?;
+    let queue_path = dir.join("queue.db");
+    let options =
+        SqliteQueueOptions { max_receives: config.worker.max_attempts.max(1), ..SqliteQueueOptions::default() };
+    let queue = SqliteQueue::open(&queue_path, options)
+        .with_context(|| format!("opening the queue {}", queue_path.display()))?;
+    let ledger_path = dir.join("ledger.db");
+    let ledger =
+        SqliteLedger::open(&ledger_path).with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
+    Ok(Stores { queue: Arc::new(queue), ledger: Arc::new(ledger) })
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Config::load(&args.config)?;
-    std::fs::create_dir_all(&config.server.data_dir)
-        .with_context(|| format!("creating data_dir {}", config.server.data_dir.display()))?;
-    let queue_path = config.server.data_dir.join("queue.db");
-    let queue: Arc<dyn JobQueue> = Arc::new(
-        SqliteQueue::open(&queue_path, SqliteQueueOptions::default())
-            .with_context(|| format!("opening the queue at {}", queue_path.display()))?,
-    );
-    let intake = Intake::new(&config, queue).map_err(anyhow::Error::msg)?;
+    let config = Arc::new(Config::load(&args.config)?);
+    let stores = open_stores(&config)?;
+    let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?;
+    let worker =
+        Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone()).map_err(anyhow::Error::msg)?);
+    let mut app = router(Arc::new(intake));
+    if let Some(var) = &config.server.operator_token_env {
+        let token = std::env::var(var)
+            .with_context(|| format!("server.operator_token_env: environment variable {var} is not set"))?;
+        anyhow::ensure!(token.len() >= 16, "{var}: the operator token must be at least 16 characters");
+        app = app.merge(ferry_core::api::router(Arc::new(Operations::new(worker.clone())), Secret::new(token)));
+    }
+
     let listen = args.listen.unwrap_or(config.server.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (in use? choose another with --listen)"))?;
     let local = listener.local_addr()?;
-    tracing::info!(%local, queue = %queue_path.display(), "ferry serving");
-    eprintln!("ferry: listening on http://{local} (queue: {})", queue_path.display());
-    axum::serve(listener, router(Arc::new(intake)))
-        .with_graceful_shutdown(shutdown())
-        .await
-        .context("server failed")?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker_task = (!args.no_worker).then(|| tokio::spawn(worker.clone().run(stopped)));
+    tracing::info!(%local, data_dir = %config.server.data_dir.display(), worker = !args.no_worker, "ferry serving");
+    eprintln!("ferry: listening on http://{local} (data in {})", config.server.data_dir.display());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("server failed")?;
+    let _ = stop.send(true);
+    if let Some(task) = worker_task {
+        // Jobs still running after this are redelivered on the next start.
+        let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    }
     eprintln!("ferry: stopped");
     Ok(())
 }

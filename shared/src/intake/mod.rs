@@ -27,6 +27,8 @@ pub enum Sender {
     Harbor,
     Quay,
     Generic,
+    /// Not a webhook: an operator (`ferry promote`, approvals) or Ferry itself (next stage).
+    Operator,
 }
 
 impl Sender {
@@ -40,6 +42,7 @@ impl Sender {
             Sender::Harbor => "harbor",
             Sender::Quay => "quay",
             Sender::Generic => "generic",
+            Sender::Operator => "operator",
         }
     }
 }
@@ -113,6 +116,7 @@ pub fn parse(sender: Sender, body: &[u8], delivery_id: Option<&str>) -> Result<P
         Sender::Harbor => harbor::parse(body),
         Sender::Quay => quay::parse(body),
         Sender::Generic => generic::parse(body),
+        Sender::Operator => Ok(Parsed::Ignored("operators do not send webhooks".into())),
     }
 }
 

@@ -34,11 +34,13 @@ pub struct CopyOptions {
     pub referrers: bool,
     /// Copy only this platform (`os/arch[/variant]`) of an index.
     pub platform: Option<String>,
+    /// More tags to set on the target, besides the target reference's own.
+    pub extra_tags: Vec<Tag>,
 }
 
 impl Default for CopyOptions {
     fn default() -> Self {
-        CopyOptions { jobs: 4, referrers: true, platform: None }
+        CopyOptions { jobs: 4, referrers: true, platform: None, extra_tags: Vec::new() }
     }
 }
 
@@ -208,6 +210,11 @@ pub async fn copy(
     let mut copied = HashSet::new();
     let manifests = engine.copy_tree(&root, &mut copied).await?;
     engine.push_root(&root, dst_tag.as_ref()).await?;
+    for tag in &options.extra_tags {
+        if Some(tag) != dst_tag.as_ref() {
+            engine.push_root(&root, Some(tag)).await?;
+        }
+    }
 
     let mut referrers_copied = 0;
     if options.referrers {
@@ -289,7 +296,11 @@ impl Engine {
         blobs.sort_by_key(|b| std::cmp::Reverse(b.size));
         self.progress.blobs_total.fetch_add(blobs.len() as u64, Ordering::Relaxed);
         self.progress.bytes_total.fetch_add(blobs.iter().map(|b| b.size).sum(), Ordering::Relaxed);
-        futures_util::stream::iter(blobs.iter().map(|blob| self.copy_blob(blob)))
+        // Boxed as `Send` futures: the closure's borrowed futures otherwise defeat rustc's Send
+        // inference when a copy runs inside a spawned task (the worker).
+        let transfers: Vec<futures_util::future::BoxFuture<'_, Result<BlobOutcome, CopyError>>> =
+            blobs.iter().map(|blob| Box::pin(self.copy_blob(blob)) as _).collect();
+        futures_util::stream::iter(transfers)
             .buffer_unordered(self.options.jobs.max(1))
             .try_for_each(|outcome| {
                 let counter = match outcome {

@@ -1,0 +1,229 @@
+//! The operations API on the same router as the webhooks: `/api/*`, authenticated with the
+//! operator token (`Authorization: Bearer <token>`). The acting person is `X-Ferry-User`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::intake::verify::secrets_equal;
+use crate::ops::{Operations, OpsError};
+use crate::registry::auth::Secret;
+
+pub const USER_HEADER: &str = "x-ferry-user";
+
+struct ApiState {
+    ops: Arc<Operations>,
+    token: Secret,
+}
+
+pub fn router(ops: Arc<Operations>, token: Secret) -> Router {
+    Router::new()
+        .route("/api/status", get(status))
+        .route("/api/promote", post(promote))
+        .route("/api/promotions/{id}", get(promotion))
+        .route("/api/promotions/{id}/approve", post(approve))
+        .route("/api/promotions/{id}/reject", post(reject))
+        .route("/api/rollback", post(rollback))
+        .route("/api/history/{pipeline}", get(history))
+        .route("/api/dlq", get(dlq))
+        .route("/api/dlq/{id}/redrive", post(redrive))
+        .with_state(Arc::new(ApiState { ops, token }))
+}
+
+fn refused(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+impl IntoResponse for OpsError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            OpsError::NotFound(_) => StatusCode::NOT_FOUND,
+            OpsError::Conflict(_) => StatusCode::CONFLICT,
+            OpsError::Forbidden(_) => StatusCode::FORBIDDEN,
+            OpsError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        refused(status, self.to_string())
+    }
+}
+
+/// The operator token, compared in constant time; then who is acting.
+fn operator(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, Response> {
+    let given = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !secrets_equal(given.as_bytes(), state.token.expose().as_bytes()) {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong operator token (Authorization: Bearer …)".into(),
+        ));
+    }
+    Ok(headers.get(USER_HEADER).and_then(|v| v.to_str().ok()).map(|u| u.trim().to_string()).filter(|u| !u.is_empty()))
+}
+
+fn person(user: Option<String>) -> Result<String, Response> {
+    user.ok_or_else(|| refused(StatusCode::BAD_REQUEST, "say who you are with the X-Ferry-User header".into()))
+}
+
+fn ok<T: serde::Serialize>(value: T) -> Response {
+    (StatusCode::OK, axum::Json(value)).into_response()
+}
+
+#[derive(Deserialize)]
+struct StatusQuery {
+    pipeline: Option<String>,
+}
+
+async fn status(State(state): State<Arc<ApiState>>, headers: HeaderMap, Query(q): Query<StatusQuery>) -> Response {
+    if let Err(r) = operator(&state, &headers) {
+        return r;
+    }
+    match state.ops.status(q.pipeline.as_deref()).await {
+        Ok(s) => ok(s),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PromoteBody {
+    pipeline: String,
+    reference: String,
+    to: String,
+}
+
+async fn promote(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let user = match operator(&state, &headers).and_then(person) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let body: PromoteBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, format!("expected {{pipeline, reference, to}}: {e}")),
+    };
+    match state.ops.promote(&body.pipeline, &body.reference, &body.to, Some(&user)).await {
+        Ok(job) => (StatusCode::ACCEPTED, axum::Json(json!({ "status": "queued", "job": job }))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn promotion(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = operator(&state, &headers) {
+        return r;
+    }
+    match state.ops.promotion(&id).await {
+        Ok(p) => ok(p),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn approve(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let user = match operator(&state, &headers).and_then(person) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    match state.ops.approve(&id, &user).await {
+        Ok(a) => ok(a),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct RejectBody {
+    reason: Option<String>,
+}
+
+async fn reject(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let user = match operator(&state, &headers).and_then(person) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let body: RejectBody = if body.is_empty() {
+        RejectBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return refused(StatusCode::BAD_REQUEST, format!("expected {{reason?}}: {e}")),
+        }
+    };
+    match state.ops.reject(&id, &user, body.reason.as_deref()).await {
+        Ok(r) => ok(r),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackBody {
+    pipeline: String,
+    stage: String,
+    to: Option<String>,
+}
+
+async fn rollback(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    let user = match operator(&state, &headers).and_then(person) {
+        Ok(u) => u,
+        Err(r) => return r,
+    };
+    let body: RollbackBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, format!("expected {{pipeline, stage, to?}}: {e}")),
+    };
+    match state.ops.rollback(&body.pipeline, &body.stage, body.to.as_deref(), Some(&user)).await {
+        Ok(r) => ok(r),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    stage: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn history(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    Path(pipeline): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    if let Err(r) = operator(&state, &headers) {
+        return r;
+    }
+    match state.ops.history(&pipeline, q.stage.as_deref(), q.limit.unwrap_or(50).min(1000)).await {
+        Ok(h) => ok(h),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dlq(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = operator(&state, &headers) {
+        return r;
+    }
+    match state.ops.dead_letters().await {
+        Ok(d) => ok(d),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn redrive(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = operator(&state, &headers) {
+        return r;
+    }
+    match state.ops.redrive(&id).await {
+        Ok(()) => ok(json!({ "status": "redriven", "id": id })),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,206 @@
+//! Operations on promotions, shared by the HTTP API (`/api/*`) and the CLI's local mode:
+//! status, manual promotion, approve/reject, rollback, history, dead letters.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Gate;
+use crate::ledger::{EnvironmentEntry, GateDecision, PromotionRecord, PromotionState};
+use crate::queue::DeadLetter;
+use crate::registry::Digest;
+use crate::worker::{Worker, now_ms};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageStatus {
+    pub name: String,
+    pub target: String,
+    pub gate: String,
+    pub current: Option<EnvironmentEntry>,
+    pub previous: Option<EnvironmentEntry>,
+    /// Promotions into this stage parked on its gate.
+    pub pending: Vec<PromotionRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PipelineStatus {
+    pub name: String,
+    pub source: String,
+    pub stages: Vec<StageStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Approved {
+    pub promotion: PromotionRecord,
+    pub approvals: usize,
+    pub required: u32,
+    /// Enough approvals: the promotion was queued to continue.
+    pub released: bool,
+}
+
+/// Why an operation was refused; maps to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub struct Operations {
+    worker: Arc<Worker>,
+}
+
+impl Operations {
+    pub fn new(worker: Arc<Worker>) -> Self {
+        Operations { worker }
+    }
+
+    fn failed(e: impl std::fmt::Display) -> OpsError {
+        OpsError::Failed(e.to_string())
+    }
+
+    pub async fn status(&self, pipeline: Option<&str>) -> Result<Vec<PipelineStatus>, OpsError> {
+        let config = self.worker.config();
+        if let Some(name) = pipeline {
+            if config.pipeline(name).is_none() {
+                return Err(OpsError::NotFound(format!("no pipeline `{name}`")));
+            }
+        }
+        let ledger = self.worker.ledger();
+        let mut out = Vec::new();
+        for p in config.pipelines.iter().filter(|p| pipeline.is_none_or(|n| p.name.get_ref() == n)) {
+            let parked = ledger.parked(Some(p.name.get_ref())).await.map_err(Self::failed)?;
+            let mut stages = Vec::new();
+            for stage in &p.stages {
+                let env = ledger.environment(p.name.get_ref(), stage.name.get_ref()).await.map_err(Self::failed)?;
+                stages.push(StageStatus {
+                    name: stage.name.get_ref().clone(),
+                    target: stage.target.get_ref().clone(),
+                    gate: format!("{:?}", stage.gate).to_lowercase(),
+                    current: env.as_ref().map(|e| e.current.clone()),
+                    previous: env.and_then(|e| e.previous),
+                    pending: parked.iter().filter(|r| &r.stage == stage.name.get_ref()).cloned().collect(),
+                });
+            }
+            out.push(PipelineStatus { name: p.name.get_ref().clone(), source: p.source.get_ref().clone(), stages });
+        }
+        Ok(out)
+    }
+
+    pub async fn promote(
+        &self,
+        pipeline: &str,
+        reference: &str,
+        stage: &str,
+        by: Option<&str>,
+    ) -> Result<String, OpsError> {
+        self.worker.promote_manually(pipeline, reference, stage, by).await.map_err(OpsError::Conflict)
+    }
+
+    pub async fn approve(&self, id: &str, by: &str) -> Result<Approved, OpsError> {
+        let ledger = self.worker.ledger();
+        let record = ledger
+            .promotion(id)
+            .await
+            .map_err(Self::failed)?
+            .ok_or_else(|| OpsError::NotFound(format!("no promotion {id}")))?;
+        if record.state != PromotionState::AwaitingApproval {
+            return Err(OpsError::Conflict(format!("{id} is not awaiting approval (it is {:?})", record.state)));
+        }
+        if record.triggered_by.as_deref() == Some(by) {
+            return Err(OpsError::Forbidden(format!("{by} triggered {id} and cannot approve it; ask someone else")));
+        }
+        let required = self
+            .worker
+            .config()
+            .pipeline(&record.pipeline)
+            .and_then(|p| p.stage(&record.stage))
+            .filter(|(_, s)| s.gate == Gate::Approval)
+            .map(|(_, s)| s.approvers)
+            .ok_or_else(|| {
+                OpsError::Conflict(format!("stage {} of {} no longer needs approval", record.stage, record.pipeline))
+            })?;
+        let approvals = ledger.approve(id, by, now_ms()).await.map_err(Self::failed)?;
+        let counted = approvals.iter().filter(|a| Some(a.by.as_str()) != record.triggered_by.as_deref()).count();
+        let mut promotion = ledger.promotion(id).await.map_err(Self::failed)?.unwrap_or(record);
+        let released = counted as u32 >= required;
+        if released {
+            self.worker.wake(&promotion, "approved").await.map_err(Self::failed)?;
+            promotion.state = PromotionState::Pending;
+        }
+        Ok(Approved { promotion, approvals: counted, required, released })
+    }
+
+    pub async fn reject(&self, id: &str, by: &str, reason: Option<&str>) -> Result<PromotionRecord, OpsError> {
+        let ledger = self.worker.ledger();
+        let mut record = ledger
+            .promotion(id)
+            .await
+            .map_err(Self::failed)?
+            .ok_or_else(|| OpsError::NotFound(format!("no promotion {id}")))?;
+        if !record.state.is_parked() {
+            return Err(OpsError::Conflict(format!("{id} is not waiting on a gate (it is {:?})", record.state)));
+        }
+        let now = now_ms();
+        record.state = PromotionState::Rejected;
+        record.error = Some(format!("rejected by {by}{}", reason.map(|r| format!(": {r}")).unwrap_or_default()));
+        record.gates.push(GateDecision {
+            gate: "approval".into(),
+            decision: "reject".into(),
+            detail: record.error.clone().unwrap_or_default(),
+            at_ms: now,
+        });
+        record.finished_at_ms = Some(now);
+        record.updated_at_ms = now;
+        ledger.put_promotion(record.clone()).await.map_err(Self::failed)?;
+        Ok(record)
+    }
+
+    pub async fn rollback(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        to: Option<&str>,
+        by: Option<&str>,
+    ) -> Result<PromotionRecord, OpsError> {
+        let to = to.map(|d| d.parse::<Digest>().map_err(|e| OpsError::Conflict(e.to_string()))).transpose()?;
+        self.worker.rollback(pipeline, stage, to.as_ref(), by).await.map_err(OpsError::Conflict)
+    }
+
+    pub async fn history(
+        &self,
+        pipeline: &str,
+        stage: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<PromotionRecord>, OpsError> {
+        if self.worker.config().pipeline(pipeline).is_none() {
+            return Err(OpsError::NotFound(format!("no pipeline `{pipeline}`")));
+        }
+        self.worker.ledger().history(pipeline, stage, limit).await.map_err(Self::failed)
+    }
+
+    pub async fn promotion(&self, id: &str) -> Result<PromotionRecord, OpsError> {
+        self.worker
+            .ledger()
+            .promotion(id)
+            .await
+            .map_err(Self::failed)?
+            .ok_or_else(|| OpsError::NotFound(format!("no promotion {id}")))
+    }
+
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, OpsError> {
+        self.worker.queue().dead_letters().await.map_err(Self::failed)
+    }
+
+    pub async fn redrive(&self, id: &str) -> Result<(), OpsError> {
+        match self.worker.queue().redrive(id).await.map_err(Self::failed)? {
+            true => Ok(()),
+            false => Err(OpsError::NotFound(format!("no dead letter {id}"))),
+        }
+    }
+}

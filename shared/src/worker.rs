@@ -1,0 +1,862 @@
+//! The promotion worker: `process(job)` turns a queued request into an image running in the
+//! next environment. `ferry serve` runs it in-process; the SQS Lambda will run the same code.
+//!
+//! For a promotion: resolve the digest at the *source* (never trusting the payload alone; a
+//! tag that moved since the event is recorded), look the promotion up in the ledger (its id is
+//! derived from pipeline, stage and digest, so duplicates and redeliveries meet there), evaluate
+//! the stage's gate (parking the promotion visibly when it must wait), copy digest-exact with the
+//! copy engine and tag the target, notify the stage, record the result, and queue the next stage.
+//! Every step is idempotent, so a job redelivered after a crash re-runs safely and finishes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::config::{Config, Gate, Notify, Pipeline, RepoName, Stage, tag_matches};
+use crate::deploy::{Deployment, NoopNotifier, Notifier, WebhookNotifier};
+use crate::intake::{Build, PromotionRequest, Sender};
+use crate::job::{DeploymentJob, PromotionJob, QueuedJob};
+use crate::ledger::{
+    DeploymentRecord, EnvironmentEntry, GateDecision, Ledger, PromotionRecord, PromotionState, promotion_id,
+};
+use crate::queue::{Delivery, JobQueue};
+use crate::registry::auth::{Credential, Secret};
+use crate::registry::client::{ClientOptions, RegistryClient, http_client, pull_scope};
+use crate::registry::reference::ImageRef;
+use crate::registry::{Access, CopyError, CopyOptions, Digest, Location, Progress, RegistryRef, Tag, copy};
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+/// What became of a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Finished (promoted, or nothing to do); the job is acknowledged.
+    Done(String),
+    /// Waiting on a gate; the promotion is parked in the ledger and the job acknowledged.
+    Parked(String),
+    /// Failed this time; the job comes back after a backoff, or goes to the dead-letter store.
+    Retry(String),
+}
+
+/// How Ferry reaches the configured registries (and no others).
+pub struct RegistrySettings {
+    client: ClientOptions,
+    credentials: HashMap<String, Credential>,
+    http: reqwest::Client,
+}
+
+impl RegistrySettings {
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        let mut client = ClientOptions::default();
+        let mut credentials = HashMap::new();
+        for (host, registry) in &config.registries {
+            if registry.plain_http {
+                client.plain_http.push(api_host(host).to_string());
+            }
+            if let Some(path) = &registry.ca_cert {
+                client.ca_certs_pem.push(
+                    std::fs::read(path)
+                        .map_err(|e| format!("registries.\"{host}\".ca_cert: cannot read {}: {e}", path.display()))?,
+                );
+            }
+            match (&registry.username_env, &registry.password_env) {
+                (Some(user_var), Some(pass_var)) => {
+                    let username = std::env::var(user_var)
+                        .map_err(|_| format!("registries.\"{host}\": environment variable {user_var} is not set"))?;
+                    let password = std::env::var(pass_var)
+                        .map_err(|_| format!("registries.\"{host}\": environment variable {pass_var} is not set"))?;
+                    credentials.insert(host.clone(), Credential::Basic { username, password: Secret::new(password) });
+                }
+                (None, None) => {}
+                _ => return Err(format!("registries.\"{host}\": set both username_env and password_env, or neither")),
+            }
+        }
+        let http = http_client(&client).map_err(|e| e.to_string())?;
+        Ok(RegistrySettings { client, credentials, http })
+    }
+
+    fn access(&self, source: &RepoName, target: &RepoName) -> Access {
+        Access {
+            client: self.client.clone(),
+            source_credential: self.credentials.get(&source.registry).cloned(),
+            target_credential: self.credentials.get(&target.registry).cloned(),
+            docker_config: Default::default(),
+        }
+    }
+
+    fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, CopyError> {
+        RegistryClient::new(
+            self.http.clone(),
+            api_host(registry),
+            &self.client,
+            self.credentials.get(registry).cloned(),
+        )
+    }
+}
+
+fn api_host(registry: &str) -> &str {
+    if registry == crate::registry::reference::DOCKER_HUB { "registry-1.docker.io" } else { registry }
+}
+
+fn registry_ref(repo: &RepoName, image: ImageRef) -> RegistryRef {
+    RegistryRef { registry: repo.registry.clone(), repository: repo.repository.clone(), image }
+}
+
+/// Where a gate left a promotion.
+enum GateResult {
+    Pass,
+    Wait(PromotionState, String),
+    Reject(String),
+}
+
+pub struct Worker {
+    config: Arc<Config>,
+    queue: Arc<dyn JobQueue>,
+    ledger: Arc<dyn Ledger>,
+    registries: RegistrySettings,
+    notifiers: HashMap<(String, String), Arc<dyn Notifier>>,
+}
+
+impl Worker {
+    pub fn new(config: Arc<Config>, queue: Arc<dyn JobQueue>, ledger: Arc<dyn Ledger>) -> Result<Self, String> {
+        let registries = RegistrySettings::from_config(&config)?;
+        let mut notifiers: HashMap<(String, String), Arc<dyn Notifier>> = HashMap::new();
+        for pipeline in &config.pipelines {
+            for stage in &pipeline.stages {
+                let notifier: Arc<dyn Notifier> = match &stage.notify {
+                    None => Arc::new(NoopNotifier),
+                    Some(Notify::Webhook { url, secret_env }) => {
+                        let secret = match secret_env {
+                            Some(var) => Some(Secret::new(std::env::var(var).map_err(|_| {
+                                format!("stage {}: environment variable {var} is not set", stage.name.get_ref())
+                            })?)),
+                            None => None,
+                        };
+                        Arc::new(WebhookNotifier::new(url, secret).map_err(|e| e.to_string())?)
+                    }
+                };
+                notifiers.insert((pipeline.name.get_ref().clone(), stage.name.get_ref().clone()), notifier);
+            }
+        }
+        Ok(Worker { config, queue, ledger, registries, notifiers })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn ledger(&self) -> &Arc<dyn Ledger> {
+        &self.ledger
+    }
+
+    pub fn queue(&self) -> &Arc<dyn JobQueue> {
+        &self.queue
+    }
+
+    /// Receives jobs until `shutdown` turns true, `concurrency` at a time.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let settings = &self.config.worker;
+        let visibility = Duration::from_secs(settings.visibility_secs);
+        let slots = Arc::new(tokio::sync::Semaphore::new(settings.concurrency.max(1)));
+        let mut sweep = tokio::time::interval(Duration::from_secs(settings.sweep_secs.max(1)));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                _ = sweep.tick() => {
+                    if let Err(e) = self.sweep().await {
+                        tracing::warn!(error = %e, "sweeping parked promotions failed");
+                    }
+                    continue;
+                }
+                _ = shutdown.changed() => break,
+                permit = slots.clone().acquire_owned() => {
+                    let permit = permit.expect("semaphore never closed");
+                    match self.queue.receive(1, visibility).await {
+                        Ok(mut deliveries) if !deliveries.is_empty() => {
+                            let delivery = deliveries.remove(0);
+                            let worker = self.clone();
+                            tokio::spawn(async move {
+                                worker.handle(delivery).await;
+                                drop(permit);
+                            });
+                        }
+                        Ok(_) => {
+                            drop(permit);
+                            tokio::select! {
+                                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                                _ = shutdown.changed() => break,
+                            }
+                        }
+                        Err(e) => {
+                            drop(permit);
+                            tracing::error!(error = %e, "cannot receive jobs");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+            }
+        }
+        // Let jobs in flight finish (or be redelivered later if the process dies first).
+        let _ = slots.acquire_many(settings.concurrency.max(1) as u32).await;
+    }
+
+    /// Processes one delivery and settles it with the queue.
+    pub async fn handle(&self, delivery: Delivery) {
+        let job: QueuedJob = match serde_json::from_value(delivery.payload.clone()) {
+            Ok(job) => job,
+            Err(e) => {
+                let error = format!("unreadable job payload: {e}");
+                tracing::error!(job.id = %delivery.id, %error);
+                let _ = self.queue.nack(&delivery.receipt, &error, Duration::ZERO).await;
+                return;
+            }
+        };
+        let (pipeline, stage) = job.pipeline_and_stage();
+        let span = tracing::info_span!("job", job.id = %delivery.id, pipeline, stage, attempt = delivery.receive_count);
+        let outcome = self.process(&job, delivery.receive_count).instrument(span.clone()).await;
+        self.settle(job, delivery, outcome).instrument(span).await;
+    }
+
+    async fn settle(&self, job: QueuedJob, delivery: Delivery, outcome: Outcome) {
+        let settled = match &outcome {
+            Outcome::Done(what) => {
+                tracing::info!("{what}");
+                self.queue.ack(&delivery.receipt).await
+            }
+            Outcome::Parked(why) => {
+                tracing::info!("parked: {why}");
+                self.queue.ack(&delivery.receipt).await
+            }
+            Outcome::Retry(error) => {
+                let max = self.config.worker.max_attempts;
+                let wait = self.backoff(delivery.receive_count);
+                if delivery.receive_count >= max {
+                    tracing::error!(%error, "giving up after {max} attempts: job moved to the dead-letter store");
+                    if let QueuedJob::Promote(job) = &job {
+                        self.mark_dead_lettered(job, error).await;
+                    }
+                } else {
+                    tracing::warn!(%error, ?wait, "attempt failed; will retry");
+                }
+                self.queue.nack(&delivery.receipt, error, wait).await
+            }
+        };
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, "could not settle the job; it will be delivered again");
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = Duration::from_millis(self.config.worker.retry_base_ms);
+        base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(Duration::from_secs(300))
+    }
+
+    /// The one core every shell calls.
+    pub async fn process(&self, job: &QueuedJob, attempt: u32) -> Outcome {
+        let result = match job {
+            QueuedJob::Promote(job) => self.promote(job, attempt).await,
+            QueuedJob::Deployment(job) => self.deployment_reported(job).await,
+        };
+        result.unwrap_or_else(Outcome::Retry)
+    }
+
+    async fn promote(&self, job: &PromotionJob, attempt: u32) -> Result<Outcome, String> {
+        let pipeline = self
+            .config
+            .pipeline(&job.pipeline)
+            .ok_or_else(|| format!("pipeline `{}` is not configured (any more)", job.pipeline))?;
+        let (index, stage) = pipeline
+            .stage(&job.stage)
+            .ok_or_else(|| format!("pipeline `{}` has no stage `{}`", job.pipeline, job.stage))?;
+        // The source is what the configuration says, never what a payload says.
+        let source = pipeline.stage_source(index);
+        if job.source != source.to_string() {
+            return Err(format!("job names source {} but stage `{}` promotes from {source}", job.source, job.stage));
+        }
+        let target = stage.target_repo();
+
+        let (digest, tag_moved_to) = self.resolve(&source, &job.request).await?;
+        let id = promotion_id(&job.pipeline, &job.stage, digest.as_str());
+        let now = now_ms();
+        let existing = self.ledger.promotion(&id).await.map_err(|e| e.to_string())?;
+        let mut record = match existing {
+            Some(record) if record.state == PromotionState::Succeeded => {
+                // Redelivered, or a duplicate: make sure the next stage was queued, nothing else.
+                self.queue_next_stage(pipeline, index, &record).await?;
+                return Ok(Outcome::Done(format!("{id}: {digest} is already in {}", job.stage)));
+            }
+            Some(record) if record.state == PromotionState::Rejected => {
+                return Ok(Outcome::Done(format!("{id}: rejected earlier, not promoting")));
+            }
+            Some(record) => record,
+            None => PromotionRecord {
+                id: id.clone(),
+                pipeline: job.pipeline.clone(),
+                stage: job.stage.clone(),
+                source: source.to_string(),
+                target: target.to_string(),
+                digest: digest.to_string(),
+                tag: job.request.tag.clone(),
+                tag_moved_to: tag_moved_to.as_ref().map(Digest::to_string),
+                build_id: job.request.build.as_ref().and_then(|b| b.id.clone()),
+                build_number: job.request.build.as_ref().and_then(|b| b.number.clone()),
+                trigger: job.trigger.clone().unwrap_or_else(|| format!("webhook:{}", job.request.sender.as_str())),
+                triggered_by: job.triggered_by.clone(),
+                state: PromotionState::Pending,
+                gates: Vec::new(),
+                approvals: Vec::new(),
+                error: None,
+                attempts: 0,
+                created_at_ms: now,
+                updated_at_ms: now,
+                finished_at_ms: None,
+            },
+        };
+        if let Some(moved) = &tag_moved_to {
+            tracing::warn!(tag = ?job.request.tag, event_digest = %digest, now_points_to = %moved, "the tag moved since the event; promoting the event's digest");
+        }
+
+        match self.evaluate_gate(pipeline, index, stage, &mut record).await? {
+            GateResult::Pass => {}
+            GateResult::Wait(state, why) => {
+                record.state = state;
+                record.updated_at_ms = now_ms();
+                self.ledger.put_promotion(record).await.map_err(|e| e.to_string())?;
+                return Ok(Outcome::Parked(format!("{id}: {why}")));
+            }
+            GateResult::Reject(why) => {
+                record.state = PromotionState::Rejected;
+                record.error = Some(why.clone());
+                record.finished_at_ms = Some(now_ms());
+                record.updated_at_ms = now_ms();
+                self.ledger.put_promotion(record).await.map_err(|e| e.to_string())?;
+                return Ok(Outcome::Done(format!("{id}: {why}")));
+            }
+        }
+
+        record.state = PromotionState::Running;
+        record.attempts = attempt;
+        record.updated_at_ms = now_ms();
+        self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
+
+        match self.deliver(pipeline, stage, &source, &target, &digest, &record, false).await {
+            Ok(()) => {}
+            Err(error) => {
+                record.state = PromotionState::Failed;
+                record.error = Some(error.clone());
+                record.updated_at_ms = now_ms();
+                let _ = self.ledger.put_promotion(record).await;
+                return Err(error);
+            }
+        }
+
+        record.state = PromotionState::Succeeded;
+        record.error = None;
+        record.finished_at_ms = Some(now_ms());
+        record.updated_at_ms = now_ms();
+        self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
+        self.queue_next_stage(pipeline, index, &record).await?;
+        Ok(Outcome::Done(format!("{id}: promoted {digest} to {target} ({})", job.stage)))
+    }
+
+    /// Copies `digest` from `source` to `target` with the stage's tags, verifies, notifies the
+    /// stage and records what it now runs.
+    #[allow(clippy::too_many_arguments)]
+    async fn deliver(
+        &self,
+        pipeline: &Pipeline,
+        stage: &Stage,
+        source: &RepoName,
+        target: &RepoName,
+        digest: &Digest,
+        record: &PromotionRecord,
+        rollback: bool,
+    ) -> Result<(), String> {
+        let tags = target_tags(stage, record);
+        let (first, rest) = match tags.split_first() {
+            Some((first, rest)) => (Some(first.clone()), rest.to_vec()),
+            None => (None, Vec::new()),
+        };
+        let from = Location::Registry(registry_ref(source, ImageRef { tag: None, digest: Some(digest.clone()) }));
+        let to = Location::Registry(registry_ref(target, ImageRef { tag: first, digest: None }));
+        let options = CopyOptions { extra_tags: rest, ..CopyOptions::default() };
+        let access = self.registries.access(source, target);
+        let report = copy(&from, &to, &access, &options, Arc::new(Progress::default()))
+            .await
+            .map_err(|e| format!("copy {from} → {to}: {e}"))?;
+        if report.digest != digest.as_str() {
+            return Err(format!("copy produced {} instead of {digest}", report.digest));
+        }
+        tracing::info!(
+            digest = %digest, bytes = report.bytes_transferred, copied = report.blobs_copied,
+            mounted = report.blobs_mounted, skipped = report.blobs_skipped, "copied to {target}"
+        );
+
+        let deployment = Deployment {
+            pipeline: pipeline.name.get_ref().clone(),
+            stage: stage.name.get_ref().clone(),
+            image: format!("{target}@{digest}"),
+            digest: digest.to_string(),
+            tag: record.tag.clone(),
+            build_number: record.build_number.clone(),
+            promotion_id: record.id.clone(),
+            rollback,
+        };
+        let notifier = self
+            .notifiers
+            .get(&(deployment.pipeline.clone(), deployment.stage.clone()))
+            .cloned()
+            .unwrap_or_else(|| Arc::new(NoopNotifier));
+        let notified = notifier.notify(&deployment).await.map_err(|e| format!("deploy notification failed: {e}"))?;
+        if notified.confirmed {
+            self.ledger
+                .record_deployment(DeploymentRecord {
+                    pipeline: deployment.pipeline.clone(),
+                    stage: deployment.stage.clone(),
+                    status: "succeeded".into(),
+                    digest: Some(digest.to_string()),
+                    reporter: "notifier".into(),
+                    detail: Some(notified.detail.clone()),
+                    at_ms: now_ms(),
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.ledger
+            .set_current(
+                &deployment.pipeline,
+                &deployment.stage,
+                EnvironmentEntry {
+                    digest: digest.to_string(),
+                    tag: record.tag.clone(),
+                    build_number: record.build_number.clone(),
+                    promotion_id: record.id.clone(),
+                    since_ms: now_ms(),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The digest to promote: the event's, checked to exist at the source, or the tag's as the
+    /// source resolves it now. Also returns where the tag points now when it moved.
+    async fn resolve(&self, source: &RepoName, request: &PromotionRequest) -> Result<(Digest, Option<Digest>), String> {
+        let client = self.registries.client(&source.registry).map_err(|e| e.to_string())?;
+        let scope = vec![pull_scope(&source.repository)];
+        let by_tag = match &request.tag {
+            Some(tag) => client.head_manifest(&source.repository, tag, &scope).await.map_err(|e| e.to_string())?,
+            None => None,
+        };
+        match (&request.digest, by_tag) {
+            (Some(digest), tag_now) => {
+                let exists = client
+                    .head_manifest(&source.repository, digest.as_str(), &scope)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some();
+                if !exists {
+                    return Err(format!("{digest} is not in {source} (yet?)"));
+                }
+                let moved = tag_now.filter(|now| now != digest);
+                Ok((digest.clone(), moved))
+            }
+            (None, Some(digest)) => Ok((digest, None)),
+            (None, None) => Err(format!("{source}:{} does not exist", request.tag.as_deref().unwrap_or("?"))),
+        }
+    }
+
+    async fn evaluate_gate(
+        &self,
+        pipeline: &Pipeline,
+        index: usize,
+        stage: &Stage,
+        record: &mut PromotionRecord,
+    ) -> Result<GateResult, String> {
+        let now = now_ms();
+        if !stage.tags.is_empty() || stage.semver {
+            let tag = record.tag.clone().unwrap_or_default();
+            let pattern_ok = stage.tags.is_empty() || stage.tags.iter().any(|p| tag_matches(p, &tag));
+            let semver_ok = !stage.semver || is_release_semver(&tag);
+            if !(pattern_ok && semver_ok) {
+                let why = format!(
+                    "tag `{tag}` is not allowed into {} (tags {:?}, semver {})",
+                    stage.name.get_ref(),
+                    stage.tags,
+                    stage.semver
+                );
+                decide(record, "tags", "reject", why.clone());
+                return Ok(GateResult::Reject(why));
+            }
+            decide(record, "tags", "pass", format!("tag `{tag}` allowed"));
+        }
+        let previous = index.checked_sub(1).map(|i| pipeline.stages[i].name.get_ref().clone());
+        match stage.gate {
+            Gate::Auto => {
+                decide(record, "auto", "pass", "automatic".into());
+                Ok(GateResult::Pass)
+            }
+            Gate::Approval => {
+                let valid: Vec<&str> = record
+                    .approvals
+                    .iter()
+                    .map(|a| a.by.as_str())
+                    .filter(|by| Some(*by) != record.triggered_by.as_deref())
+                    .collect();
+                let have = valid.len() as u32;
+                if have >= stage.approvers {
+                    let detail = format!("approved by {}", valid.join(", "));
+                    decide(record, "approval", "pass", detail);
+                    return Ok(GateResult::Pass);
+                }
+                if let Some(hours) = stage.approval_expires_hours {
+                    if now - record.created_at_ms > hours as i64 * 3_600_000 {
+                        let why = format!("not approved within {hours} h");
+                        decide(record, "approval", "reject", why.clone());
+                        return Ok(GateResult::Reject(why));
+                    }
+                }
+                let why = format!("waiting for approval ({have} of {}): ferry approve {}", stage.approvers, record.id);
+                decide(record, "approval", "wait", why.clone());
+                Ok(GateResult::Wait(PromotionState::AwaitingApproval, why))
+            }
+            Gate::After | Gate::Soak => {
+                let previous = previous.expect("validated: after/soak need a previous stage");
+                let env = self
+                    .ledger
+                    .environment(&pipeline.name.get_ref().clone(), &previous)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let Some(env) = env.filter(|e| e.current.digest == record.digest) else {
+                    let why = format!("{} is not running {} (yet)", previous, record.digest);
+                    let gate = if stage.gate == Gate::After { "after" } else { "soak" };
+                    decide(record, gate, "wait", why.clone());
+                    return Ok(GateResult::Wait(PromotionState::AwaitingGate, why));
+                };
+                if stage.gate == Gate::After {
+                    let reports = self
+                        .ledger
+                        .deployments(pipeline.name.get_ref(), &previous, 20)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let deployed = reports.iter().any(|r| {
+                        r.status.eq_ignore_ascii_case("succeeded")
+                            && r.at_ms >= env.current.since_ms - 1_000
+                            && r.digest.as_deref().is_none_or(|d| d == record.digest)
+                    });
+                    if deployed {
+                        decide(record, "after", "pass", format!("{previous} reported deployed"));
+                        return Ok(GateResult::Pass);
+                    }
+                    let why = format!("waiting for {previous} to report deployed");
+                    decide(record, "after", "wait", why.clone());
+                    return Ok(GateResult::Wait(PromotionState::AwaitingGate, why));
+                }
+                let soaked_ms = now - env.current.since_ms;
+                let needed_ms = stage.soak_minutes as i64 * 60_000;
+                if soaked_ms >= needed_ms {
+                    decide(record, "soak", "pass", format!("ran {} min in {previous}", soaked_ms / 60_000));
+                    return Ok(GateResult::Pass);
+                }
+                let why = format!("soaking in {previous}: {} more min", (needed_ms - soaked_ms + 59_999) / 60_000);
+                decide(record, "soak", "wait", why.clone());
+                Ok(GateResult::Wait(PromotionState::AwaitingGate, why))
+            }
+        }
+    }
+
+    /// Queues the promotion of a just-promoted digest into the next stage, if there is one.
+    async fn queue_next_stage(
+        &self,
+        pipeline: &Pipeline,
+        index: usize,
+        record: &PromotionRecord,
+    ) -> Result<(), String> {
+        let Some(next) = pipeline.stages.get(index + 1) else { return Ok(()) };
+        let job = self.job_for(pipeline, index + 1, record, format!("previous-stage:{}", record.stage), None);
+        let _ = next;
+        self.queue.enqueue(vec![job.to_new_job()]).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// A promotion job carrying `record`'s digest, tag and build into stage `index`.
+    fn job_for(
+        &self,
+        pipeline: &Pipeline,
+        index: usize,
+        record: &PromotionRecord,
+        trigger: String,
+        by: Option<String>,
+    ) -> PromotionJob {
+        let build = (record.build_id.is_some() || record.build_number.is_some())
+            .then(|| Build { id: record.build_id.clone(), number: record.build_number.clone() });
+        let source = pipeline.stage_source(index);
+        let mut job = PromotionJob::new(
+            pipeline.name.get_ref(),
+            pipeline.stages[index].name.get_ref(),
+            &source.to_string(),
+            PromotionRequest {
+                sender: Sender::Operator,
+                registry: Some(source.registry.clone()),
+                repository: source.repository.clone(),
+                tag: record.tag.clone(),
+                digest: record.digest.parse().ok(),
+                build,
+                delivery_id: None,
+            },
+        );
+        job.trigger = Some(trigger);
+        job.triggered_by = by.or_else(|| record.triggered_by.clone());
+        job
+    }
+
+    /// Re-queues a parked promotion so its gate is evaluated again.
+    pub async fn wake(&self, record: &PromotionRecord, why: &str) -> Result<(), String> {
+        let pipeline = self.config.pipeline(&record.pipeline).ok_or("pipeline no longer configured")?;
+        let (index, _) = pipeline.stage(&record.stage).ok_or("stage no longer configured")?;
+        let mut job = self.job_for(pipeline, index, record, why.to_string(), None);
+        job.trigger = Some(record.trigger.clone());
+        // Never collapse into the job that parked it.
+        let key = format!("wake/{}/{}/{}", record.id, record.approvals.len(), now_ms());
+        self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await.map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    async fn deployment_reported(&self, job: &DeploymentJob) -> Result<Outcome, String> {
+        let current = self.ledger.environment(&job.pipeline, &job.stage).await.map_err(|e| e.to_string())?;
+        self.ledger
+            .record_deployment(DeploymentRecord {
+                pipeline: job.pipeline.clone(),
+                stage: job.stage.clone(),
+                status: job.report.status.clone(),
+                digest: None,
+                reporter: "azure-devops".into(),
+                detail: job.report.release.clone(),
+                at_ms: now_ms(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if job.report.status.eq_ignore_ascii_case("succeeded") {
+            // A later stage waiting for this one to be deployed may go now.
+            for record in self.ledger.parked(Some(&job.pipeline)).await.map_err(|e| e.to_string())? {
+                let waits_on_this = record.state == PromotionState::AwaitingGate
+                    && current.as_ref().is_some_and(|c| c.current.digest == record.digest);
+                if waits_on_this {
+                    self.wake(&record, "gate-passed").await?;
+                }
+            }
+        }
+        Ok(Outcome::Done(format!("{} {} reported {}", job.pipeline, job.stage, job.report.status)))
+    }
+
+    /// Wakes parked promotions whose gate may have opened with time (soak) or expired (approval).
+    pub async fn sweep(&self) -> Result<(), String> {
+        let now = now_ms();
+        for record in self.ledger.parked(None).await.map_err(|e| e.to_string())? {
+            let Some(pipeline) = self.config.pipeline(&record.pipeline) else { continue };
+            let Some((_, stage)) = pipeline.stage(&record.stage) else { continue };
+            let due = match stage.gate {
+                Gate::Soak => true,
+                Gate::Approval => {
+                    stage.approval_expires_hours.is_some_and(|h| now - record.created_at_ms > h as i64 * 3_600_000)
+                }
+                _ => false,
+            };
+            if due {
+                self.wake(&record, "sweep").await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn mark_dead_lettered(&self, job: &PromotionJob, error: &str) {
+        let Some(digest) = job.request.digest.as_ref() else { return };
+        let id = promotion_id(&job.pipeline, &job.stage, digest.as_str());
+        if let Ok(Some(mut record)) = self.ledger.promotion(&id).await {
+            record.state = PromotionState::DeadLettered;
+            record.error = Some(error.to_string());
+            record.updated_at_ms = now_ms();
+            let _ = self.ledger.put_promotion(record).await;
+        }
+    }
+
+    /// Re-points `stage` to an earlier digest already in its target repository, tags it, and
+    /// notifies. Returns the record of the rollback.
+    pub async fn rollback(
+        &self,
+        pipeline_name: &str,
+        stage_name: &str,
+        to: Option<&Digest>,
+        by: Option<&str>,
+    ) -> Result<PromotionRecord, String> {
+        let pipeline = self.config.pipeline(pipeline_name).ok_or_else(|| format!("no pipeline `{pipeline_name}`"))?;
+        let (_, stage) = pipeline
+            .stage(stage_name)
+            .ok_or_else(|| format!("pipeline `{pipeline_name}` has no stage `{stage_name}`"))?;
+        let history =
+            self.ledger.environment_history(pipeline_name, stage_name, 100).await.map_err(|e| e.to_string())?;
+        let current =
+            history.first().ok_or_else(|| format!("{pipeline_name}/{stage_name} has never been promoted to"))?;
+        let entry = match to {
+            Some(digest) => history
+                .iter()
+                .find(|e| e.digest == digest.as_str())
+                .cloned()
+                .ok_or_else(|| format!("{digest} never ran in {pipeline_name}/{stage_name}"))?,
+            None => history
+                .iter()
+                .find(|e| e.digest != current.digest)
+                .cloned()
+                .ok_or_else(|| format!("{pipeline_name}/{stage_name} has no earlier digest to roll back to"))?,
+        };
+        let digest: Digest = entry.digest.parse().map_err(|e| format!("{e}"))?;
+        let target = stage.target_repo();
+        let now = now_ms();
+        let mut record = PromotionRecord {
+            id: format!("r-{}", &promotion_id(pipeline_name, stage_name, &format!("{digest}@{now}"))[2..]),
+            pipeline: pipeline_name.into(),
+            stage: stage_name.into(),
+            source: target.to_string(),
+            target: target.to_string(),
+            digest: digest.to_string(),
+            tag: entry.tag.clone(),
+            tag_moved_to: None,
+            build_id: None,
+            build_number: entry.build_number.clone(),
+            trigger: "rollback".into(),
+            triggered_by: by.map(str::to_string),
+            state: PromotionState::Running,
+            gates: vec![GateDecision {
+                gate: "rollback".into(),
+                decision: "pass".into(),
+                detail: format!("from {} back to {digest}", current.digest),
+                at_ms: now,
+            }],
+            approvals: Vec::new(),
+            error: None,
+            attempts: 1,
+            created_at_ms: now,
+            updated_at_ms: now,
+            finished_at_ms: None,
+        };
+        self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
+        let delivered = self.deliver(pipeline, stage, &target, &target, &digest, &record, true).await;
+        record.updated_at_ms = now_ms();
+        record.finished_at_ms = Some(now_ms());
+        match delivered {
+            Ok(()) => record.state = PromotionState::Succeeded,
+            Err(e) => {
+                record.state = PromotionState::Failed;
+                record.error = Some(e);
+            }
+        }
+        self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
+        match &record.error {
+            Some(e) => Err(format!("rollback of {pipeline_name}/{stage_name} to {digest} failed: {e}")),
+            None => Ok(record),
+        }
+    }
+
+    /// Queues a manual promotion of `reference` (tag or digest, as found in the stage's source)
+    /// into `stage`.
+    pub async fn promote_manually(
+        &self,
+        pipeline_name: &str,
+        reference: &str,
+        stage_name: &str,
+        by: Option<&str>,
+    ) -> Result<String, String> {
+        let pipeline = self.config.pipeline(pipeline_name).ok_or_else(|| format!("no pipeline `{pipeline_name}`"))?;
+        let (index, _) = pipeline
+            .stage(stage_name)
+            .ok_or_else(|| format!("pipeline `{pipeline_name}` has no stage `{stage_name}`"))?;
+        let source = pipeline.stage_source(index);
+        let (tag, digest) = match reference.parse::<Digest>() {
+            Ok(d) => (None, Some(d)),
+            Err(_) => {
+                reference.parse::<Tag>().map_err(|e| format!("`{reference}` is neither a digest nor a tag: {e}"))?;
+                (Some(reference.to_string()), None)
+            }
+        };
+        let mut job = PromotionJob::new(
+            pipeline_name,
+            stage_name,
+            &source.to_string(),
+            PromotionRequest {
+                sender: Sender::Operator,
+                registry: Some(source.registry.clone()),
+                repository: source.repository.clone(),
+                tag,
+                digest,
+                build: None,
+                delivery_id: Some(format!("manual-{}", now_ms())),
+            },
+        );
+        job.trigger = Some("manual".into());
+        job.triggered_by = by.map(str::to_string);
+        let enqueued = self.queue.enqueue(vec![job.to_new_job()]).await.map_err(|e| e.to_string())?;
+        Ok(enqueued[0].id.clone())
+    }
+}
+
+/// Records a gate decision, unless it repeats the last one (a re-evaluated parked promotion).
+fn decide(record: &mut PromotionRecord, gate: &str, decision: &str, detail: String) {
+    let repeated = record.gates.last().is_some_and(|d| d.gate == gate && d.decision == decision && d.detail == detail);
+    if !repeated {
+        record.gates.push(GateDecision { gate: gate.into(), decision: decision.into(), detail, at_ms: now_ms() });
+    }
+}
+
+/// The stage's target tags for this promotion, templates with unknown values left out.
+fn target_tags(stage: &Stage, record: &PromotionRecord) -> Vec<Tag> {
+    let mut tags: Vec<Tag> = Vec::new();
+    for template in &stage.target_tags {
+        let mut value = template.replace("{stage}", stage.name.get_ref());
+        for (key, field) in
+            [("{tag}", &record.tag), ("{build.number}", &record.build_number), ("{build.id}", &record.build_id)]
+        {
+            if value.contains(key) {
+                match field {
+                    Some(v) => value = value.replace(key, v),
+                    None => {
+                        value.clear();
+                        break;
+                    }
+                }
+            }
+        }
+        if let Ok(tag) = value.parse::<Tag>() {
+            if !tags.contains(&tag) {
+                tags.push(tag);
+            }
+        }
+    }
+    tags
+}
+
+/// `1.2.3` or `v1.2.3`, without pre-release or build suffix.
+fn is_release_semver(tag: &str) -> bool {
+    let version = tag.strip_prefix('v').unwrap_or(tag);
+    let parts: Vec<&str> = version.split('.').collect();
+    parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn semver_tags_are_recognized() {
+        assert!(is_release_semver("1.2.3"));
+        assert!(is_release_semver("v10.0.1"));
+        assert!(!is_release_semver("1.2"));
+        assert!(!is_release_semver("1.2.3-rc1"));
+        assert!(!is_release_semver("latest"));
+    }
+}
