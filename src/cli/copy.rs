@@ -12,9 +12,10 @@ use ferry_core::registry::auth::{Credential, DockerConfig};
 use ferry_core::registry::client::{ClientOptions, RetryPolicy};
 use ferry_core::registry::{Access, CopyOptions, CopyReport, Location, Progress, copy};
 
-/// Copy an image digest-exact: every platform of an index, its signatures, SBOMs and
-/// attestations (referrers), manifest bytes unmodified; the target's digest is read back and
-/// must equal the source's.
+/// Copy an image digest-exact from SRC to DST
+///
+/// Every platform of an index, its signatures, SBOMs and attestations (referrers), manifest
+/// bytes unmodified; the target's digest is read back and must equal the source's.
 ///
 /// Locations:
 ///   HOST[:PORT]/REPO[:TAG][@sha256:HEX]   an image in a registry (`docker.io` if no host)

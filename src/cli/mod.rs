@@ -2,7 +2,8 @@
 
 mod config;
 mod copy;
-mod serve;
+mod ops;
+pub(crate) mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,55 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Work with configuration files.
     Config(config::ConfigArgs),
+    /// Each environment's digest, tag, build and since when; promotions waiting on gates.
+    Status {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(flatten)]
+        args: ops::StatusArgs,
+    },
+    /// Queue a promotion of a tag or digest into a stage (its gate still applies).
+    Promote {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(flatten)]
+        args: ops::PromoteArgs,
+    },
+    /// Approve a promotion waiting on an approval gate (not one you triggered yourself).
+    Approve {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(flatten)]
+        args: ops::ApproveArgs,
+    },
+    /// Reject a promotion waiting on a gate.
+    Reject {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(flatten)]
+        args: ops::RejectArgs,
+    },
+    /// Re-point a stage to its previous good digest (or --to DIGEST) and notify it.
+    Rollback {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(flatten)]
+        args: ops::RollbackArgs,
+    },
+    /// Promotions of a pipeline, newest first.
+    History {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(flatten)]
+        args: ops::HistoryArgs,
+    },
+    /// The dead-letter store: jobs that failed too often.
+    Dlq {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(subcommand)]
+        command: ops::DlqCommand,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -32,6 +82,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Copy(args) => copy::run(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Config(args) => config::run(args),
+        Command::Status { connection, args } => ops::status(&connection, args).await,
+        Command::Promote { connection, args } => ops::promote(&connection, args).await,
+        Command::Approve { connection, args } => ops::approve(&connection, args).await,
+        Command::Reject { connection, args } => ops::reject(&connection, args).await,
+        Command::Rollback { connection, args } => ops::rollback(&connection, args).await,
+        Command::History { connection, args } => ops::history(&connection, args).await,
+        Command::Dlq { connection, command } => ops::dlq(&connection, command).await,
     }
 }
 

@@ -15,9 +15,11 @@ use ferry_core::queue::{JobQueue, SqliteQueue, SqliteQueueOptions};
 use ferry_core::registry::auth::Secret;
 use ferry_core::worker::Worker;
 
-/// Serve every webhook route (/hooks/acr, /hooks/azure-devops, /hooks/dockerhub/{token},
+/// Run Ferry: webhooks, operations API, durable queue and promotion worker
+///
+/// Serves every webhook route (/hooks/acr, /hooks/azure-devops, /hooks/dockerhub/{token},
 /// /hooks/github, /hooks/distribution, /hooks/harbor, /hooks/quay/{token}, /hooks/generic),
-/// GET /healthz and, with `server.operator_token_env`, the operations API (/api/*); and run the
+/// GET /healthz and, with `server.operator_token_env`, the operations API (/api/*); and runs the
 /// promotion worker. A webhook is answered 202 only once its jobs are committed to the embedded
 /// queue; queue and ledger are SQLite files in `server.data_dir`.
 #[derive(Debug, Args)]

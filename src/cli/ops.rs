@@ -1,0 +1,380 @@
+//! Operator commands: `ferry status | promote | approve | reject | rollback | history | dlq`.
+//! They talk to a running `ferry serve` over HTTP (`--server`), or open the local database
+//! directly (`--config`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use ferry_core::config::Config;
+use ferry_core::ops::Operations;
+use ferry_core::worker::Worker;
+use serde_json::{Value, json};
+
+/// Where the operations run.
+#[derive(Debug, Args, Clone)]
+pub struct Connection {
+    /// A running `ferry serve`, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "FERRY_SERVER", global = true, value_name = "URL")]
+    server: Option<String>,
+
+    /// The server's operator token.
+    #[arg(long, env = "FERRY_OPERATOR_TOKEN", hide_env_values = true, global = true, value_name = "TOKEN")]
+    token: Option<String>,
+
+    /// Without --server: work on this configuration's local database directly.
+    #[arg(long, short, env = "FERRY_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Who you are, recorded with approvals, promotions and rollbacks [default: $USER].
+    #[arg(long, env = "FERRY_USER", global = true, value_name = "NAME")]
+    user: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this pipeline.
+    pipeline: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    pipeline: String,
+    /// A tag or digest, as found in the stage's source (the previous stage's target).
+    reference: String,
+    /// The stage to promote into.
+    #[arg(long)]
+    to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// The promotion id (from `ferry status`).
+    id: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RejectArgs {
+    id: String,
+    #[arg(long)]
+    reason: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    pipeline: String,
+    stage: String,
+    /// Roll back to this digest (it must have run in the stage) instead of the previous one.
+    #[arg(long, value_name = "DIGEST")]
+    to: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    pipeline: String,
+    stage: Option<String>,
+    #[arg(long, default_value_t = 20)]
+    limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Jobs that failed too often, with their last error.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead-lettered job back in the queue.
+    Redrive { id: String },
+}
+
+enum Backend {
+    Http { client: reqwest::Client, base: String, token: String, user: Option<String> },
+    Local { ops: Operations, user: Option<String> },
+}
+
+impl Backend {
+    async fn connect(c: &Connection) -> anyhow::Result<Self> {
+        let user = c.user.clone().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty());
+        if let Some(server) = &c.server {
+            let token =
+                c.token.clone().context("--server needs the operator token: --token or FERRY_OPERATOR_TOKEN")?;
+            return Ok(Backend::Http {
+                client: reqwest::Client::new(),
+                base: server.trim_end_matches('/').to_string(),
+                token,
+                user,
+            });
+        }
+        let Some(path) = &c.config else {
+            bail!("say where Ferry runs: --server URL (a running ferry serve) or --config FILE (its local database)");
+        };
+        let config = Arc::new(Config::load(path)?);
+        let stores = super::serve::open_stores(&config)?;
+        let worker = Worker::new(config, stores.queue, stores.ledger).map_err(anyhow::Error::msg)?;
+        Ok(Backend::Local { ops: Operations::new(Arc::new(worker)), user })
+    }
+
+    fn user(&self) -> anyhow::Result<String> {
+        let user = match self {
+            Backend::Http { user, .. } | Backend::Local { user, .. } => user.clone(),
+        };
+        user.context("say who you are: --user NAME or FERRY_USER")
+    }
+
+    async fn http(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let Backend::Http { client, base, token, user } = self else { unreachable!("HTTP backend only") };
+        let mut request = client.request(method, format!("{base}{path}")).bearer_auth(token);
+        if let Some(user) = user {
+            request = request.header(ferry_core::api::USER_HEADER, user);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.with_context(|| format!("cannot reach {base}"))?;
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = value.get("error").and_then(Value::as_str).unwrap_or("no error message");
+            bail!("{base}: {status}: {message}");
+        }
+        Ok(value)
+    }
+}
+
+fn to_value<T: serde::Serialize>(result: Result<T, ferry_core::ops::OpsError>) -> anyhow::Result<Value> {
+    Ok(serde_json::to_value(result.map_err(|e| anyhow::anyhow!("{e}"))?)?)
+}
+
+pub async fn status(c: &Connection, args: StatusArgs) -> anyhow::Result<()> {
+    let backend = Backend::connect(c).await?;
+    let value = match &backend {
+        Backend::Http { .. } => {
+            let query = args.pipeline.as_deref().map(|p| format!("?pipeline={p}")).unwrap_or_default();
+            backend.http(reqwest::Method::GET, &format!("/api/status{query}"), None).await?
+        }
+        Backend::Local { ops, .. } => to_value(ops.status(args.pipeline.as_deref()).await)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    for pipeline in value.as_array().into_iter().flatten() {
+        println!("{}  (from {})", s(&pipeline["name"]), s(&pipeline["source"]));
+        for stage in pipeline["stages"].as_array().into_iter().flatten() {
+            let current = &stage["current"];
+            let running = if current.is_null() {
+                "—".to_string()
+            } else {
+                let mut line = short_digest(s(&current["digest"]));
+                if let Some(tag) = current["tag"].as_str() {
+                    line.push_str(&format!("  {tag}"));
+                }
+                if let Some(build) = current["build_number"].as_str() {
+                    line.push_str(&format!("  build {build}"));
+                }
+                line.push_str(&format!("  since {}", format_ms(current["since_ms"].as_i64().unwrap_or(0))));
+                line
+            };
+            println!("  {:<10} {:<9} {running}", s(&stage["name"]), s(&stage["gate"]));
+            for pending in stage["pending"].as_array().into_iter().flatten() {
+                let why =
+                    pending["gates"].as_array().and_then(|g| g.last()).map(|g| s(&g["detail"])).unwrap_or_default();
+                println!("    waiting: {} {}  {why}", s(&pending["id"]), short_digest(s(&pending["digest"])));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn promote(c: &Connection, args: PromoteArgs) -> anyhow::Result<()> {
+    let backend = Backend::connect(c).await?;
+    let user = backend.user()?;
+    let job = match &backend {
+        Backend::Http { .. } => {
+            let body = json!({ "pipeline": args.pipeline, "reference": args.reference, "to": args.to });
+            s(&backend.http(reqwest::Method::POST, "/api/promote", Some(body)).await?["job"]).to_string()
+        }
+        Backend::Local { ops, .. } => ops
+            .promote(&args.pipeline, &args.reference, &args.to, Some(&user))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    };
+    println!("queued job {job}: {} {} → {}", args.pipeline, args.reference, args.to);
+    Ok(())
+}
+
+pub async fn approve(c: &Connection, args: ApproveArgs) -> anyhow::Result<()> {
+    let backend = Backend::connect(c).await?;
+    let user = backend.user()?;
+    let value = match &backend {
+        Backend::Http { .. } => {
+            backend.http(reqwest::Method::POST, &format!("/api/promotions/{}/approve", args.id), None).await?
+        }
+        Backend::Local { ops, .. } => to_value(ops.approve(&args.id, &user).await)?,
+    };
+    let (have, need) = (value["approvals"].as_u64().unwrap_or(0), value["required"].as_u64().unwrap_or(0));
+    if value["released"].as_bool() == Some(true) {
+        println!("approved {} ({have} of {need}): promotion continues", args.id);
+    } else {
+        println!("approved {} ({have} of {need}): still waiting", args.id);
+    }
+    Ok(())
+}
+
+pub async fn reject(c: &Connection, args: RejectArgs) -> anyhow::Result<()> {
+    let backend = Backend::connect(c).await?;
+    let user = backend.user()?;
+    match &backend {
+        Backend::Http { .. } => {
+            let body = json!({ "reason": args.reason });
+            backend.http(reqwest::Method::POST, &format!("/api/promotions/{}/reject", args.id), Some(body)).await?;
+        }
+        Backend::Local { ops, .. } => {
+            to_value(ops.reject(&args.id, &user, args.reason.as_deref()).await)?;
+        }
+    }
+    println!("rejected {}", args.id);
+    Ok(())
+}
+
+pub async fn rollback(c: &Connection, args: RollbackArgs) -> anyhow::Result<()> {
+    let backend = Backend::connect(c).await?;
+    let user = backend.user()?;
+    let value = match &backend {
+        Backend::Http { .. } => {
+            let body = json!({ "pipeline": args.pipeline, "stage": args.stage, "to": args.to });
+            backend.http(reqwest::Method::POST, "/api/rollback", Some(body)).await?
+        }
+        Backend::Local { ops, .. } => {
+            to_value(ops.rollback(&args.pipeline, &args.stage, args.to.as_deref(), Some(&user)).await)?
+        }
+    };
+    println!("rolled back {}/{} to {} ({})", args.pipeline, args.stage, s(&value["digest"]), s(&value["id"]));
+    Ok(())
+}
+
+pub async fn history(c: &Connection, args: HistoryArgs) -> anyhow::Result<()> {
+    let backend = Backend::connect(c).await?;
+    let value = match &backend {
+        Backend::Http { .. } => {
+            let mut path = format!("/api/history/{}?limit={}", args.pipeline, args.limit);
+            if let Some(stage) = &args.stage {
+                path.push_str(&format!("&stage={stage}"));
+            }
+            backend.http(reqwest::Method::GET, &path, None).await?
+        }
+        Backend::Local { ops, .. } => to_value(ops.history(&args.pipeline, args.stage.as_deref(), args.limit).await)?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    for record in value.as_array().into_iter().flatten() {
+        let who = record["triggered_by"].as_str().map(|b| format!(" by {b}")).unwrap_or_default();
+        let error = record["error"].as_str().map(|e| format!("  ({e})")).unwrap_or_default();
+        println!(
+            "{}  {:<8} {:<18} {}  {}  {}{who}{error}",
+            format_ms(record["created_at_ms"].as_i64().unwrap_or(0)),
+            s(&record["stage"]),
+            s(&record["state"]),
+            short_digest(s(&record["digest"])),
+            record["tag"].as_str().unwrap_or("-"),
+            s(&record["trigger"]),
+        );
+    }
+    Ok(())
+}
+
+pub async fn dlq(c: &Connection, command: DlqCommand) -> anyhow::Result<()> {
+    let backend = Backend::connect(c).await?;
+    match command {
+        DlqCommand::List { json } => {
+            let value = match &backend {
+                Backend::Http { .. } => backend.http(reqwest::Method::GET, "/api/dlq", None).await?,
+                Backend::Local { ops, .. } => to_value(ops.dead_letters().await)?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(());
+            }
+            let letters = value.as_array().cloned().unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for letter in letters {
+                let payload = &letter["payload"];
+                println!(
+                    "{}  {} {}  after {} attempts: {}",
+                    s(&letter["id"]),
+                    s(&payload["pipeline"]),
+                    s(&payload["stage"]),
+                    letter["receive_count"],
+                    s(&letter["last_error"])
+                );
+            }
+        }
+        DlqCommand::Redrive { id } => {
+            match &backend {
+                Backend::Http { .. } => {
+                    backend.http(reqwest::Method::POST, &format!("/api/dlq/{id}/redrive"), None).await?;
+                }
+                Backend::Local { ops, .. } => ops.redrive(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+            }
+            println!("redriven {id}: back in the queue");
+        }
+    }
+    Ok(())
+}
+
+fn s(value: &Value) -> &str {
+    value.as_str().unwrap_or("")
+}
+
+fn short_digest(digest: &str) -> String {
+    match digest.strip_prefix("sha256:") {
+        Some(hex) if hex.len() > 12 => format!("sha256:{}…", &hex[..12]),
+        _ => digest.to_string(),
+    }
+}
+
+/// Unix milliseconds as `YYYY-MM-DD HH:MM:SSZ` (UTC).
+fn format_ms(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_print_in_utc() {
+        assert_eq!(format_ms(0), "1970-01-01 00:00:00Z");
+        assert_eq!(format_ms(1_795_309_991_557), "2026-11-22 01:13:11Z");
+        assert_eq!(format_ms(951_782_400_000), "2000-02-29 00:00:00Z");
+    }
+
+    #[test]
+    fn digests_are_shortened_for_tables() {
+        assert_eq!(short_digest("sha256:0123456789abcdef0123"), "sha256:0123456789ab…");
+        assert_eq!(short_digest("x"), "x");
+    }
+}
