@@ -52,15 +52,24 @@ impl IntoResponse for OpsError {
     }
 }
 
+/// A refused request: status and message.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        refused(self.0, self.1)
+    }
+}
+
 /// The operator token, compared in constant time; then who is acting.
-fn operator(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, Response> {
+fn operator(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, Refusal> {
     let given = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if !secrets_equal(given.as_bytes(), state.token.expose().as_bytes()) {
-        return Err(refused(
+        return Err(Refusal(
             StatusCode::UNAUTHORIZED,
             "missing or wrong operator token (Authorization: Bearer …)".into(),
         ));
@@ -68,8 +77,8 @@ fn operator(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, Res
     Ok(headers.get(USER_HEADER).and_then(|v| v.to_str().ok()).map(|u| u.trim().to_string()).filter(|u| !u.is_empty()))
 }
 
-fn person(user: Option<String>) -> Result<String, Response> {
-    user.ok_or_else(|| refused(StatusCode::BAD_REQUEST, "say who you are with the X-Ferry-User header".into()))
+fn person(user: Option<String>) -> Result<String, Refusal> {
+    user.ok_or_else(|| Refusal(StatusCode::BAD_REQUEST, "say who you are with the X-Ferry-User header".into()))
 }
 
 fn ok<T: serde::Serialize>(value: T) -> Response {
@@ -83,7 +92,7 @@ struct StatusQuery {
 
 async fn status(State(state): State<Arc<ApiState>>, headers: HeaderMap, Query(q): Query<StatusQuery>) -> Response {
     if let Err(r) = operator(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     match state.ops.status(q.pipeline.as_deref()).await {
         Ok(s) => ok(s),
@@ -102,7 +111,7 @@ struct PromoteBody {
 async fn promote(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let user = match operator(&state, &headers).and_then(person) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let body: PromoteBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -116,7 +125,7 @@ async fn promote(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: a
 
 async fn promotion(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = operator(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     match state.ops.promotion(&id).await {
         Ok(p) => ok(p),
@@ -127,7 +136,7 @@ async fn promotion(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(
 async fn approve(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let user = match operator(&state, &headers).and_then(person) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     match state.ops.approve(&id, &user).await {
         Ok(a) => ok(a),
@@ -148,7 +157,7 @@ async fn reject(
 ) -> Response {
     let user = match operator(&state, &headers).and_then(person) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let body: RejectBody = if body.is_empty() {
         RejectBody::default()
@@ -175,7 +184,7 @@ struct RollbackBody {
 async fn rollback(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
     let user = match operator(&state, &headers).and_then(person) {
         Ok(u) => u,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let body: RollbackBody = match serde_json::from_slice(&body) {
         Ok(b) => b,
@@ -200,7 +209,7 @@ async fn history(
     Query(q): Query<HistoryQuery>,
 ) -> Response {
     if let Err(r) = operator(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     match state.ops.history(&pipeline, q.stage.as_deref(), q.limit.unwrap_or(50).min(1000)).await {
         Ok(h) => ok(h),
@@ -210,7 +219,7 @@ async fn history(
 
 async fn dlq(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
     if let Err(r) = operator(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     match state.ops.dead_letters().await {
         Ok(d) => ok(d),
@@ -220,7 +229,7 @@ async fn dlq(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response
 
 async fn redrive(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     if let Err(r) = operator(&state, &headers) {
-        return r;
+        return r.into_response();
     }
     match state.ops.redrive(&id).await {
         Ok(()) => ok(json!({ "status": "redriven", "id": id })),
