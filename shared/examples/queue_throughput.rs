@@ -3,7 +3,7 @@
 //! committed and fsync'd, so the gap between the rows is what group commit buys.
 //!
 //! ```text
-//! cargo run --release -p ferry-core --example queue_throughput [-- DIR [SECONDS]]
+//! cargo run --release -p ferry-core --example queue_throughput [-- DIR [SECONDS [CALLERS,…]]]
 //! ```
 //!
 //! DIR must be on the disk to measure (a tmpfs makes fsync free); default: a temp dir.
@@ -22,10 +22,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let temp = tempfile::tempdir()?;
     let dir = args.next().map_or_else(|| temp.path().to_owned(), PathBuf::from);
     let seconds: u64 = args.next().map_or(Ok(3), |s| s.parse())?;
+    let callers: Vec<usize> = match args.next() {
+        Some(list) => list.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => CALLERS.to_vec(),
+    };
     let run_for = Duration::from_secs(seconds);
     println!("queue files in {}, {seconds} s per row", dir.display());
 
-    for callers in CALLERS {
+    for callers in callers {
         let path = dir.join(format!("queue-throughput-{callers}.db"));
         let _ = std::fs::remove_file(&path);
         let queue = Arc::new(SqliteQueue::open(&path, SqliteQueueOptions::default())?);

@@ -433,3 +433,90 @@ async fn unconfigured_sender_is_refused() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(body["error"].as_str().unwrap().contains("not configured"), "{body}");
 }
+
+/// A request to `route` carrying `body`, authenticated as that sender expects (or not at all).
+fn authenticated(route: &str, body: &[u8], content_type: &str, authenticate: bool) -> Request<Body> {
+    let mut request = Request::post(route).header("content-type", content_type);
+    if authenticate {
+        request = match route {
+            "/hooks/acr" => request.header("authorization", "Bearer acr-secret"),
+            "/hooks/distribution" => request.header("x-ferry-secret", "dist-secret"),
+            "/hooks/harbor" => request.header("authorization", "harbor-secret"),
+            "/hooks/azure-devops" => request.header("authorization", ADO_BASIC),
+            "/hooks/github" => {
+                use hmac::{Hmac, Mac};
+                let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"It's a Secret to Everybody").unwrap();
+                mac.update(body);
+                request.header("x-hub-signature-256", format!("sha256={}", hex::encode(mac.finalize().into_bytes())))
+            }
+            "/hooks/generic" => {
+                let ts = now();
+                request
+                    .header(TIMESTAMP_HEADER, &ts)
+                    .header(SIGNATURE_HEADER, generic_signature(b"generic-secret", &ts, body))
+            }
+            _ => request,
+        };
+    }
+    request.body(Body::from(body.to_vec())).unwrap()
+}
+
+/// Every route, with the URL token where the sender uses one.
+const ROUTES: &[(&str, &str)] = &[
+    ("/hooks/acr", "acr-push.json"),
+    ("/hooks/azure-devops", "azure-devops-build.json"),
+    ("/hooks/distribution", "distribution-push.json"),
+    ("/hooks/dockerhub/hub-token-0123456789", "dockerhub-push.json"),
+    ("/hooks/github", "github-package.json"),
+    ("/hooks/harbor", "harbor-push.json"),
+    ("/hooks/quay/quay-token-0123456789", "quay-push.json"),
+    ("/hooks/generic", "generic.json"),
+];
+
+#[tokio::test]
+async fn every_route_refuses_missing_secrets_malformed_json_wrong_types_and_oversize_bodies() {
+    let app = app().await;
+    for (route, fixture_name) in ROUTES {
+        let body = fixture(fixture_name);
+        let url_token = route.starts_with("/hooks/dockerhub") || route.starts_with("/hooks/quay");
+        if !url_token {
+            let (status, reply) = send(&app, authenticated(route, &body, "application/json", false)).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{route} without its secret: {reply}");
+        }
+        let (status, reply) = send(&app, authenticated(route, b"{\"truncated\": [", "application/json", true)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{route} with malformed JSON: {reply}");
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()), "{route}: the 400 says what is wrong");
+        let (status, _) = send(&app, authenticated(route, &body, "text/plain", true)).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{route} with text/plain");
+        let big = vec![b' '; 8192];
+        let (status, _) = send(&app, authenticated(route, &big, "application/json", true)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{route} oversize");
+    }
+    assert_eq!(queued(&app).await, 0, "nothing refused was queued");
+}
+
+#[tokio::test]
+async fn every_route_queues_each_delivery_once_however_often_it_is_sent() {
+    let app = app().await;
+    for (route, fixture_name) in ROUTES {
+        let body = fixture(fixture_name);
+        let mut ids = std::collections::HashSet::new();
+        for attempt in 0..3u64 {
+            let request = if *route == "/hooks/generic" {
+                // A resend of the very same signed request is a replay; a sender's retry signs
+                // again with a new timestamp.
+                let ts = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() - attempt).to_string();
+                generic(&body, "generic-secret", &ts)
+            } else {
+                authenticated(route, &body, "application/json", true)
+            };
+            let (status, reply) = send(&app, request).await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{route}: {reply}");
+            for job in reply["jobs"].as_array().unwrap() {
+                ids.insert(job["id"].as_str().unwrap().to_string());
+            }
+        }
+        let expected = if fixture_name.starts_with("quay") { 2 } else { 1 };
+        assert_eq!(ids.len(), expected, "{route}: redeliveries name the same jobs");
+    }
+}

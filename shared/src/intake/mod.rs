@@ -151,6 +151,80 @@ pub(crate) fn tag_field(sender: Sender, value: Option<String>) -> Result<Option<
 }
 
 #[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &[(Sender, &str)] = &[
+        (Sender::Acr, "acr-push.json"),
+        (Sender::AzureDevops, "azure-devops-build.json"),
+        (Sender::AzureDevops, "azure-devops-deployment.json"),
+        (Sender::Dockerhub, "dockerhub-push.json"),
+        (Sender::Github, "github-package.json"),
+        (Sender::Distribution, "distribution-push.json"),
+        (Sender::Harbor, "harbor-push.json"),
+        (Sender::Harbor, "harbor-push-cloudevents.json"),
+        (Sender::Quay, "quay-push.json"),
+    ];
+
+    /// Adds an unknown field to every object, as senders do when their formats grow.
+    fn with_unknown_fields(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                map.values_mut().for_each(with_unknown_fields);
+                map.insert("x_ferry_unknown".into(), serde_json::json!({ "added": [1, null, "later"] }));
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(with_unknown_fields),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_fixture_parses_the_same_with_unknown_fields_added_everywhere() {
+        for (sender, name) in FIXTURES {
+            let original = fixtures::load(name);
+            let expected = parse(*sender, &original, Some("delivery")).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!matches!(expected, Parsed::Ignored(_)), "{name} should promote or report something");
+            let mut grown: serde_json::Value = serde_json::from_slice(&original).unwrap();
+            with_unknown_fields(&mut grown);
+            let grown = serde_json::to_vec(&grown).unwrap();
+            assert_eq!(parse(*sender, &grown, Some("delivery")).unwrap(), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_fixture_round_trips_through_serde() {
+        for (sender, name) in FIXTURES {
+            let original = fixtures::load(name);
+            let value: serde_json::Value = serde_json::from_slice(&original).unwrap();
+            let reserialized = serde_json::to_vec_pretty(&value).unwrap();
+            assert_eq!(
+                parse(*sender, &original, None).unwrap(),
+                parse(*sender, &reserialized, None).unwrap(),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn promotion_requests_round_trip_as_queued() {
+        let Parsed::Requests(requests) = parse(Sender::Acr, &fixtures::load("acr-push.json"), None).unwrap() else {
+            panic!()
+        };
+        let json = serde_json::to_string(&requests[0]).unwrap();
+        assert_eq!(serde_json::from_str::<PromotionRequest>(&json).unwrap(), requests[0]);
+    }
+
+    #[test]
+    fn a_bare_json_null_or_scalar_is_refused_by_every_sender() {
+        for (sender, _) in FIXTURES {
+            for body in [&b"null"[..], b"42", b"\"text\"", b"[]"] {
+                assert!(parse(*sender, body, None).is_err(), "{sender:?} accepted {}", String::from_utf8_lossy(body));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 pub(crate) mod fixtures {
     /// Loads a fixture beside the parser: `shared/src/intake/fixtures/NAME`.
     pub fn load(name: &str) -> Vec<u8> {
