@@ -14,6 +14,10 @@ const SECRET: &str = "e2e-distribution-secret";
 fn config(build: &Registry, target: &Registry) -> String {
     format!(
         r#"
+# Intake only: the queue is inspected, so no worker takes the job away.
+[worker]
+enabled = false
+
 [registries."{build}"]
 plain_http = true
 [registries."{target}"]

@@ -204,6 +204,9 @@ pub enum Notify {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Worker {
+    /// Run the worker inside `ferry serve` (false: take webhooks only, another process works).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
     /// Jobs worked on at once.
     #[serde(default = "default_worker_concurrency")]
     pub concurrency: usize,
@@ -224,6 +227,7 @@ pub struct Worker {
 impl Default for Worker {
     fn default() -> Self {
         Worker {
+            enabled: true,
             concurrency: default_worker_concurrency(),
             visibility_secs: default_visibility(),
             max_attempts: default_max_attempts(),
@@ -231,6 +235,10 @@ impl Default for Worker {
             sweep_secs: default_sweep_secs(),
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_worker_concurrency() -> usize {

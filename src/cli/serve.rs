@@ -32,7 +32,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<std::net::SocketAddr>,
 
-    /// Take webhooks only; leave the queued jobs to another process's worker.
+    /// Take webhooks only; leave the queued jobs to another process's worker (as
+    /// `[worker] enabled = false`).
     #[arg(long)]
     no_worker: bool,
 }
@@ -77,8 +78,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen} (in use? choose another with --listen)"))?;
     let local = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let worker_task = (!args.no_worker).then(|| tokio::spawn(worker.clone().run(stopped)));
-    tracing::info!(%local, data_dir = %config.server.data_dir.display(), worker = !args.no_worker, "ferry serving");
+    let run_worker = config.worker.enabled && !args.no_worker;
+    let worker_task = run_worker.then(|| tokio::spawn(worker.clone().run(stopped)));
+    tracing::info!(%local, data_dir = %config.server.data_dir.display(), worker = run_worker, "ferry serving");
     eprintln!("ferry: listening on http://{local} (data in {})", config.server.data_dir.display());
     axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("server failed")?;
     let _ = stop.send(true);
