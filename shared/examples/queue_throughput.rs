@@ -34,6 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::fs::remove_file(&path);
         let queue = Arc::new(SqliteQueue::open(&path, SqliteQueueOptions::default())?);
         let before = queue.stats();
+        let cpu_before = process_cpu();
         let started = Instant::now();
         let deadline = started + run_for;
 
@@ -67,13 +68,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             latencies.extend(task.await??);
         }
         let elapsed = started.elapsed();
+        let cpu = process_cpu().zip(cpu_before).map(|(after, before)| after - before);
         let stats = queue.stats();
         let commits = stats.commits - before.commits;
 
         latencies.sort();
         let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+        let cpu_per_job = cpu
+            .map_or_else(|| "?".to_owned(), |cpu| format!("{:.1}", cpu.as_secs_f64() * 1e6 / latencies.len() as f64));
         println!(
-            "{callers:>5} callers: {:>8.0} enqueues/s   p50 {:>9.2?}   p99 {:>9.2?}   {:>6.1} jobs/commit",
+            "{callers:>5} callers: {:>8.0} enqueues/s   p50 {:>9.2?}   p99 {:>9.2?}   {:>6.1} jobs/commit   \
+             {cpu_per_job:>5} µs CPU/job",
             latencies.len() as f64 / elapsed.as_secs_f64(),
             at(0.50),
             at(0.99),
@@ -83,4 +88,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = std::fs::remove_file(&path);
     }
     Ok(())
+}
+
+/// CPU time (user + system) of this process so far, from /proc (Linux only). The machine may be
+/// busy with other work; CPU per job does not depend on that the way jobs per second do.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis(ticks * 10))
 }

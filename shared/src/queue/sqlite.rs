@@ -2,10 +2,16 @@
 //!
 //! Every call is sent to a dedicated writer thread that owns the [`Connection`]. The thread
 //! blocks for the first request, takes everything else already waiting (up to [`MAX_BATCH`]),
-//! runs all of it in ONE transaction, each request under its own savepoint, and commits once:
-//! one fsync (`synchronous=FULL`, WAL) for the whole batch. Only then are the callers answered,
-//! so an `Ok` from [`JobQueue::enqueue`] means the jobs are on disk. Batches grow with
-//! concurrency on their own; nothing sleeps waiting for more work.
+//! runs all of it in ONE transaction and commits once: one fsync (`synchronous=FULL`, WAL) for
+//! the whole batch. Only then are the callers answered, so an `Ok` from [`JobQueue::enqueue`]
+//! means the jobs are on disk. Batches grow with concurrency on their own; nothing sleeps
+//! waiting for more work.
+//!
+//! A request may be refused (a stale receipt) without touching the database, and the rest of
+//! its batch commits. A storage error (disk full, file unwritable) rolls back the whole batch
+//! and every caller in it gets [`QueueError::Unavailable`]. No savepoint per request: they cost
+//! a copy of every page a request touches, and a storage error is the whole file's, not one
+//! request's.
 //!
 //! A job row is `ready` (waiting, or in flight when `available_at` is in the future and it holds
 //! a receipt), `done` (acked, kept without its payload for the dedup window, then pruned) or
@@ -85,7 +91,7 @@ impl Default for SqliteQueueOptions {
 pub struct QueueStats {
     /// Calls executed by the writer.
     pub requests: u64,
-    /// Transactions committed; each is one fsync, shared by all requests of its batch.
+    /// Transactions committed; each is at most one fsync, shared by all requests of its batch.
     pub commits: u64,
 }
 
@@ -157,7 +163,8 @@ impl SqliteQueue {
     }
 
     /// Runs `work` on the writer thread inside the next batch's transaction and answers once
-    /// that transaction committed. An error from `work` rolls back only its own changes.
+    /// that transaction committed. `work` may refuse ([`Failure::Queue`]) only before it changes
+    /// anything; a storage error ([`Failure::Sql`]) fails the whole batch.
     fn call<T, F>(&self, what: &'static str, work: F) -> QueueFuture<'_, T>
     where
         T: Send + 'static,
@@ -174,7 +181,7 @@ impl SqliteQueue {
 
     fn stopped(&self) -> QueueError {
         QueueError::Unavailable(format!(
-            "the writer thread of job queue {} has stopped (its error was logged); restart ferry",
+            "the writer thread of job queue {} has stopped (see the error logged when it did); restart ferry",
             self.path.display()
         ))
     }
@@ -184,10 +191,9 @@ impl Drop for SqliteQueue {
     fn drop(&mut self) {
         // Closing the channel ends the writer once it has answered everything already sent.
         drop(self.sender.take());
-        if let Some(writer) = self.writer.take()
-            && writer.join().is_err()
-        {
-            tracing::error!(path = %self.path.display(), "job queue writer thread panicked");
+        if let Some(writer) = self.writer.take() {
+            // A panic was logged by the writer itself.
+            let _ = writer.join();
         }
     }
 }
@@ -278,7 +284,7 @@ fn enqueue(conn: &Connection, batch: &Batch<'_>, rows: Vec<(String, String)>) ->
             enqueued.push(Enqueued { id, duplicate: true });
             continue;
         }
-        let id = Uuid::new_v4().to_string();
+        let id = job_id(batch.now_ms);
         insert.execute(params![id, dedup_key, payload, batch.now_ms])?;
         enqueued.push(Enqueued { id, duplicate: false });
     }
@@ -339,8 +345,16 @@ fn receive(conn: &Connection, batch: &Batch<'_>, max: usize, visibility: Duratio
                 buried = true;
                 continue;
             }
-            let payload = serde_json::from_str(&job.payload)
-                .map_err(|e| QueueError::Unavailable(format!("job {} has a corrupt payload: {e}", job.id)))?;
+            let payload = match serde_json::from_str(&job.payload) {
+                Ok(payload) => payload,
+                Err(e) => {
+                    // Only a file edited by hand gets here; never block the queue on it.
+                    let error = format!("the stored payload is not valid JSON: {e}");
+                    bury.execute(params![job.seq, error, batch.now_ms])?;
+                    buried = true;
+                    continue;
+                }
+            };
             let receipt = Uuid::new_v4().to_string();
             deliver.execute(params![job.seq, receipt, invisible_until])?;
             deliveries.push(Delivery {
@@ -410,13 +424,14 @@ fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, Failure> {
             Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter()
+    Ok(rows
+        .into_iter()
         .map(|(id, payload, receive_count, last_error, failed_at_unix_ms)| {
-            let payload = serde_json::from_str(&payload)
-                .map_err(|e| QueueError::Unavailable(format!("job {id} has a corrupt payload: {e}")))?;
-            Ok(DeadLetter { id, payload, receive_count, last_error, failed_at_unix_ms })
+            // Kept as a string if it is not JSON, so that it can still be looked at.
+            let payload = serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
+            DeadLetter { id, payload, receive_count, last_error, failed_at_unix_ms }
         })
-        .collect()
+        .collect())
 }
 
 /// Opens the file, sets the durability pragmas and creates or checks the schema.
@@ -536,6 +551,15 @@ fn hint(error: &rusqlite::Error) -> &'static str {
     }
 }
 
+/// A UUIDv7: ordered by time, so new ids append to the id index instead of landing on random
+/// pages, and fewer pages are written per commit.
+fn job_id(now_ms: i64) -> String {
+    let random = Uuid::new_v4();
+    let mut bytes = [0; 10];
+    bytes.copy_from_slice(&random.as_bytes()[..10]);
+    uuid::Builder::from_unix_timestamp_millis(u64::try_from(now_ms).unwrap_or(0), &bytes).into_uuid().to_string()
+}
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
@@ -597,8 +621,9 @@ impl From<rusqlite::Error> for Failure {
 
 /// A request waiting in the writer's channel, its result type erased.
 trait Op: Send {
-    /// Runs inside the batch transaction; false means it failed and its changes must go.
-    fn run(&mut self, conn: &Connection, batch: &Batch<'_>, path: &Path) -> bool;
+    /// Runs inside the batch transaction and keeps its result for [`Op::finish`]. `Err`: a
+    /// storage error; the whole transaction must be rolled back.
+    fn run(&mut self, conn: &Connection, batch: &Batch<'_>, path: &Path) -> Result<(), QueueError>;
     /// Answers the caller once the batch is settled: `commit` is the transaction's outcome.
     fn finish(self: Box<Self>, commit: Result<(), &QueueError>);
 }
@@ -615,28 +640,41 @@ where
     T: Send + 'static,
     F: FnOnce(&Connection, &Batch<'_>) -> Result<T, Failure> + Send + 'static,
 {
-    fn run(&mut self, conn: &Connection, batch: &Batch<'_>, path: &Path) -> bool {
+    fn run(&mut self, conn: &Connection, batch: &Batch<'_>, path: &Path) -> Result<(), QueueError> {
         let Some(work) = self.work.take() else {
-            return false;
+            return Ok(());
         };
-        let result = work(conn, batch).map_err(|failure| match failure {
-            Failure::Queue(error) => error,
-            Failure::Sql(e) => QueueError::Unavailable(format!(
-                "{} failed in job queue database {}: {e}{}",
-                self.what,
-                path.display(),
-                hint(&e)
-            )),
-        });
-        let ok = result.is_ok();
-        self.result = Some(result);
-        ok
+        let changes = conn.total_changes();
+        match work(conn, batch) {
+            Ok(value) => self.result = Some(Ok(value)),
+            // A refusal must leave the database as it found it, or the batch cannot commit.
+            Err(Failure::Queue(refusal)) if conn.total_changes() == changes => {
+                self.result = Some(Err(refusal));
+            }
+            Err(Failure::Queue(refusal)) => {
+                return Err(QueueError::Unavailable(format!(
+                    "internal error: {} was refused ({refusal}) after changing job queue \
+                     database {}; its batch was rolled back",
+                    self.what,
+                    path.display()
+                )));
+            }
+            Err(Failure::Sql(e)) => {
+                return Err(QueueError::Unavailable(format!(
+                    "{} failed in job queue database {}: {e}{}",
+                    self.what,
+                    path.display(),
+                    hint(&e)
+                )));
+            }
+        }
+        Ok(())
     }
 
     fn finish(self: Box<Self>, commit: Result<(), &QueueError>) {
         let answer = match (self.result, commit) {
-            // Its own error stands whatever happened to the others.
-            (Some(Err(error)), _) => Err(error),
+            // A refusal stands whatever happened to the batch.
+            (Some(Err(refusal)), _) => Err(refusal),
             (Some(Ok(value)), Ok(())) => Ok(value),
             (_, Err(error)) => Err(error.clone()),
             (None, Ok(())) => {
@@ -645,6 +683,20 @@ where
         };
         // The caller may have gone away (client disconnected): its work is committed anyway.
         let _ = self.reply.send(answer);
+    }
+}
+
+/// Logs the end of the writer thread; as an error when it panicked, since every request from then
+/// on fails with [`QueueError::Unavailable`].
+struct StopLog(PathBuf);
+
+impl Drop for StopLog {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(path = %self.0.display(), "job queue writer thread panicked; the queue is unavailable");
+        } else {
+            tracing::debug!(path = %self.0.display(), "job queue writer stopped");
+        }
     }
 }
 
@@ -661,12 +713,12 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
+        let _stop = StopLog(self.path.clone());
         let mut ops = Vec::with_capacity(MAX_BATCH);
         // Blocks for the first request, then takes whatever else is already waiting.
         while self.receiver.blocking_recv_many(&mut ops, MAX_BATCH) > 0 {
             self.execute(&mut ops);
         }
-        tracing::debug!(path = %self.path.display(), "job queue writer stopped");
     }
 
     fn execute(&mut self, ops: &mut Vec<Box<dyn Op>>) {
@@ -678,33 +730,25 @@ impl Writer {
         }
     }
 
-    /// One transaction, one savepoint per request, one commit.
+    /// One transaction, one commit, for the whole batch.
     fn transaction(&self, ops: &mut [Box<dyn Op>], batch: &Batch<'_>) -> Result<(), QueueError> {
         let conn = &self.conn;
         conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.storage_error("beginning a transaction", e))?;
-        let result = (|| {
-            self.prune(batch);
-            for op in ops.iter_mut() {
-                conn.prepare_cached("SAVEPOINT request")?.execute([])?;
-                if op.run(conn, batch, &self.path) {
-                    conn.prepare_cached("RELEASE request")?.execute([])?;
-                } else {
-                    conn.prepare_cached("ROLLBACK TO request")?.execute([])?;
-                    conn.prepare_cached("RELEASE request")?.execute([])?;
-                }
-            }
-            conn.execute_batch("COMMIT")
-        })();
-        match result {
+        self.prune(batch);
+        let committed = ops
+            .iter_mut()
+            .try_for_each(|op| op.run(conn, batch, &self.path))
+            .and_then(|()| conn.execute_batch("COMMIT").map_err(|e| self.storage_error("committing", e)));
+        match committed {
             Ok(()) => {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(e) => {
+            Err(error) => {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
-                Err(self.storage_error("committing", e))
+                Err(error)
             }
         }
     }
