@@ -220,7 +220,26 @@ impl Worker {
         };
         let (pipeline, stage) = job.pipeline_and_stage();
         let span = tracing::info_span!("job", job.id = %delivery.id, pipeline, stage, attempt = delivery.receive_count);
+        // Renew the lease while working, so a long copy is not delivered to a second worker;
+        // if this process dies, renewals stop and the job comes back after one timeout.
+        let lease = Duration::from_secs(self.config.worker.visibility_secs.max(1));
+        let heartbeat = {
+            let queue = self.queue.clone();
+            let receipt = delivery.receipt.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(lease / 3);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = queue.extend(&receipt, lease).await {
+                        tracing::warn!(error = %e, "could not renew the job's lease");
+                        break;
+                    }
+                }
+            })
+        };
         let outcome = self.process(&job, delivery.receive_count).instrument(span.clone()).await;
+        heartbeat.abort();
         self.settle(job, delivery, outcome).instrument(span).await;
     }
 

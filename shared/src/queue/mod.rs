@@ -89,6 +89,9 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Failed: record `error`, make visible again after `retry_after`; when
     /// receive_count >= max_receives, move to dead letters instead.
     fn nack(&self, receipt: &str, error: &str, retry_after: Duration) -> QueueFuture<'_, ()>;
+    /// Still working: keep the delivery invisible for `visibility` from now (SQS's
+    /// ChangeMessageVisibility). A stale receipt is [`QueueError::StaleReceipt`].
+    fn extend(&self, receipt: &str, visibility: Duration) -> QueueFuture<'_, ()>;
     fn dead_letters(&self) -> QueueFuture<'_, Vec<DeadLetter>>;
     /// Moves a dead letter back to ready with receive_count reset; returns whether it existed.
     fn redrive(&self, id: &str) -> QueueFuture<'_, bool>;

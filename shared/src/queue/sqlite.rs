@@ -232,6 +232,11 @@ impl JobQueue for SqliteQueue {
         self.call("nack", move |conn, batch| nack(conn, batch, receipt, error, retry_after))
     }
 
+    fn extend(&self, receipt: &str, visibility: Duration) -> QueueFuture<'_, ()> {
+        let receipt = receipt.to_owned();
+        self.call("extend visibility", move |conn, batch| extend(conn, batch, receipt, visibility))
+    }
+
     fn dead_letters(&self) -> QueueFuture<'_, Vec<DeadLetter>> {
         self.call("list dead letters", |conn, _| dead_letters(conn))
     }
@@ -412,6 +417,13 @@ fn nack(
             .execute(params![seq, error, batch.now_ms.saturating_add(millis(retry_after))])?;
     }
     Ok(())
+}
+
+fn extend(conn: &Connection, batch: &Batch<'_>, receipt: String, visibility: Duration) -> Result<(), Failure> {
+    let extended = conn
+        .prepare_cached("UPDATE jobs SET available_at = ?2 WHERE receipt = ?1 AND state = 'ready'")?
+        .execute(params![receipt, batch.now_ms.saturating_add(millis(visibility))])?;
+    if extended == 1 { Ok(()) } else { Err(QueueError::StaleReceipt(receipt).into()) }
 }
 
 fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, Failure> {
@@ -947,6 +959,23 @@ mod tests {
         assert_eq!(ids(&first), expected[..2]);
         assert_eq!(ids(&rest), expected[2..]);
         assert!(queue.receive(0, VISIBILITY).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn extended_delivery_stays_invisible_past_its_first_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("q.db"), SqliteQueueOptions::default()).unwrap();
+        queue.enqueue(vec![NewJob { dedup_key: "k".into(), payload: serde_json::json!(1) }]).await.unwrap();
+        let delivery = queue.receive(1, Duration::from_secs(10)).await.unwrap().remove(0);
+        advance(&queue, Duration::from_secs(8));
+        queue.extend(&delivery.receipt, Duration::from_secs(10)).await.unwrap();
+        advance(&queue, Duration::from_secs(8));
+        assert!(queue.receive(1, Duration::from_secs(10)).await.unwrap().is_empty(), "still leased");
+        advance(&queue, Duration::from_secs(3));
+        let again = queue.receive(1, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(again.len(), 1, "redelivered once the extended lease ran out");
+        let stale = queue.extend(&delivery.receipt, Duration::from_secs(10)).await.unwrap_err();
+        assert_eq!(stale, QueueError::StaleReceipt(delivery.receipt));
     }
 
     #[tokio::test]
