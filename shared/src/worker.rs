@@ -870,6 +870,60 @@ fn is_release_semver(tag: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn stage(text: &str) -> Stage {
+        let config = Config::parse(
+            &format!("[registries.\"r.io\"]\n[[pipelines]]\nname = \"p\"\nsource = \"r.io/a\"\n[[pipelines.stages]]\nname = \"dev\"\ntarget = \"r.io/b\"\n{text}"),
+            "t.toml",
+        )
+        .unwrap();
+        config.pipelines.into_iter().next().unwrap().stages.into_iter().next().unwrap()
+    }
+
+    fn record(tag: Option<&str>, build: Option<&str>) -> PromotionRecord {
+        PromotionRecord {
+            id: "p-1".into(),
+            pipeline: "p".into(),
+            stage: "dev".into(),
+            source: "r.io/a".into(),
+            target: "r.io/b".into(),
+            digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+            tag: tag.map(str::to_string),
+            tag_moved_to: None,
+            build_id: None,
+            build_number: build.map(str::to_string),
+            trigger: "test".into(),
+            triggered_by: None,
+            state: PromotionState::Pending,
+            gates: vec![],
+            approvals: vec![],
+            error: None,
+            attempts: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            finished_at_ms: None,
+        }
+    }
+
+    fn names(tags: Vec<Tag>) -> Vec<String> {
+        tags.into_iter().map(|t| t.to_string()).collect()
+    }
+
+    #[test]
+    fn default_target_tags_are_the_tag_the_stage_and_the_build() {
+        let dev = stage("");
+        assert_eq!(
+            names(target_tags(&dev, &record(Some("1.4.2"), Some("20250304.3")))),
+            ["1.4.2", "dev", "build-20250304.3"]
+        );
+        assert_eq!(names(target_tags(&dev, &record(None, None))), ["dev"], "unknown values drop their template");
+    }
+
+    #[test]
+    fn invalid_or_repeated_target_tags_are_left_out() {
+        let custom = stage("target_tags = [\"{stage}\", \"{stage}\", \"release/{tag}\", \"{tag}-{build.number}\"]");
+        assert_eq!(names(target_tags(&custom, &record(Some("v1"), Some("7")))), ["dev", "v1-7"]);
+    }
+
     #[test]
     fn semver_tags_are_recognized() {
         assert!(is_release_semver("1.2.3"));

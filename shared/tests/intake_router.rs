@@ -520,3 +520,24 @@ async fn every_route_queues_each_delivery_once_however_often_it_is_sent() {
         assert_eq!(ids.len(), expected, "{route}: redeliveries name the same jobs");
     }
 }
+
+#[tokio::test]
+async fn a_registry_host_that_is_not_configured_is_never_queued() {
+    let app = app().await;
+    // Same repository path as a configured pipeline, on a host nobody configured.
+    for host in ["evil.example.com", "169.254.169.254", "127.0.0.1:5999"] {
+        let body = format!(r#"{{"repository":"{host}/shop/api","tag":"v1"}}"#);
+        let (status, reply) = send(&app, generic(body.as_bytes(), "generic-secret", &now())).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {reply}");
+        assert_eq!(reply["status"], "ignored");
+    }
+    let acr =
+        String::from_utf8(fixture("acr-push.json")).unwrap().replace("contosodev.azurecr.io", "attacker.azurecr.io");
+    let request = Request::post("/hooks/acr")
+        .header("content-type", "application/json")
+        .header("authorization", "acr-secret")
+        .body(Body::from(acr))
+        .unwrap();
+    assert_eq!(send(&app, request).await.0, StatusCode::OK);
+    assert_eq!(queued(&app).await, 0);
+}
