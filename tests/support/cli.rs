@@ -156,6 +156,30 @@ pub struct FerryRun {
 }
 
 impl FerryRun {
+    /// Assert success and return stdout.
+    pub fn success(&self) -> &str {
+        assert!(
+            self.status.success(),
+            "`{}` failed ({}) after {:?}\nstderr:\n{}\nstdout:\n{}",
+            self.command_line,
+            self.status,
+            self.elapsed,
+            self.stderr,
+            self.stdout
+        );
+        &self.stdout
+    }
+
+    /// Assert success and parse stdout as one JSON document (what `--json` prints).
+    pub fn json(&self) -> Value {
+        serde_json::from_str(self.success().trim()).unwrap_or_else(|e| {
+            panic!(
+                "`{}` printed no single JSON document on stdout ({e}):\n{}\nstderr:\n{}",
+                self.command_line, self.stdout, self.stderr
+            )
+        })
+    }
+
     /// Assert success and parse the `--json` report from stdout.
     pub fn report(&self) -> CopyReport {
         assert!(

@@ -33,12 +33,21 @@ pub enum Fault {
     /// Every blob is served complete but with its first byte flipped, so its
     /// content no longer matches its digest.
     CorruptBlobs,
+    /// Every request is answered `500 Internal Server Error` with an OCI error
+    /// body: a registry that is down for good (until [`FaultyProxy::set_fault`]).
+    ServerErrors,
+    /// Every blob GET is held this long before it is forwarded: a slow registry, so that a
+    /// copy takes at least this long.
+    SlowBlobs(Duration),
+    /// Nothing injected: every request passes through unchanged.
+    PassThrough,
 }
 
 /// The proxy, serving on its own thread and runtime until dropped.
 pub struct FaultyProxy {
     host: String,
     stats: Arc<Stats>,
+    proxy: Arc<Proxy>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -48,13 +57,14 @@ struct Stats {
     blob_cuts: AtomicUsize,
     blobs_corrupted: AtomicUsize,
     manifest_503s: AtomicUsize,
+    server_errors: AtomicUsize,
     /// When the 503 was served, then how long until the next manifest request.
     manifest_503_at: Mutex<Option<Instant>>,
     manifest_retry_gap: Mutex<Option<Duration>>,
 }
 
 struct Proxy {
-    fault: Fault,
+    fault: Mutex<Fault>,
     upstream: String,
     client: reqwest::Client,
     blobs_seen: Mutex<HashSet<String>>,
@@ -70,7 +80,7 @@ impl FaultyProxy {
         let host = listener.local_addr().expect("proxy address").to_string();
         let stats = Arc::new(Stats::default());
         let proxy = Arc::new(Proxy {
-            fault,
+            fault: Mutex::new(fault),
             upstream: format!("http://{}", upstream.host()),
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
@@ -80,6 +90,7 @@ impl FaultyProxy {
             manifest_fault_spent: AtomicBool::new(false),
             stats: stats.clone(),
         });
+        let proxy_handle = proxy.clone();
         let app = Router::new().fallback(forward).with_state(proxy);
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -98,7 +109,18 @@ impl FaultyProxy {
             });
             rt.shutdown_timeout(Duration::from_secs(1));
         });
-        Self { host, stats, shutdown: Some(shutdown), thread: Some(thread) }
+        Self { host, stats, proxy: proxy_handle, shutdown: Some(shutdown), thread: Some(thread) }
+    }
+
+    /// Switches the fault for every request from now on (e.g. a failing registry is fixed:
+    /// [`Fault::PassThrough`]).
+    pub fn set_fault(&self, fault: Fault) {
+        *self.proxy.fault.lock().expect("fault lock") = fault;
+    }
+
+    /// Requests answered with an injected 500 so far.
+    pub fn server_errors(&self) -> usize {
+        self.stats.server_errors.load(Ordering::SeqCst)
     }
 
     /// `127.0.0.1:PORT`.
@@ -150,8 +172,18 @@ fn is_blob_path(path: &str) -> bool {
 async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
+    let fault = *proxy.fault.lock().expect("fault lock");
 
-    if proxy.fault == Fault::TransientFailures && path.contains("/manifests/") {
+    if fault == Fault::ServerErrors {
+        return internal_server_error(&proxy.stats);
+    }
+    if let Fault::SlowBlobs(delay) = fault
+        && parts.method == Method::GET
+        && is_blob_path(&path)
+    {
+        tokio::time::sleep(delay).await;
+    }
+    if fault == Fault::TransientFailures && path.contains("/manifests/") {
         if proxy.manifest_fault_spent.swap(true, Ordering::SeqCst) {
             let served_503 = *proxy.stats.manifest_503_at.lock().expect("stats lock");
             let mut gap = proxy.stats.manifest_retry_gap.lock().expect("stats lock");
@@ -187,12 +219,12 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     let status = upstream.status();
     let blob_get = parts.method == Method::GET && status == StatusCode::OK && is_blob_path(&path);
     let cut = blob_get
-        && match proxy.fault {
+        && match fault {
             Fault::TransientFailures => proxy.blobs_seen.lock().expect("blobs_seen lock").insert(path.clone()),
             Fault::BlobsAlwaysCut => true,
-            Fault::CorruptBlobs => false,
+            Fault::CorruptBlobs | Fault::ServerErrors | Fault::SlowBlobs(_) | Fault::PassThrough => false,
         };
-    let corrupt = blob_get && proxy.fault == Fault::CorruptBlobs;
+    let corrupt = blob_get && fault == Fault::CorruptBlobs;
 
     let mut response = Response::builder().status(status);
     copy_response_headers(upstream.headers(), response.headers_mut().expect("builder headers"));
@@ -229,6 +261,17 @@ fn service_unavailable(stats: &Stats) -> Response {
             r#"{"errors":[{"code":"UNAVAILABLE","message":"service unavailable (injected by the test proxy)"}]}"#,
         ))
         .expect("503 response")
+}
+
+fn internal_server_error(stats: &Stats) -> Response {
+    stats.server_errors.fetch_add(1, Ordering::SeqCst);
+    Response::builder()
+        .status(StatusCode::INTERNAL_SERVER_ERROR)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(
+            r#"{"errors":[{"code":"UNKNOWN","message":"internal server error (injected by the test proxy)"}]}"#,
+        ))
+        .expect("500 response")
 }
 
 fn bad_gateway(message: String) -> Response {

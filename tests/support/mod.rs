@@ -15,7 +15,7 @@ pub mod registry;
 pub mod serve;
 pub mod tools;
 
-pub use cli::{CopyReport, FerryRun, ferry, ferry_copy};
+pub use cli::{CopyReport, FerryCommand, FerryRun, ferry, ferry_copy};
 pub use fault::{Fault, FaultyProxy};
 pub use layout::{Descriptor, Image, ImageIndex, OciLayout, docker_archive_config_digest};
 pub use registry::{Credentials, Manifest, Referrer, Registry, RegistryClient, media_type};

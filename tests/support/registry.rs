@@ -123,6 +123,23 @@ impl Registry {
         &self.client
     }
 
+    /// Bytes the registry holds on disk: finished blobs and manifests, and uploads still in
+    /// progress (it writes an upload's data as it arrives). Lets a test see a copy under way.
+    pub fn bytes_stored(&self) -> u64 {
+        fn walk(dir: &Path) -> u64 {
+            let Ok(entries) = fs::read_dir(dir) else { return 0 };
+            entries
+                .flatten()
+                .map(|entry| match entry.file_type() {
+                    Ok(t) if t.is_dir() => walk(&entry.path()),
+                    Ok(t) if t.is_file() => entry.metadata().map(|m| m.len()).unwrap_or(0),
+                    _ => 0,
+                })
+                .sum()
+        }
+        walk(&self.dir.path().join("storage"))
+    }
+
     /// The registry's own log, for failure messages.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()

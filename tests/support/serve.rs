@@ -1,5 +1,6 @@
 //! `ferry serve` as a child process on a free port, with its config and data dir in a temp dir;
-//! killed (SIGKILL, like a crash) on drop.
+//! killed (SIGKILL, like a crash) on drop. It can be killed and started again on the same port,
+//! configuration and data dir, and its operations API can be driven with the `ferry` CLI.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,35 +9,44 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::cli::{FerryCommand, ferry};
+
+/// The environment variable that carries the operator token to `ferry serve`.
+const OPERATOR_TOKEN_ENV: &str = "FERRY_TEST_OPERATOR_TOKEN";
+
 pub struct FerryServer {
     child: Child,
     port: u16,
     dir: TempDir,
+    envs: Vec<(String, String)>,
+    operator_token: Option<String>,
 }
 
 impl FerryServer {
     /// Starts `ferry serve` on `port` with `config` (TOML; `data_dir` is set here), passing
     /// `envs` (secrets) to it, and waits for `GET /healthz`.
     pub fn start(port: u16, config: &str, envs: &[(&str, &str)]) -> Self {
+        Self::launch(port, config, envs, None)
+    }
+
+    /// Like [`FerryServer::start`], with the operations API (`/api/*`) on, guarded by `token`
+    /// (at least 16 characters). [`FerryServer::cli`] runs `ferry` commands against it.
+    pub fn start_with_operator_token(port: u16, config: &str, envs: &[(&str, &str)], token: &str) -> Self {
+        Self::launch(port, config, envs, Some(token))
+    }
+
+    fn launch(port: u16, config: &str, envs: &[(&str, &str)], token: Option<&str>) -> Self {
         let dir = tempfile::Builder::new().prefix("ferry-serve-").tempdir().expect("temp dir for ferry serve");
         let data_dir = dir.path().join("data");
-        let config = format!("[server]\ndata_dir = {:?}\n\n{config}", data_dir.display().to_string());
-        let config_path = dir.path().join("ferry.toml");
-        fs::write(&config_path, config).expect("write ferry config");
-        let log = fs::File::create(dir.path().join("ferry.log")).expect("ferry log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        command
-            .args(["serve", "--config"])
-            .arg(&config_path)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log"))
-            .stderr(log);
-        for (k, v) in envs {
-            command.env(k, v);
+        let mut server_table = format!("[server]\ndata_dir = {:?}\n", data_dir.display().to_string());
+        let mut envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        if let Some(token) = token {
+            server_table.push_str(&format!("operator_token_env = {OPERATOR_TOKEN_ENV:?}\n"));
+            envs.push((OPERATOR_TOKEN_ENV.into(), token.into()));
         }
-        let child = command.spawn().expect("start ferry serve");
-        let mut server = FerryServer { child, port, dir };
+        fs::write(dir.path().join("ferry.toml"), format!("{server_table}\n{config}")).expect("write ferry config");
+        let child = spawn(dir.path(), port, &envs);
+        let mut server = FerryServer { child, port, dir, envs, operator_token: token.map(String::from) };
         server.wait_healthy();
         server
     }
@@ -55,10 +65,15 @@ impl FerryServer {
         }
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Everything every run of this server logged (restarts append).
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("ferry.log")).unwrap_or_default()
     }
@@ -72,10 +87,44 @@ impl FerryServer {
         self.dir.path()
     }
 
+    /// The configuration file `ferry serve` runs with (also usable with `ferry --config`).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ferry.toml")
+    }
+
     /// Stops the server the hard way (as a crash would) and waits for it.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Kills the server if it still runs, then starts a new `ferry serve` on the same port,
+    /// configuration, secrets and data dir (queue and ledger survive), and waits until healthy.
+    pub fn restart(&mut self) {
+        self.kill();
+        let log = self.dir.path().join("ferry.log");
+        let mut file = fs::OpenOptions::new().append(true).open(&log).expect("ferry log");
+        std::io::Write::write_all(&mut file, b"\n----- ferry serve restarted by the test -----\n").expect("log marker");
+        self.child = spawn(self.dir.path(), self.port, &self.envs);
+        self.wait_healthy();
+    }
+
+    /// `ferry SUBCOMMAND --server URL --token TOKEN`: the operator CLI pointed at this server.
+    pub fn cli(&self, subcommand: &str) -> FerryCommand {
+        let token = self
+            .operator_token
+            .as_deref()
+            .expect("start the server with FerryServer::start_with_operator_token to use its operations API");
+        ferry(subcommand).args(["--server", &self.url("")]).args(["--token", token]).timeout(Duration::from_secs(30))
+    }
+
+    /// Waits until the log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(Instant::now() < deadline, "`{needle}` not logged within {timeout:?}; ferry log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -83,6 +132,24 @@ impl Drop for FerryServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `ferry serve --config DIR/ferry.toml --listen 127.0.0.1:PORT`, logging (appending) to
+/// `DIR/ferry.log`.
+fn spawn(dir: &Path, port: u16, envs: &[(String, String)]) -> Child {
+    let log = fs::OpenOptions::new().create(true).append(true).open(dir.join("ferry.log")).expect("ferry log");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    command
+        .args(["serve", "--config"])
+        .arg(dir.join("ferry.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log"))
+        .stderr(log);
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    command.spawn().expect("start ferry serve")
 }
 
 /// `GET path` over a plain socket: the status code, if the server answered.
