@@ -150,9 +150,11 @@ pub struct Stage {
     pub approvers: u32,
     /// `approval`: a promotion not approved within this many hours is rejected.
     pub approval_expires_hours: Option<u64>,
-    /// `soak`: minutes the image must have run in the previous stage.
+    /// `soak`: how long the image must have run in the previous stage (minutes, plus seconds).
     #[serde(default)]
     pub soak_minutes: u64,
+    #[serde(default)]
+    pub soak_secs: u64,
     /// Only tags matching one of these patterns enter this stage (`*` wildcard).
     #[serde(default)]
     pub tags: Vec<String>,
@@ -422,6 +424,10 @@ impl Pipeline {
 }
 
 impl Stage {
+    pub fn soak(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.soak_minutes * 60 + self.soak_secs)
+    }
+
     pub fn target_repo(&self) -> RepoName {
         RepoName::parse(self.target.get_ref()).expect("validated at load")
     }

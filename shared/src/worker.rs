@@ -40,7 +40,8 @@ pub enum Outcome {
     /// Waiting on a gate; the promotion is parked in the ledger and the job acknowledged.
     Parked(String),
     /// Failed this time; the job comes back after a backoff, or goes to the dead-letter store.
-    Retry(String),
+    /// `promotion` names the ledger record when the digest was resolved far enough to have one.
+    Retry { error: String, promotion: Option<String> },
 }
 
 /// How Ferry reaches the configured registries (and no others).
@@ -238,12 +239,12 @@ impl Worker {
                 }
             })
         };
-        let outcome = self.process(&job, delivery.receive_count).instrument(span.clone()).await;
+        let outcome = self.process(&job, &delivery.id, delivery.receive_count).instrument(span.clone()).await;
         heartbeat.abort();
-        self.settle(job, delivery, outcome).instrument(span).await;
+        self.settle(delivery, outcome).instrument(span).await;
     }
 
-    async fn settle(&self, job: QueuedJob, delivery: Delivery, outcome: Outcome) {
+    async fn settle(&self, delivery: Delivery, outcome: Outcome) {
         let settled = match &outcome {
             Outcome::Done(what) => {
                 tracing::info!("{what}");
@@ -253,13 +254,13 @@ impl Worker {
                 tracing::info!("parked: {why}");
                 self.queue.ack(&delivery.receipt).await
             }
-            Outcome::Retry(error) => {
+            Outcome::Retry { error, promotion } => {
                 let max = self.config.worker.max_attempts;
                 let wait = self.backoff(delivery.receive_count);
                 if delivery.receive_count >= max {
                     tracing::error!(%error, "giving up after {max} attempts: job moved to the dead-letter store");
-                    if let QueuedJob::Promote(job) = &job {
-                        self.mark_dead_lettered(job, error).await;
+                    if let Some(id) = promotion {
+                        self.mark_dead_lettered(id, error).await;
                     }
                 } else {
                     tracing::warn!(%error, ?wait, "attempt failed; will retry");
@@ -268,7 +269,9 @@ impl Worker {
             }
         };
         if let Err(e) = settled {
-            tracing::warn!(error = %e, "could not settle the job; it will be delivered again");
+            // Typically the lease ran out (the process stalled): the queue redelivers the job,
+            // or dead-letters it if it has been delivered too often.
+            tracing::warn!(error = %e, "could not settle the job");
         }
     }
 
@@ -277,16 +280,28 @@ impl Worker {
         base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(Duration::from_secs(300))
     }
 
-    /// The one core every shell calls.
-    pub async fn process(&self, job: &QueuedJob, attempt: u32) -> Outcome {
-        let result = match job {
-            QueuedJob::Promote(job) => self.promote(job, attempt).await,
-            QueuedJob::Deployment(job) => self.deployment_reported(job).await,
-        };
-        result.unwrap_or_else(Outcome::Retry)
+    /// The one core every shell calls: `job_id` is the queue's id of the job (an SQS message id
+    /// on AWS), `attempt` its receive count.
+    pub async fn process(&self, job: &QueuedJob, job_id: &str, attempt: u32) -> Outcome {
+        match job {
+            QueuedJob::Promote(job) => {
+                let mut promotion = None;
+                let result = self.promote(job, job_id, attempt, &mut promotion).await;
+                result.unwrap_or_else(|error| Outcome::Retry { error, promotion })
+            }
+            QueuedJob::Deployment(job) => {
+                self.deployment_reported(job).await.unwrap_or_else(|error| Outcome::Retry { error, promotion: None })
+            }
+        }
     }
 
-    async fn promote(&self, job: &PromotionJob, attempt: u32) -> Result<Outcome, String> {
+    async fn promote(
+        &self,
+        job: &PromotionJob,
+        job_id: &str,
+        attempt: u32,
+        promotion: &mut Option<String>,
+    ) -> Result<Outcome, String> {
         let pipeline = self
             .config
             .pipeline(&job.pipeline)
@@ -303,13 +318,30 @@ impl Worker {
 
         let (digest, tag_moved_to) = self.resolve(&source, &job.request).await?;
         let id = promotion_id(&job.pipeline, &job.stage, digest.as_str());
+        *promotion = Some(id.clone());
         let now = now_ms();
         let existing = self.ledger.promotion(&id).await.map_err(|e| e.to_string())?;
         let mut record = match existing {
-            Some(record) if record.state == PromotionState::Succeeded => {
-                // Redelivered, or a duplicate: make sure the next stage was queued, nothing else.
-                self.queue_next_stage(pipeline, index, &record).await?;
-                return Ok(Outcome::Done(format!("{id}: {digest} is already in {}", job.stage)));
+            Some(mut record) if record.state == PromotionState::Succeeded => {
+                let current = self.ledger.environment(&job.pipeline, &job.stage).await.map_err(|e| e.to_string())?;
+                if current.is_some_and(|env| env.current.digest == record.digest) {
+                    // Redelivered, or a duplicate: make sure the next stage was queued, nothing else.
+                    self.queue_next_stage(pipeline, index, &record).await?;
+                    return Ok(Outcome::Done(format!("{id}: {digest} is already in {}", job.stage)));
+                }
+                // It ran here once and was rolled back from. Only a person brings it back; an
+                // old webhook redelivered must not undo a rollback.
+                if job.trigger.as_deref() != Some("manual") {
+                    return Ok(Outcome::Done(format!(
+                        "{id}: {digest} was rolled back from in {}; bring it back with `ferry promote` or `ferry rollback --to`",
+                        job.stage
+                    )));
+                }
+                record.state = PromotionState::Pending;
+                record.trigger = "manual".into();
+                record.triggered_by = job.triggered_by.clone();
+                record.finished_at_ms = None;
+                record
             }
             Some(record) if record.state == PromotionState::Rejected => {
                 return Ok(Outcome::Done(format!("{id}: rejected earlier, not promoting")));
@@ -336,6 +368,7 @@ impl Worker {
                 created_at_ms: now,
                 updated_at_ms: now,
                 finished_at_ms: None,
+                job_id: None,
             },
         };
         if let Some(moved) = &tag_moved_to {
@@ -362,6 +395,7 @@ impl Worker {
 
         record.state = PromotionState::Running;
         record.attempts = attempt;
+        record.job_id = Some(job_id.to_string());
         record.updated_at_ms = now_ms();
         self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
 
@@ -578,12 +612,12 @@ impl Worker {
                     return Ok(GateResult::Wait(PromotionState::AwaitingGate, why));
                 }
                 let soaked_ms = now - env.current.since_ms;
-                let needed_ms = stage.soak_minutes as i64 * 60_000;
+                let needed_ms = stage.soak().as_millis() as i64;
                 if soaked_ms >= needed_ms {
-                    decide(record, "soak", "pass", format!("ran {} min in {previous}", soaked_ms / 60_000));
+                    decide(record, "soak", "pass", format!("ran {} s in {previous}", soaked_ms / 1000));
                     return Ok(GateResult::Pass);
                 }
-                let why = format!("soaking in {previous}: {} more min", (needed_ms - soaked_ms + 59_999) / 60_000);
+                let why = format!("soaking in {previous}: {} s to go", (needed_ms - soaked_ms + 999) / 1000);
                 decide(record, "soak", "wait", why.clone());
                 Ok(GateResult::Wait(PromotionState::AwaitingGate, why))
             }
@@ -676,6 +710,7 @@ impl Worker {
 
     /// Wakes parked promotions whose gate may have opened with time (soak) or expired (approval).
     pub async fn sweep(&self) -> Result<(), String> {
+        self.reconcile_dead_letters().await?;
         let now = now_ms();
         for record in self.ledger.parked(None).await.map_err(|e| e.to_string())? {
             let Some(pipeline) = self.config.pipeline(&record.pipeline) else { continue };
@@ -694,15 +729,34 @@ impl Worker {
         Ok(())
     }
 
-    async fn mark_dead_lettered(&self, job: &PromotionJob, error: &str) {
-        let Some(digest) = job.request.digest.as_ref() else { return };
-        let id = promotion_id(&job.pipeline, &job.stage, digest.as_str());
-        if let Ok(Some(mut record)) = self.ledger.promotion(&id).await {
+    async fn mark_dead_lettered(&self, id: &str, error: &str) {
+        if let Ok(Some(mut record)) = self.ledger.promotion(id).await {
+            if record.state.is_final() {
+                return;
+            }
             record.state = PromotionState::DeadLettered;
             record.error = Some(error.to_string());
             record.updated_at_ms = now_ms();
             let _ = self.ledger.put_promotion(record).await;
         }
+    }
+
+    /// Marks promotions whose job the queue dead-lettered on its own (a worker that kept
+    /// dying on it, or SQS's redrive policy), so the ledger never says `running` forever.
+    async fn reconcile_dead_letters(&self) -> Result<(), String> {
+        for letter in self.queue.dead_letters().await.map_err(|e| e.to_string())? {
+            let Ok(QueuedJob::Promote(job)) = serde_json::from_value::<QueuedJob>(letter.payload.clone()) else {
+                continue;
+            };
+            let history = self.ledger.history(&job.pipeline, Some(&job.stage), 50).await.map_err(|e| e.to_string())?;
+            for record in history {
+                let stuck = !record.state.is_final() && record.state != PromotionState::DeadLettered;
+                if stuck && record.job_id.as_deref() == Some(letter.id.as_str()) {
+                    self.mark_dead_lettered(&record.id, &letter.last_error).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Re-points `stage` to an earlier digest already in its target repository, tags it, and
@@ -728,9 +782,7 @@ impl Worker {
                 .find(|e| e.digest == digest.as_str())
                 .cloned()
                 .ok_or_else(|| format!("{digest} never ran in {pipeline_name}/{stage_name}"))?,
-            None => history
-                .iter()
-                .find(|e| e.digest != current.digest)
+            None => previous_good(&history)
                 .cloned()
                 .ok_or_else(|| format!("{pipeline_name}/{stage_name} has no earlier digest to roll back to"))?,
         };
@@ -763,6 +815,7 @@ impl Worker {
             created_at_ms: now,
             updated_at_ms: now,
             finished_at_ms: None,
+            job_id: None,
         };
         self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
         let delivered = self.deliver(pipeline, stage, &target, &target, &digest, &record, true).await;
@@ -819,9 +872,24 @@ impl Worker {
         );
         job.trigger = Some("manual".into());
         job.triggered_by = by.map(str::to_string);
-        let enqueued = self.queue.enqueue(vec![job.to_new_job()]).await.map_err(|e| e.to_string())?;
+        // Each manual request is its own job: a person asking again means it.
+        let key = format!("manual/{pipeline_name}/{stage_name}/{reference}/{}", now_ms());
+        let enqueued = self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await.map_err(|e| e.to_string())?;
         Ok(enqueued[0].id.clone())
     }
+}
+
+/// The entry a rollback without `--to` returns to: the newest one that is neither the current
+/// digest nor a digest that was itself rolled back from (so two rollbacks in a row go further
+/// back instead of flipping between two releases). `history` is newest first.
+fn previous_good(history: &[EnvironmentEntry]) -> Option<&EnvironmentEntry> {
+    let current = &history.first()?.digest;
+    let rolled_back_from: Vec<&str> = history
+        .windows(2)
+        .filter(|pair| pair[0].promotion_id.starts_with("r-"))
+        .map(|pair| pair[1].digest.as_str())
+        .collect();
+    history.iter().find(|e| &e.digest != current && !rolled_back_from.contains(&e.digest.as_str()))
 }
 
 /// Records a gate decision, unless it repeats the last one (a re-evaluated parked promotion).
@@ -901,6 +969,7 @@ mod tests {
             created_at_ms: 0,
             updated_at_ms: 0,
             finished_at_ms: None,
+            job_id: None,
         }
     }
 
@@ -922,6 +991,30 @@ mod tests {
     fn invalid_or_repeated_target_tags_are_left_out() {
         let custom = stage("target_tags = [\"{stage}\", \"{stage}\", \"release/{tag}\", \"{tag}-{build.number}\"]");
         assert_eq!(names(target_tags(&custom, &record(Some("v1"), Some("7")))), ["dev", "v1-7"]);
+    }
+
+    fn entry(digest: &str, promotion: &str) -> EnvironmentEntry {
+        EnvironmentEntry {
+            digest: digest.into(),
+            tag: None,
+            build_number: None,
+            promotion_id: promotion.into(),
+            since_ms: 0,
+        }
+    }
+
+    #[test]
+    fn rollback_returns_to_the_newest_other_digest() {
+        let history = [entry("b", "p-2"), entry("a", "p-1")];
+        assert_eq!(previous_good(&history).unwrap().digest, "a");
+        assert!(previous_good(&[entry("a", "p-1")]).is_none());
+    }
+
+    #[test]
+    fn a_second_rollback_goes_further_back_instead_of_flipping() {
+        // c was bad: rolled back to b. Rolling back again must not return to c.
+        let history = [entry("b", "r-9"), entry("c", "p-3"), entry("b", "p-2"), entry("a", "p-1")];
+        assert_eq!(previous_good(&history).unwrap().digest, "a");
     }
 
     #[test]

@@ -87,6 +87,9 @@ pub struct PromotionRecord {
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
     pub finished_at_ms: Option<i64>,
+    /// The queue job that last worked on it (to find it again when that job is dead-lettered).
+    #[serde(default)]
+    pub job_id: Option<String>,
 }
 
 /// The deterministic id of the promotion of `digest` into `stage` of `pipeline`, so duplicate

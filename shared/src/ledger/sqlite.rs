@@ -602,6 +602,7 @@ mod tests {
             created_at_ms,
             updated_at_ms: created_at_ms,
             finished_at_ms: None,
+            job_id: None,
         }
     }
 
