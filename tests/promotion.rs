@@ -605,3 +605,182 @@ fn promoting_a_digest_again_after_a_rollback_brings_it_back() {
     let status = pipeline_status(&server);
     assert_eq!(stage(&status, "dev")["current"]["digest"], second, "{status:#}");
 }
+
+/// `ferry serve` with one pipeline whose `[[pipelines.stages]]` tables are given as TOML, plus
+/// an Azure DevOps source (basic auth `ferry:ADO_PASSWORD`).
+fn start_ferry_with_stages(port: u16, source: &str, hosts: &[&str], stages_toml: &str, extra: &str) -> FerryServer {
+    let mut config = String::new();
+    for host in std::iter::once(&source).chain(hosts) {
+        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
+    }
+    config.push_str(&format!(
+        r#"
+[sources.distribution]
+secret_env = "E2E_DISTRIBUTION_SECRET"
+header = "X-Ferry-Secret"
+
+[sources.azure-devops]
+secret_env = "E2E_ADO_PASSWORD"
+username = "ferry"
+
+{extra}
+
+[[pipelines]]
+name = "{PIPELINE}"
+source = "{source}/{REPO}"
+{stages_toml}
+"#
+    ));
+    FerryServer::start_with_operator_token(
+        port,
+        &config,
+        &[
+            ("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET),
+            ("E2E_ADO_PASSWORD", ADO_PASSWORD),
+            ("E2E_NOTIFY_SECRET", NOTIFY_SECRET),
+        ],
+        OPERATOR_TOKEN,
+    )
+}
+
+const ADO_PASSWORD: &str = "promotion-e2e-ado-password";
+const NOTIFY_SECRET: &str = "promotion-e2e-notify-secret";
+
+/// Posts an Azure DevOps release `deployment-completed` event for `environment`.
+fn report_deployment(server: &FerryServer, environment: &str, status: &str) -> u16 {
+    let body = json!({
+        "id": format!("evt-{environment}-{status}-{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()),
+        "eventType": "ms.vss-release.deployment-completed-event",
+        "publisherId": "rm",
+        "resource": { "environment": { "name": environment, "status": status, "release": { "id": 12, "name": "Release-12" } } }
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        reqwest::Client::new()
+            .post(server.url("/hooks/azure-devops"))
+            .basic_auth("ferry", Some(ADO_PASSWORD))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    })
+}
+
+#[test]
+fn after_gate_waits_until_the_previous_stage_reports_deployed() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let stages = format!(
+        "[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"after\"\n",
+        dev.host(),
+        prod.host()
+    );
+    let server = start_ferry_with_stages(port, build.host(), &[dev.host(), prod.host()], &stages, "");
+    let digest = push(&build, "1.0", &[200_000]);
+    wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
+    let pending = wait_for_pending(&server, "prod", &digest);
+    assert_eq!(pending["state"], "awaiting_gate", "{pending:#}");
+    assert!(prod.client().manifest(REPO, "1.0").is_none(), "prod must wait for dev to be deployed");
+
+    // A failed deployment of dev does not open the gate; a successful one does.
+    assert_eq!(report_deployment(&server, "dev", "failed"), 202);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(prod.client().manifest(REPO, "1.0").is_none(), "a failed dev deployment opened the gate");
+    assert_eq!(report_deployment(&server, "dev", "succeeded"), 202);
+    wait_for_tag(&server, &prod, "prod", &digest, Duration::from_secs(60));
+    assert_digest_exact(&prod, "1.0", &digest);
+    let record = promotion(&server, "prod", &digest);
+    let gates: Vec<&str> =
+        record["gates"].as_array().unwrap().iter().map(|g| g["decision"].as_str().unwrap()).collect();
+    assert_eq!(gates.first(), Some(&"wait"));
+    assert_eq!(gates.last(), Some(&"pass"), "{record:#}");
+}
+
+#[test]
+fn soak_gate_waits_its_time_in_the_previous_stage() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let stages = format!(
+        "[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"soak\"\nsoak_secs = 3\n",
+        dev.host(),
+        prod.host()
+    );
+    let server =
+        start_ferry_with_stages(port, build.host(), &[dev.host(), prod.host()], &stages, "[worker]\nsweep_secs = 1\n");
+    let digest = push(&build, "1.0", &[200_000]);
+    wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
+    wait_for_tag(&server, &prod, "prod", &digest, Duration::from_secs(60));
+    let status = pipeline_status(&server);
+    let dev_since = stage(&status, "dev")["current"]["since_ms"].as_i64().unwrap();
+    let prod_since = stage(&status, "prod")["current"]["since_ms"].as_i64().unwrap();
+    assert!(prod_since - dev_since >= 3_000, "prod came {} ms after dev, before the 3 s soak", prod_since - dev_since);
+    assert_digest_exact(&prod, "1.0", &digest);
+}
+
+/// A deploy-webhook receiver: checks Ferry's signature and keeps what arrived.
+struct Receiver {
+    port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<(bool, Value)>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        use axum::body::Bytes;
+        use axum::http::HeaderMap;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let received: std::sync::Arc<std::sync::Mutex<Vec<(bool, Value)>>> = Default::default();
+        let store = received.clone();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new().route(
+            "/deployed",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let store = store.clone();
+                async move {
+                    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let expected = ferry_core::intake::verify::generic_signature(
+                        NOTIFY_SECRET.as_bytes(),
+                        &header("x-ferry-timestamp"),
+                        &body,
+                    );
+                    let signed = header("x-ferry-signature") == expected;
+                    store.lock().unwrap().push((signed, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            }),
+        );
+        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { port, received, _runtime: runtime }
+    }
+}
+
+#[test]
+fn webhook_notifier_sends_a_signed_deployment_that_opens_the_after_gate() {
+    let receiver = Receiver::start();
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let stages = format!(
+        "[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\nnotify = {{ kind = \"webhook\", url = \"http://127.0.0.1:{}/deployed\", secret_env = \"E2E_NOTIFY_SECRET\" }}\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"after\"\n",
+        dev.host(),
+        receiver.port,
+        prod.host()
+    );
+    let server = start_ferry_with_stages(port, build.host(), &[dev.host(), prod.host()], &stages, "");
+    let digest = push(&build, "1.0", &[200_000]);
+    // dev's notifier confirms the deployment, so prod's `after` gate opens without a release event.
+    wait_for_tag(&server, &prod, "prod", &digest, Duration::from_secs(60));
+    let received = receiver.received.lock().unwrap().clone();
+    assert_eq!(received.len(), 1, "one deployment notification: {received:#?}");
+    let (signed, event) = &received[0];
+    assert!(signed, "the notification carries a valid X-Ferry-Signature");
+    assert_eq!(event["event"], "ferry.deployed");
+    assert_eq!(event["deployment"]["stage"], "dev");
+    assert_eq!(event["deployment"]["image"], format!("{}/{REPO}@{digest}", dev.host()));
+    assert_eq!(event["deployment"]["rollback"], false);
+}
