@@ -8,4 +8,5 @@ pub mod ledger;
 pub mod ops;
 pub mod queue;
 pub mod registry;
+pub mod store;
 pub mod worker;

@@ -14,16 +14,15 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior, params};
+use crate::store::{self, StoreKind};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
     Approval, DeploymentRecord, EnvironmentEntry, EnvironmentState, Ledger, LedgerError, LedgerFuture, PromotionRecord,
     PromotionState,
 };
 
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The states [`Ledger::parked`] lists (those for which [`PromotionState::is_parked`] holds).
 const PARKED: [PromotionState; 2] = [PromotionState::AwaitingApproval, PromotionState::AwaitingGate];
 
@@ -448,120 +447,16 @@ fn environment_entry(row: &Row<'_>) -> rusqlite::Result<EnvironmentEntry> {
     })
 }
 
+/// This kind of file, for [`store::open`].
+const STORE: StoreKind =
+    StoreKind { name: "ledger", application_id: APPLICATION_ID, schema_version: SCHEMA_VERSION, schema: SCHEMA };
+
 fn open_connection(path: &Path) -> Result<Connection, LedgerError> {
-    let fail = |doing: &str, e: rusqlite::Error| {
-        LedgerError::Unavailable(format!(
-            "cannot open ledger database {}: {doing} failed: {e}{}",
-            path.display(),
-            hint(&e)
-        ))
-    };
-    let conn = Connection::open(path).map_err(|e| fail("open", e))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("setting busy_timeout", e))?;
-    let journal_mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(|e| fail("switching to WAL", e))?;
-    if !journal_mode.eq_ignore_ascii_case("wal") {
-        return Err(LedgerError::Unavailable(format!(
-            "cannot open ledger database {}: its filesystem does not support WAL mode \
-             (journal_mode stayed {journal_mode}); put the ledger file on a local disk",
-            path.display()
-        )));
-    }
-    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail("setting synchronous=FULL", e))?;
-    migrate(&conn, path)?;
-    // SQLite fsyncs the WAL on commit, but not the directory entry of a new database file.
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(|e| {
-        LedgerError::Unavailable(format!(
-            "cannot sync directory {} of ledger database {}: {e}",
-            dir.display(),
-            path.display()
-        ))
-    })?;
-    conn.set_prepared_statement_cache_capacity(32);
-    Ok(conn)
+    store::open(path, &STORE).map_err(LedgerError::Unavailable)
 }
 
-/// Creates the schema in a new file, or checks that an existing file holds a ledger this build
-/// understands. Runs under a write lock, so two processes opening a new file cannot both create.
-fn migrate(conn: &Connection, path: &Path) -> Result<(), LedgerError> {
-    let fail = |doing: &str, e: rusqlite::Error| {
-        LedgerError::Unavailable(format!(
-            "cannot open ledger database {}: {doing} failed: {e}{}",
-            path.display(),
-            hint(&e)
-        ))
-    };
-    let not_ours = |detail: String| {
-        LedgerError::Unavailable(format!(
-            "{} is not a Ferry ledger database ({detail}); the ledger needs a file of its own",
-            path.display()
-        ))
-    };
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| fail("locking for the schema check", e))?;
-    let checked = (|| {
-        let application_id: i64 = conn
-            .pragma_query_value(None, "application_id", |row| row.get(0))
-            .map_err(|e| fail("reading application_id", e))?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(|e| fail("reading user_version", e))?;
-        match (application_id, version) {
-            (0, 0) => {
-                let objects: i64 = conn
-                    .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
-                    .map_err(|e| fail("reading the schema", e))?;
-                if objects > 0 {
-                    return Err(not_ours(format!("it already holds {objects} tables/indexes")));
-                }
-                conn.execute_batch(&format!(
-                    "{SCHEMA}
-                     PRAGMA application_id = {APPLICATION_ID};
-                     PRAGMA user_version = {SCHEMA_VERSION};"
-                ))
-                .map_err(|e| fail("creating the schema", e))
-            }
-            (APPLICATION_ID, SCHEMA_VERSION) => Ok(()),
-            (APPLICATION_ID, version) if version > SCHEMA_VERSION => Err(LedgerError::Unavailable(format!(
-                "ledger database {} has schema version {version}, newer than this ferry \
-                 understands ({SCHEMA_VERSION}); run a newer ferry",
-                path.display()
-            ))),
-            (APPLICATION_ID, version) => Err(LedgerError::Unavailable(format!(
-                "ledger database {} has unknown schema version {version}",
-                path.display()
-            ))),
-            (application_id, version) => {
-                Err(not_ours(format!("application_id {application_id:#x}, user_version {version}")))
-            }
-        }
-    })();
-    let end = if checked.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    conn.execute_batch(end).map_err(|e| fail("committing the schema", e))?;
-    checked
-}
-
-/// What a user can do about an SQLite error, appended to its message.
-fn hint(error: &rusqlite::Error) -> &'static str {
-    match error.sqlite_error_code() {
-        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
-            "; check that the directory exists and that it and the file are writable by the \
-             user running ferry"
-        }
-        Some(ErrorCode::DiskFull) => "; the disk is full: free some space",
-        Some(ErrorCode::SystemIoFailure) => "; the disk reported an I/O error",
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            "; another process kept the ledger file locked for longer than the busy timeout (5s)"
-        }
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-            "; the file is damaged or not a ledger database: move it aside"
-        }
-        _ => "",
-    }
+fn hint(error: &rusqlite::Error) -> String {
+    store::hint(&STORE, error)
 }
 
 #[cfg(test)]

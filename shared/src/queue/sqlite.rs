@@ -25,7 +25,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use crate::store::{self, StoreKind};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -35,7 +36,6 @@ use super::{DeadLetter, Delivery, Enqueued, JobQueue, NewJob, QueueError, QueueF
 const MAX_BATCH: usize = 512;
 /// Requests waiting for the writer before callers wait to send (backpressure).
 const CHANNEL_CAPACITY: usize = 4 * MAX_BATCH;
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Acked jobs whose dedup window has passed are deleted at most this often.
 const PRUNE_EVERY_MS: i64 = 1_000;
 /// `last_error` is cut to this many bytes.
@@ -446,121 +446,16 @@ fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, Failure> {
         .collect())
 }
 
-/// Opens the file, sets the durability pragmas and creates or checks the schema.
+/// This kind of file, for [`store::open`].
+const STORE: StoreKind =
+    StoreKind { name: "job queue", application_id: APPLICATION_ID, schema_version: SCHEMA_VERSION, schema: SCHEMA };
+
 fn open_connection(path: &Path) -> Result<Connection, QueueError> {
-    let fail = |doing: &str, e: rusqlite::Error| {
-        QueueError::Unavailable(format!(
-            "cannot open job queue database {}: {doing} failed: {e}{}",
-            path.display(),
-            hint(&e)
-        ))
-    };
-    let conn = Connection::open(path).map_err(|e| fail("open", e))?;
-    conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("setting busy_timeout", e))?;
-    let journal_mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(|e| fail("switching to WAL", e))?;
-    if !journal_mode.eq_ignore_ascii_case("wal") {
-        return Err(QueueError::Unavailable(format!(
-            "cannot open job queue database {}: its filesystem does not support WAL mode \
-             (journal_mode stayed {journal_mode}); put the queue file on a local disk",
-            path.display()
-        )));
-    }
-    conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail("setting synchronous=FULL", e))?;
-    migrate(&conn, path)?;
-    // SQLite fsyncs the WAL on commit, but not the directory entry of a new database file.
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir).and_then(|dir| dir.sync_all()).map_err(|e| {
-        QueueError::Unavailable(format!(
-            "cannot sync directory {} of job queue database {}: {e}",
-            dir.display(),
-            path.display()
-        ))
-    })?;
-    conn.set_prepared_statement_cache_capacity(32);
-    Ok(conn)
+    store::open(path, &STORE).map_err(QueueError::Unavailable)
 }
 
-/// Creates the schema in a new file, or checks that an existing file holds a queue this build
-/// understands. Runs under a write lock, so two processes opening a new file cannot both create.
-fn migrate(conn: &Connection, path: &Path) -> Result<(), QueueError> {
-    let fail = |doing: &str, e: rusqlite::Error| {
-        QueueError::Unavailable(format!(
-            "cannot open job queue database {}: {doing} failed: {e}{}",
-            path.display(),
-            hint(&e)
-        ))
-    };
-    let not_ours = |detail: String| {
-        QueueError::Unavailable(format!(
-            "{} is not a Ferry job queue database ({detail}); the queue needs a file of its own",
-            path.display()
-        ))
-    };
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| fail("locking for the schema check", e))?;
-    let checked = (|| {
-        let application_id: i64 = conn
-            .pragma_query_value(None, "application_id", |row| row.get(0))
-            .map_err(|e| fail("reading application_id", e))?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |row| row.get(0))
-            .map_err(|e| fail("reading user_version", e))?;
-        match (application_id, version) {
-            (0, 0) => {
-                let objects: i64 = conn
-                    .query_row("SELECT count(*) FROM sqlite_schema", [], |row| row.get(0))
-                    .map_err(|e| fail("reading the schema", e))?;
-                if objects > 0 {
-                    return Err(not_ours(format!("it already holds {objects} tables/indexes")));
-                }
-                conn.execute_batch(&format!(
-                    "{SCHEMA}
-                     PRAGMA application_id = {APPLICATION_ID};
-                     PRAGMA user_version = {SCHEMA_VERSION};"
-                ))
-                .map_err(|e| fail("creating the schema", e))
-            }
-            (APPLICATION_ID, SCHEMA_VERSION) => Ok(()),
-            (APPLICATION_ID, version) if version > SCHEMA_VERSION => Err(QueueError::Unavailable(format!(
-                "job queue database {} has schema version {version}, newer than this ferry \
-                     understands ({SCHEMA_VERSION}); run a newer ferry",
-                path.display()
-            ))),
-            (APPLICATION_ID, version) => Err(QueueError::Unavailable(format!(
-                "job queue database {} has unknown schema version {version}",
-                path.display()
-            ))),
-            (application_id, version) => {
-                Err(not_ours(format!("application_id {application_id:#x}, user_version {version}")))
-            }
-        }
-    })();
-    let end = if checked.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    conn.execute_batch(end).map_err(|e| fail("committing the schema", e))?;
-    checked
-}
-
-/// What a user can do about an SQLite error, appended to its message.
-fn hint(error: &rusqlite::Error) -> &'static str {
-    match error.sqlite_error_code() {
-        Some(ErrorCode::CannotOpen | ErrorCode::ReadOnly | ErrorCode::PermissionDenied) => {
-            "; check that the directory exists and that it and the file are writable by the \
-             user running ferry"
-        }
-        Some(ErrorCode::DiskFull) => "; the disk is full: free some space",
-        Some(ErrorCode::SystemIoFailure) => "; the disk reported an I/O error",
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
-            "; another process holds the queue file locked: only one ferry may use it"
-        }
-        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
-            "; the file is damaged or not a queue database: move it aside"
-        }
-        _ => "",
-    }
+fn hint(error: &rusqlite::Error) -> String {
+    store::hint(&STORE, error)
 }
 
 /// A UUIDv7: ordered by time, so new ids append to the id index instead of landing on random
