@@ -213,6 +213,17 @@ def cmd_wait_registry(a):
     sys.exit(f"registry {a.registry} not ready after {a.timeout}s")
 
 
+def cmd_ferry_json(a):
+    """Summarise ferry's --json report as 'blobs=copied/mounted/skipped moved=BYTES'."""
+    try:
+        with open(a.file) as f:
+            lines = [l for l in f.read().splitlines() if l.strip().startswith("{")]
+        r = json.loads(lines[-1])
+        print(f"blobs={r['blobs_copied']}/{r['blobs_mounted']}/{r['blobs_skipped']} moved={r['bytes_transferred']}")
+    except (OSError, IndexError, KeyError, ValueError):
+        print("blobs=?")
+
+
 def cmd_gnutime(a):
     rss, status = "NA", "NA"
     with open(a.file, errors="replace") as f:
@@ -253,13 +264,16 @@ def cmd_summarize(a):
             image, nbytes, scen, tool, run, wall, rss, ok, *note = line.rstrip("\n").split("\t")
             sizes[image] = int(nbytes)
             key = (image, scen)
-            d = rows.setdefault(key, {}).setdefault(tool, {"t": [], "m": [], "bad": 0, "n": 0})
+            d = rows.setdefault(key, {}).setdefault(tool, {"t": [], "m": [], "bad": 0, "n": 0, "notes": []})
             d["n"] += 1
             if ok != "ok":
                 d["bad"] += 1
                 failures.append(f"{image}/{SCEN_LABEL.get(scen, scen)}/{tool} run {run}: {ok} {' '.join(note)}".rstrip())
                 continue
             d["t"].append(float(wall))
+            m_ = re.search(r"blobs=(\S+)", " ".join(note))
+            if m_:
+                d["notes"].append(m_.group(1))
             if rss not in ("NA", ""):
                 d["m"].append(int(rss) / 1024.0)
 
@@ -271,9 +285,9 @@ def cmd_summarize(a):
     big = "big"  # the RSS target is defined for the big (1 GiB) image
     out = []
     out.append(
-        "| image | scenario | ferry time | skopeo time | speedup (skopeo/ferry) | ferry peak RSS | skopeo peak RSS | runs (ok/total) | target | result |"
+        "| image | scenario | ferry time | skopeo time | speedup (skopeo/ferry) | ferry peak RSS | skopeo peak RSS | ferry blobs copied/mounted/skipped | runs (ok/total) | target | result |"
     )
-    out.append("|---|---|---:|---:|---:|---:|---:|---|---|---|")
+    out.append("|---|---|---:|---:|---:|---:|---:|---|---|---|---|")
     verdicts = []
     for (image, scen) in sorted(rows, key=lambda k: (-sizes[k[0]], SCEN_ORDER.get(k[1], 9))):
         r = rows[(image, scen)]
@@ -299,8 +313,12 @@ def cmd_summarize(a):
             results.append("n/a" if fm is None and not ferry_failed else ("FAIL" if ferry_failed or fm > TARGET_RSS_MIB else "PASS"))
         for t, res in zip(targets, results):
             verdicts.append((f"{image} {SCEN_LABEL.get(scen, scen)}: {t}", res))
+        blobs = "—"
+        if fe and fe["notes"]:
+            uniq = sorted(set(fe["notes"]), key=fe["notes"].index)
+            blobs = ", ".join(uniq)
         out.append(
-            "| {} ({:.0f} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            "| {} ({:.0f} MiB) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
                 image,
                 sizes[image] / 1048576,
                 SCEN_LABEL.get(scen, scen),
@@ -309,6 +327,7 @@ def cmd_summarize(a):
                 "—" if speed is None else f"{speed:.2f}×",
                 _fmt_m(fm),
                 _fmt_m(sm),
+                blobs,
                 runs,
                 "; ".join(targets) or "—",
                 "; ".join(results) or "—",
@@ -372,6 +391,9 @@ def main():
     s.add_argument("registry")
     s.add_argument("timeout", type=float, nargs="?", default=20.0)
     s.set_defaults(f=cmd_wait_registry)
+    s = sub.add_parser("ferry-json")
+    s.add_argument("file")
+    s.set_defaults(f=cmd_ferry_json)
     s = sub.add_parser("gnutime")
     s.add_argument("file")
     s.set_defaults(f=cmd_gnutime)

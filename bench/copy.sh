@@ -13,6 +13,8 @@
 #   FERRY_BIN             use this ferry binary instead of `cargo build --release`
 #   BENCH_TMPDIR [/tmp]   parent of the temp dir holding registry storage
 #   RUN_TIMEOUT [900]     seconds before a single copy is killed
+#   BENCH_NICE [0]        nice value for registries and copies (e.g. -10 as root,
+#                         to shield the measurement from concurrent builds)
 #   BENCHMARKS_MD [<repo>/BENCHMARKS.md]  file updated by --record
 set -euo pipefail
 
@@ -30,6 +32,8 @@ IMAGES=${IMAGES:-big,small}
 SCENARIOS=${SCENARIOS:-cold,warm,mount}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
 RUN_TIMEOUT=${RUN_TIMEOUT:-900}
+BENCH_NICE=${BENCH_NICE:-0}
+NICE=(nice -n "$BENCH_NICE")
 BENCHMARKS_MD=${BENCHMARKS_MD:-$ROOT/BENCHMARKS.md}
 ONLY=both
 RECORD=0
@@ -85,17 +89,27 @@ if [ "$ONLY" != skopeo ]; then
   FERRY_BIN=$(readlink -f "$FERRY_BIN")
   "$FERRY_BIN" copy --help >/dev/null 2>&1 \
     || die "$FERRY_BIN has no working 'copy' subcommand (use --only skopeo to benchmark skopeo alone)"
+  FERRY_SRC_BIN=$FERRY_BIN
+  FERRY_BUILT=$(date -r "$FERRY_BIN" -u +%Y-%m-%dT%H:%MZ)
+  FERRY_SHA=$(sha256sum "$FERRY_BIN" | cut -c1-12)
 fi
 
-if pgrep -x rustc >/dev/null 2>&1 || pgrep -x cargo >/dev/null 2>&1; then
+builds_running() { pgrep -x rustc >/dev/null 2>&1 || pgrep -x cargo >/dev/null 2>&1; }
+if builds_running; then
   log "WARNING: cargo/rustc processes are running; timings on this $(nproc)-core machine will be noisy"
 fi
+RUNS_TOTAL=0 RUNS_CONTENDED=0
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ------------------------------------------------------------------ temp dir + registries
 mkdir -p "$OUT"
 TMP=$(mktemp -d "$BENCH_TMPDIR/ferry-bench.XXXXXX")
 declare -A REG_PID=() REG_PORT=() REG_DIR=()
+if [ "$ONLY" != skopeo ]; then
+  # Private copy: a rebuild of target/release/ferry by someone else mid-run must not change the binary under test.
+  cp "$FERRY_BIN" "$TMP/ferry"
+  FERRY_BIN="$TMP/ferry"
+fi
 
 cleanup() {
   local rc=$?
@@ -139,7 +153,7 @@ http:
   addr: 127.0.0.1:$port
   secret: ferry-bench-$name
 EOF
-  docker-registry serve "$dir/config.yml" >>"$TMP/registry-$name.log" 2>&1 &
+  "${NICE[@]}" docker-registry serve "$dir/config.yml" >>"$TMP/registry-$name.log" 2>&1 &
   REG_PID[$name]=$!
   REG_PORT[$name]=$port
   REG_DIR[$name]=$dir
@@ -220,9 +234,11 @@ timed_run() {
   fi
   printf '%q ' "${cmd[@]}" >"$base.cmd"; echo >>"$base.cmd"
   sync
+  RUNS_TOTAL=$((RUNS_TOTAL + 1))
+  if builds_running; then RUNS_CONTENDED=$((RUNS_CONTENDED + 1)); fi
   local t0 t1 rc=0
   t0=$(date +%s%N)
-  timeout "$RUN_TIMEOUT" /usr/bin/time -v -o "$base.time" "${cmd[@]}" >"$base.out" 2>"$base.err" || rc=$?
+  "${NICE[@]}" timeout "$RUN_TIMEOUT" /usr/bin/time -v -o "$base.time" "${cmd[@]}" >"$base.out" 2>"$base.err" || rc=$?
   t1=$(date +%s%N)
   local wall rss status
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f", (b-a)/1e9}')
@@ -236,6 +252,8 @@ timed_run() {
     got=$("${LIB[@]}" head-digest "$dreg" "$drepo" "$dtag" 2>>"$base.err") || true
     if [ "$got" != "${IMG_DIGEST[$img]}" ]; then
       ok="digest-mismatch"; note="target $got != source ${IMG_DIGEST[$img]}"
+    elif [ "$tool" = ferry ]; then
+      note=$("${LIB[@]}" ferry-json "$base.out")
     fi
   fi
   printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
@@ -289,6 +307,7 @@ for img in "${IMAGE_LIST[@]}"; do
 done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 cp "$RESULTS" "$OUT/last-results.tsv"
+[ "$RUNS_CONTENDED" -eq 0 ] || log "WARNING: cargo/rustc was running at the start of $RUNS_CONTENDED of $RUNS_TOTAL timed runs"
 
 # ------------------------------------------------------------------ report
 TABLE=$("${LIB[@]}" summarize "$RESULTS")
@@ -299,14 +318,18 @@ if [ "$RECORD" = 1 ]; then
   mem=$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
   ferry_ver="not run"
   if [ "$ONLY" != skopeo ]; then
-    ferry_ver="$("$FERRY_BIN" --version 2>/dev/null || echo ferry) ($(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo 'no commit'), built $(date -r "$FERRY_BIN" -u +%Y-%m-%dT%H:%MZ))"
+    ferry_ver="$("$FERRY_BIN" --version 2>/dev/null || echo ferry) (git $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo 'no commit'); binary $FERRY_SRC_BIN built $FERRY_BUILT, sha256 $FERRY_SHA…)"
+  fi
+  contention="No cargo/rustc process was running at the start of any timed run."
+  if [ "$RUNS_CONTENDED" -gt 0 ]; then
+    contention="**Other cargo/rustc builds were running at the start of $RUNS_CONTENDED of $RUNS_TOTAL timed runs** (registries and copies ran at nice $BENCH_NICE); expect noise."
   fi
   img_lines=""
   for img in "${IMAGE_LIST[@]}"; do
     img_lines+="- \`$img\`: ${IMG_DESC[$img]} (${IMG_BYTES[$img]} bytes of blobs), random incompressible tar+gzip layers, manifest \`${IMG_DIGEST[$img]}\`"$'\n'
   done
   cmdline="bench/copy.sh${ARGV[*]:+ ${ARGV[*]}}"
-  envs="RUNS=$RUNS BIG_MIB=$BIG_MIB BIG_LAYERS=$BIG_LAYERS SMALL_MIB=$SMALL_MIB SMALL_LAYERS=$SMALL_LAYERS"
+  envs="BENCH_NICE=$BENCH_NICE RUNS=$RUNS BIG_MIB=$BIG_MIB BIG_LAYERS=$BIG_LAYERS SMALL_MIB=$SMALL_MIB SMALL_LAYERS=$SMALL_LAYERS"
   section="$TMP/section.md"
   cat >"$section" <<EOF
 ## Copy
@@ -316,7 +339,7 @@ Recorded $(date -u '+%Y-%m-%d %H:%M UTC') with \`$envs $cmdline\`.
 
 $TABLE
 
-**Machine:** $(nproc) CPUs ($cpu), $mem RAM, kernel $(uname -r). Load average at start/end: $LOAD_START / $LOAD_END.
+**Machine:** $(nproc) CPUs ($cpu), $mem RAM, kernel $(uname -r). Load average at start/end: $LOAD_START / $LOAD_END. $contention
 **Versions:** $ferry_ver; $(skopeo --version); $(docker-registry --version 2>&1 | head -1).
 
 **Setup:**
@@ -326,7 +349,7 @@ ${img_lines%$'\n'}
 - **warm**: target repository already holds all blobs and the manifest (seeded once by skopeo under another tag); each run copies to a new tag in it.
 - **same-registry**: copy within the source registry to a new repository per run (ferry should cross-repo mount; skopeo does what it does).
 - $RUNS runs per tool per scenario, alternating ferry/skopeo (order flipped every run). Wall time measured around the process; peak RSS is \`Maximum resident set size\` from \`/usr/bin/time -v\`. After every run the target manifest is HEADed and its \`Docker-Content-Digest\` must equal the source digest, otherwise the run counts as failed.
-- ferry: \`ferry copy --plain-http SRC --plain-http DST --json SRC/bench/IMG:v1 DST/REPO:TAG\`; skopeo: \`skopeo copy --insecure-policy --src-tls-verify=false --dest-tls-verify=false docker://… docker://…\` (skopeo keeps its usual blob-info cache in /var/lib/containers/cache).
+- ferry: \`ferry copy --plain-http SRC --plain-http DST --json SRC/bench/IMG:v1 DST/REPO:TAG\`; skopeo: \`skopeo copy --insecure-policy --src-tls-verify=false --dest-tls-verify=false docker://… docker://…\` (skopeo keeps its usual blob-info cache in /var/lib/containers/cache). Both with default settings (ferry \`--jobs 4\`, referrers on; skopeo's default parallelism). "ferry blobs" is taken from ferry's \`--json\` report.
 EOF
   "${LIB[@]}" record "$BENCHMARKS_MD" "$section"
   log "updated '## Copy' section in $BENCHMARKS_MD"
