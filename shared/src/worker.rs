@@ -631,9 +631,10 @@ impl Worker {
         index: usize,
         record: &PromotionRecord,
     ) -> Result<(), String> {
-        let Some(next) = pipeline.stages.get(index + 1) else { return Ok(()) };
+        if index + 1 >= pipeline.stages.len() {
+            return Ok(());
+        }
         let job = self.job_for(pipeline, index + 1, record, format!("previous-stage:{}", record.stage), None);
-        let _ = next;
         self.queue.enqueue(vec![job.to_new_job()]).await.map_err(|e| e.to_string())?;
         Ok(())
     }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION};
-use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use url::Url;
@@ -616,10 +616,6 @@ impl RegistryClient {
         self.base
             .join(&location)
             .map_err(|e| CopyError::Invalid(format!("{}: {what}: unusable Location `{location}`: {e}", self.host)))
-    }
-
-    pub fn method_path(method: &Method, url: &Url) -> String {
-        format!("{method} {}", url.path())
     }
 }
 
