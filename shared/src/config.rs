@@ -172,6 +172,9 @@ pub struct Stage {
     pub azure_devops_environment: Option<String>,
 }
 
+/// The longest soak a stage may ask for.
+const MAX_SOAK: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
 fn default_approvers() -> u32 {
     1
 }
@@ -363,6 +366,26 @@ impl Config {
                 let target = RepoName::parse(stage.target.get_ref())
                     .map_err(|e| at(stage.target.span(), format!("{stage_key}.target: {e}")))?;
                 config.check_registry(&target, &stage_key, "target").map_err(|m| at(stage.target.span(), m))?;
+                if j == 0 && matches!(stage.gate, Gate::After | Gate::Soak) {
+                    return Err(at(
+                        stage.name.span(),
+                        format!("{stage_key}.gate: `after` and `soak` need a previous stage"),
+                    ));
+                }
+                if stage.gate == Gate::Approval && stage.approvers == 0 {
+                    return Err(at(stage.name.span(), format!("{stage_key}.approvers: at least 1")));
+                }
+                if stage.soak() > MAX_SOAK {
+                    return Err(at(
+                        stage.name.span(),
+                        format!("{stage_key}: a soak longer than a year is surely a typo"),
+                    ));
+                }
+                for pattern in &stage.target_tags {
+                    if pattern.trim().is_empty() {
+                        return Err(at(stage.name.span(), format!("{stage_key}.target_tags: empty template")));
+                    }
+                }
             }
         }
         Ok(config)
@@ -425,7 +448,7 @@ impl Pipeline {
 
 impl Stage {
     pub fn soak(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.soak_minutes * 60 + self.soak_secs)
+        std::time::Duration::from_secs(self.soak_minutes.saturating_mul(60).saturating_add(self.soak_secs))
     }
 
     pub fn target_repo(&self) -> RepoName {
@@ -528,6 +551,28 @@ tags = ["v*"]
         assert!(Config::parse(no_stages, "f").unwrap_err().to_string().contains("at least one stage"));
         let tagged = GOOD.replace("source = \"127.0.0.1:5001/shop/api\"", "source = \"127.0.0.1:5001/shop/api:v1\"");
         assert!(Config::parse(&tagged, "f").unwrap_err().to_string().contains("without tag"));
+    }
+
+    #[test]
+    fn gates_that_need_a_previous_stage_are_refused_on_the_first() {
+        for gate in ["after", "soak"] {
+            let text = GOOD.replace(
+                "target = \"127.0.0.1:5002/shop/api\"",
+                &format!("target = \"127.0.0.1:5002/shop/api\"\n  gate = \"{gate}\""),
+            );
+            let err = Config::parse(&text, "f").unwrap_err().to_string();
+            assert!(err.contains("need a previous stage"), "{gate}: {err}");
+        }
+        let zero = GOOD.replace(
+            "target = \"127.0.0.1:5002/shop/api\"",
+            "target = \"127.0.0.1:5002/shop/api\"\n  gate = \"approval\"\n  approvers = 0",
+        );
+        assert!(Config::parse(&zero, "f").unwrap_err().to_string().contains("at least 1"));
+        let long = GOOD.replace(
+            "target = \"127.0.0.1:5002/shop/api\"",
+            "target = \"127.0.0.1:5002/shop/api\"\n  soak_minutes = 307445734561825861",
+        );
+        assert!(Config::parse(&long, "f").unwrap_err().to_string().contains("longer than a year"));
     }
 
     #[test]

@@ -133,10 +133,13 @@ pub(crate) fn digest_field(sender: Sender, value: Option<String>) -> Result<Opti
 /// A repository path as registries accept it; rejects anything that could escape a URL path.
 pub(crate) fn repository_field(sender: Sender, value: Option<String>) -> Result<String, PayloadError> {
     let repository = non_empty(value).ok_or_else(|| PayloadError::invalid(sender, "missing repository"))?;
-    let probe = format!("registry.invalid/{repository}");
-    probe
-        .parse::<crate::registry::RegistryRef>()
-        .map_err(|_| PayloadError::invalid(sender, format!("`{repository}` is not a valid repository name")))?;
+    let invalid = || PayloadError::invalid(sender, format!("`{repository}` is not a valid repository name"));
+    let probe: crate::registry::RegistryRef =
+        format!("registry.invalid/{repository}").parse().map_err(|_| invalid())?;
+    // The probe also parses with a `:tag` or `@digest` on the end; a repository has neither.
+    if probe.image.tag.is_some() || probe.image.digest.is_some() {
+        return Err(invalid());
+    }
     Ok(repository)
 }
 

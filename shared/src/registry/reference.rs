@@ -283,7 +283,15 @@ impl FromStr for Location {
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Location::Registry(r) => r.fmt(f),
+            Location::Registry(r) => {
+                // A host named `oci:…` or `docker-archive:…` would read back as another transport.
+                let text = r.to_string();
+                if text.starts_with("oci:") || text.starts_with("docker-archive:") {
+                    write!(f, "docker://{text}")
+                } else {
+                    f.write_str(&text)
+                }
+            }
             Location::OciLayout { dir, tag: Some(t) } => write!(f, "oci:{}:{t}", dir.display()),
             Location::OciLayout { dir, tag: None } => write!(f, "oci:{}", dir.display()),
             Location::DockerArchive { file } => write!(f, "docker-archive:{}", file.display()),
