@@ -13,6 +13,8 @@
 #   FERRY_BIN             use this ferry binary instead of `cargo build --release`
 #   BENCH_TMPDIR [/tmp]   parent of the temp dir holding registry storage
 #   RUN_TIMEOUT [900]     seconds before a single copy is killed
+#   QUIET_WAIT [0]        before each timed run, wait up to this many seconds for
+#                         running cargo/rustc processes (someone else's builds) to end
 #   BENCH_NICE [0]        nice value for registries and copies (e.g. -10 as root,
 #                         to shield the measurement from concurrent builds)
 #   BENCHMARKS_MD [<repo>/BENCHMARKS.md]  file updated by --record
@@ -33,6 +35,7 @@ SCENARIOS=${SCENARIOS:-cold,warm,mount}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
 RUN_TIMEOUT=${RUN_TIMEOUT:-900}
 BENCH_NICE=${BENCH_NICE:-0}
+QUIET_WAIT=${QUIET_WAIT:-0}
 NICE=(nice -n "$BENCH_NICE")
 BENCHMARKS_MD=${BENCHMARKS_MD:-$ROOT/BENCHMARKS.md}
 ONLY=both
@@ -80,6 +83,7 @@ if [ ${#pkgs[@]} -gt 0 ]; then
 fi
 
 if [ "$ONLY" != skopeo ]; then
+  FERRY_PREBUILT=${FERRY_BIN:+1}
   if [ -z "${FERRY_BIN:-}" ]; then
     log "building ferry (cargo build --release --bin ferry)"
     (cd "$ROOT" && cargo build --release --bin ferry >&2)
@@ -107,7 +111,7 @@ TMP=$(mktemp -d "$BENCH_TMPDIR/ferry-bench.XXXXXX")
 declare -A REG_PID=() REG_PORT=() REG_DIR=()
 if [ "$ONLY" != skopeo ]; then
   # Private copy: a rebuild of target/release/ferry by someone else mid-run must not change the binary under test.
-  cp "$FERRY_BIN" "$TMP/ferry"
+  cp -p "$FERRY_BIN" "$TMP/ferry"
   FERRY_BIN="$TMP/ferry"
 fi
 
@@ -233,6 +237,9 @@ timed_run() {
       "docker://$sref" "docker://$dref")
   fi
   printf '%q ' "${cmd[@]}" >"$base.cmd"; echo >>"$base.cmd"
+  local waited=0
+  while [ "$waited" -lt "$QUIET_WAIT" ] && builds_running; do sleep 2; waited=$((waited + 2)); done
+  [ "$waited" -eq 0 ] || log "waited ${waited}s for cargo/rustc to finish"
   sync
   RUNS_TOTAL=$((RUNS_TOTAL + 1))
   if builds_running; then RUNS_CONTENDED=$((RUNS_CONTENDED + 1)); fi
@@ -318,7 +325,7 @@ if [ "$RECORD" = 1 ]; then
   mem=$(awk '/^MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo)
   ferry_ver="not run"
   if [ "$ONLY" != skopeo ]; then
-    ferry_ver="$("$FERRY_BIN" --version 2>/dev/null || echo ferry) (git $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo 'no commit'); binary $FERRY_SRC_BIN built $FERRY_BUILT, sha256 $FERRY_SHA…)"
+    ferry_ver="$("$FERRY_BIN" --version 2>/dev/null || echo ferry) (tree at record time: git $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo 'no commit')${FERRY_PREBUILT:+, binary given via FERRY_BIN}; binary $FERRY_SRC_BIN built $FERRY_BUILT, sha256 $FERRY_SHA…)"
   fi
   contention="No cargo/rustc process was running at the start of any timed run."
   if [ "$RUNS_CONTENDED" -gt 0 ]; then
@@ -329,7 +336,7 @@ if [ "$RECORD" = 1 ]; then
     img_lines+="- \`$img\`: ${IMG_DESC[$img]} (${IMG_BYTES[$img]} bytes of blobs), random incompressible tar+gzip layers, manifest \`${IMG_DIGEST[$img]}\`"$'\n'
   done
   cmdline="bench/copy.sh${ARGV[*]:+ ${ARGV[*]}}"
-  envs="BENCH_NICE=$BENCH_NICE RUNS=$RUNS BIG_MIB=$BIG_MIB BIG_LAYERS=$BIG_LAYERS SMALL_MIB=$SMALL_MIB SMALL_LAYERS=$SMALL_LAYERS"
+  envs="QUIET_WAIT=$QUIET_WAIT BENCH_NICE=$BENCH_NICE RUNS=$RUNS BIG_MIB=$BIG_MIB BIG_LAYERS=$BIG_LAYERS SMALL_MIB=$SMALL_MIB SMALL_LAYERS=$SMALL_LAYERS"
   section="$TMP/section.md"
   cat >"$section" <<EOF
 ## Copy
