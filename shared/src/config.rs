@@ -375,6 +375,9 @@ impl Config {
                 if stage.gate == Gate::Approval && stage.approvers == 0 {
                     return Err(at(stage.name.span(), format!("{stage_key}.approvers: at least 1")));
                 }
+                if stage.approval_expiry().is_some_and(|e| e > MAX_SOAK) {
+                    return Err(at(stage.name.span(), format!("{stage_key}.approval_expires_hours: more than a year")));
+                }
                 if stage.soak() > MAX_SOAK {
                     return Err(at(
                         stage.name.span(),
@@ -447,6 +450,11 @@ impl Pipeline {
 }
 
 impl Stage {
+    /// How long a promotion may wait for approval, if the stage limits it.
+    pub fn approval_expiry(&self) -> Option<std::time::Duration> {
+        self.approval_expires_hours.map(|h| std::time::Duration::from_secs(h.saturating_mul(3600)))
+    }
+
     pub fn soak(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.soak_minutes.saturating_mul(60).saturating_add(self.soak_secs))
     }

@@ -568,9 +568,9 @@ impl Worker {
                     decide(record, "approval", "pass", detail);
                     return Ok(GateResult::Pass);
                 }
-                if let Some(hours) = stage.approval_expires_hours {
-                    if now - record.created_at_ms > hours as i64 * 3_600_000 {
-                        let why = format!("not approved within {hours} h");
+                if let Some(expiry) = stage.approval_expiry() {
+                    if now - record.created_at_ms > expiry.as_millis() as i64 {
+                        let why = format!("not approved within {} h", expiry.as_secs() / 3600);
                         decide(record, "approval", "reject", why.clone());
                         return Ok(GateResult::Reject(why));
                     }
@@ -719,7 +719,7 @@ impl Worker {
             let due = match stage.gate {
                 Gate::Soak => true,
                 Gate::Approval => {
-                    stage.approval_expires_hours.is_some_and(|h| now - record.created_at_ms > h as i64 * 3_600_000)
+                    stage.approval_expiry().is_some_and(|e| now - record.created_at_ms > e.as_millis() as i64)
                 }
                 _ => false,
             };
