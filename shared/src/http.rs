@@ -39,7 +39,42 @@ pub struct Intake {
     max_clock_skew: Duration,
     body_limit: usize,
     /// Generic-sender signatures already accepted, until they fall out of the clock-skew window.
-    seen_signatures: Mutex<HashMap<String, Instant>>,
+    seen_signatures: Mutex<ReplayGuard>,
+}
+
+/// Generic-sender signatures already accepted, oldest first, forgotten once their timestamps
+/// would be refused anyway (twice the clock-skew window): O(1) per request.
+#[derive(Default)]
+struct ReplayGuard {
+    /// Signature → when it was accepted (the newest time, if it was forgotten and accepted again).
+    seen: HashMap<String, Instant>,
+    order: std::collections::VecDeque<(Instant, String)>,
+}
+
+impl ReplayGuard {
+    /// Records `signature`; `false` when it was already seen (a replay).
+    fn remember(&mut self, signature: &str, now: Instant, window: Duration) -> bool {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < window {
+                break;
+            }
+            let (at, old) = self.order.pop_front().expect("front exists");
+            if self.seen.get(&old) == Some(&at) {
+                self.seen.remove(&old);
+            }
+        }
+        if self.seen.contains_key(signature) {
+            return false;
+        }
+        self.seen.insert(signature.to_string(), now);
+        self.order.push_back((now, signature.to_string()));
+        true
+    }
+
+    /// Forgets a signature whose request was not queued, so the sender may retry it.
+    fn forget(&mut self, signature: &str) {
+        self.seen.remove(signature);
+    }
 }
 
 struct SenderAuth {
@@ -105,7 +140,7 @@ impl Intake {
             queue,
             max_clock_skew: Duration::from_secs(config.server.max_clock_skew_secs),
             body_limit: config.server.body_limit,
-            seen_signatures: Mutex::new(HashMap::new()),
+            seen_signatures: Mutex::new(ReplayGuard::default()),
         })
     }
 
@@ -302,7 +337,7 @@ async fn hook(
         Err(e) => {
             // Nothing was queued: the sender may retry this very request.
             if let Some(signature) = header(&headers, SIGNATURE_HEADER) {
-                intake.seen_signatures.lock().expect("not poisoned").remove(signature.trim());
+                intake.seen_signatures.lock().expect("not poisoned").forget(signature.trim());
             }
             tracing::error!(error = %e, "queue refused a promotion; the sender will retry");
             error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry later"))
@@ -360,11 +395,27 @@ fn authenticate(
 /// Records a generic signature as used; `false` when it already was (a replay). Entries older
 /// than twice the skew window are forgotten: their timestamps would be refused anyway.
 fn remember_signature(intake: &Intake, signature: &str) -> bool {
-    let mut seen = intake.seen_signatures.lock().expect("not poisoned");
-    let now = Instant::now();
     let window = intake.max_clock_skew * 2;
-    if seen.len() > 10_000 {
-        seen.retain(|_, at| now.duration_since(*at) < window);
+    intake.seen_signatures.lock().expect("not poisoned").remember(signature.trim(), Instant::now(), window)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replay_guard_refuses_repeats_and_forgets_old_signatures() {
+        let mut guard = ReplayGuard::default();
+        let start = Instant::now();
+        let window = Duration::from_secs(600);
+        assert!(guard.remember("a", start, window));
+        assert!(!guard.remember("a", start + Duration::from_secs(1), window), "a replay");
+        assert!(guard.remember("b", start + Duration::from_secs(2), window));
+        // Past the window "a" is forgotten (its timestamp would be refused by the skew check).
+        assert!(guard.remember("c", start + Duration::from_secs(601), window));
+        assert_eq!(guard.order.len(), 2);
+        assert!(!guard.seen.contains_key("a"));
+        guard.forget("c");
+        assert!(guard.remember("c", start + Duration::from_secs(602), window), "forgotten after a 503");
     }
-    seen.insert(signature.trim().to_string(), now).is_none()
 }
