@@ -28,6 +28,7 @@ LIB="$HERE/intake_gen.py"
 LUA="$HERE/intake/pool.lua"
 OUT="$HERE/out/intake-last"
 
+INVOCATION="bench/intake.sh${*:+ $*}"
 RECORD=0
 KEEP=0
 QUIET_LOG=0
@@ -215,6 +216,11 @@ wrk_run() {
     }
 }
 
+children_cpu() { # CHILD_CPU = CPU seconds (user+sys) of this shell's finished children so far
+    times >"$TMP/times" # the builtin, in this shell: in a pipe or $(…) it would see a subshell's
+    CHILD_CPU=$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); t += p[1] * 60 + p[2] } printf "%.2f", t }' "$TMP/times")
+}
+
 rps_of() { # WRK_OUT -> requests/s from INTAKE_RESULT
     python3 - "$1" <<'EOF'
 import json, re, sys
@@ -233,17 +239,21 @@ bare_row() { # CONNS
         --threads "$THREADS" --count $((2000 * THREADS)) --tag "$tag"
     wrk_run "$BARE_URL/hooks/generic" "$TMP/$tag.pool" wrap - "$WARMUP" "$c" "$OUT/$tag.warmup.txt"
     cpu0=$(python3 "$LIB" cpu "$BARE_PID")
+    children_cpu
+    w0=$CHILD_CPU
     wrk_run "$BARE_URL/hooks/generic" "$TMP/$tag.pool" wrap - "$DURATION" "$c" "$OUT/$tag.txt"
+    children_cpu
+    w1=$CHILD_CPU
     cpu1=$(python3 "$LIB" cpu "$BARE_PID")
     python3 "$LIB" check --label "$tag" --target bare --route "/hooks/generic" --conns "$c" \
         --threads "$THREADS" --wrk-out "$OUT/$tag.txt" --cpu-before "$cpu0" --cpu-after "$cpu1" \
-        >>"$RESULTS"
+        --client-cpu "$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.2f", b - a }')" >>"$RESULTS"
     rm -f "$TMP/$tag.pool".*
 }
 
 ferry_row() { # KIND CONNS URL DB LOG PID LABEL_SUFFIX [ROUTE_NOTE]
     local kind=$1 c=$2 url=$3 db=$4 logf=$5 pid=$6 tag="ferry-$1-c$2$7" note=${8:-}
-    local bare_rps warm_n warm_rps n before before_seq log_before cpu0 cpu1 sigs
+    local bare_rps warm_n warm_rps n before before_seq log_before cpu0 cpu1 sigs w0 w1
     log "[$tag] ferry serve POST /hooks/$kind, $THREADS threads, $c connections"
     bare_rps=$(rps_of "$OUT/bare-c$c.txt")
     warm_n=$((bare_rps * WARMUP * 12 / 10 + 1000))
@@ -264,14 +274,19 @@ ferry_row() { # KIND CONNS URL DB LOG PID LABEL_SUFFIX [ROUTE_NOTE]
     python3 "$LIB" pool --kind "$kind" --secret-file "$TMP/$kind.secret" --out "$TMP/$tag.pool" \
         --threads "$THREADS" --count "$n" --tag "$tag"
     cpu0=$(python3 "$LIB" cpu "$pid")
+    children_cpu
+    w0=$CHILD_CPU
     wrk_run "$url/hooks/$kind" "$TMP/$tag.pool" once "$OUT/$tag.ids" "$DURATION" "$c" "$OUT/$tag.txt"
+    children_cpu
+    w1=$CHILD_CPU
     cpu1=$(python3 "$LIB" cpu "$pid")
     rm -f "$TMP/$tag.pool".*
     python3 "$LIB" settle "$db" >/dev/null
     python3 "$LIB" check --label "$tag" --target ferry --route "/hooks/$kind$note" --conns "$c" \
         --threads "$THREADS" --wrk-out "$OUT/$tag.txt" --db "$db" --before "$before" \
         --before-seq "$before_seq" --ids "$OUT/$tag.ids" --log "$logf" --log-before "$log_before" \
-        --cpu-before "$cpu0" --cpu-after "$cpu1" "${sigs[@]}" >>"$RESULTS"
+        --cpu-before "$cpu0" --cpu-after "$cpu1" "${sigs[@]}" \
+        --client-cpu "$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.2f", b - a }')" >>"$RESULTS"
 }
 
 for c in $CONNS; do
@@ -328,6 +343,12 @@ SECTION="$OUT/section.md"
     echo "\"hello\" (\`shared/examples/bare_axum.rs\`: \`POST /hooks/generic\` → 202 + small JSON, no work),"
     echo "same machine, same run, same wrk settings. Target (DESIGN.md): Ferry ≥ 0.3× bare req/s with"
     echo "every 202 durable, p99 < 10 ms."
+    echo
+    settings=""
+    for v in DURATION WARMUP THREADS CONNS POOL_FACTOR QUIET_WAIT; do
+        settings+="$v=\"${!v}\" "
+    done
+    echo "Recorded with \`$settings$INVOCATION\`."
     echo
     echo "$MACHINE"
     echo "- CPU idle just before the run: ${idle}% (other processes on the machine skew 2-core numbers)"

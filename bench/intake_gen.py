@@ -189,7 +189,8 @@ def cmd_settle(a):
 
 
 def cpu_seconds(pid):
-    """CPU time (user+sys, seconds) of process PID and of its queue writer thread."""
+    """CPU time (user+sys, seconds) of process PID, of its queue writer thread, and busy CPU time of
+    the whole machine (all CPUs, from /proc/stat)."""
     tick = os.sysconf("SC_CLK_TCK")
 
     def stat(path):
@@ -200,6 +201,8 @@ def cpu_seconds(pid):
         return comm, (int(fields[11]) + int(fields[12])) / tick
 
     _, total = stat(f"/proc/{pid}/stat")
+    idle, all_ = _cpu_times()
+    busy = (all_ - idle) / tick
     writer = 0.0
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -208,7 +211,7 @@ def cpu_seconds(pid):
             continue
         if comm.startswith("ferry-queue"):
             writer += secs
-    return {"total": total, "writer": writer}
+    return {"total": total, "writer": writer, "system_busy": busy}
 
 
 def cmd_cpu(a):
@@ -329,9 +332,19 @@ def cmd_check(a):
         if r["requests"]:
             rec["cpu_us_per_req"] = (e["total"] - b["total"]) / r["requests"] * 1e6
             rec["server_cores"] = (e["total"] - b["total"]) / secs if secs else 0.0
+            if a.client_cpu is not None and "system_busy" in e:
+                # What neither the server nor wrk used: other processes (and interrupts).
+                other = (e["system_busy"] - b["system_busy"]) - (e["total"] - b["total"]) - a.client_cpu
+                rec["client_cores"] = a.client_cpu / secs if secs else 0.0
+                rec["other_cores"] = max(0.0, other / secs) if secs else 0.0
             if e.get("writer"):
                 rec["writer_us_per_req"] = (e["writer"] - b["writer"]) / r["requests"] * 1e6
                 rec["writer_cores"] = (e["writer"] - b["writer"]) / secs if secs else 0.0
+    if rec.get("other_cores", 0.0) > a.max_other_cores:
+        problems.append(
+            f"disturbed: other processes used {rec['other_cores']:.2f} cores during the run "
+            f"(limit {a.max_other_cores}); rerun on a quiet machine"
+        )
     if a.db:
         # New rows in the queue while this run lasted (the caller waited for the count to settle).
         after = job_count(a.db)
@@ -392,6 +405,8 @@ def cmd_check(a):
         msg += f", server CPU {rec['cpu_us_per_req']:.0f} µs/req ({rec['server_cores']:.2f} cores)"
     if "writer_us_per_req" in rec:
         msg += f", writer thread {rec['writer_us_per_req']:.0f} µs/req ({rec['writer_cores']:.2f} cores)"
+    if "client_cores" in rec:
+        msg += f", wrk {rec['client_cores']:.2f} cores, others {rec['other_cores']:.2f} cores"
     if a.db:
         msg += (
             f", queue +{rec['db_new_jobs']} jobs, {rec['ids_in_db']}/{rec['ids_unique']} answered ids in DB"
@@ -428,9 +443,9 @@ def cmd_summarize(a):
     failures = []
     rows.append(
         "| conns | server | route | req/s | p50 ms | p99 ms | ferry/bare | server CPU µs/req (writer thread) | "
-        "202s | jobs in queue | 202 ids missing | valid | target |"
+        "cores: server / wrk / other | 202s | jobs in queue | 202 ids missing | valid | target |"
     )
-    rows.append("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    rows.append("|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|")
     for r in recs:
         peer = bare.get(r["conns"])
         ratio = r["rps"] / peer["rps"] if peer and r["target"] != "bare" and peer["rps"] else None
@@ -450,7 +465,12 @@ def cmd_summarize(a):
             if checks:
                 failures.append(f"{r['label']}: {verdict}")
         rows.append(
-            "| {c} | {srv} | {route} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio} | {cpu} | {ok:,} | {jobs} | {miss} | {valid} | {v} |".format(
+            "| {c} | {srv} | {route} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio} | {cpu} | {cores} | {ok:,} | {jobs} | {miss} | {valid} | {v} |".format(
+                cores=(
+                    f"{r['server_cores']:.2f} / {r['client_cores']:.2f} / {r['other_cores']:.2f}"
+                    if "client_cores" in r
+                    else "—"
+                ),
                 c=r["conns"],
                 cpu=(f"{r['cpu_us_per_req']:.0f}" if "cpu_us_per_req" in r else "—")
                 + (f" ({r['writer_us_per_req']:.0f})" if "writer_us_per_req" in r else ""),
@@ -616,6 +636,8 @@ def main():
     s.add_argument("--log")
     s.add_argument("--log-before", type=int, default=0)
     s.add_argument("--sigs-before", type=int)
+    s.add_argument("--client-cpu", type=float, help="CPU seconds wrk used")
+    s.add_argument("--max-other-cores", type=float, default=0.25)
     s.add_argument("--cpu-before")
     s.add_argument("--cpu-after")
     s.set_defaults(f=cmd_check)
