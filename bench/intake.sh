@@ -18,6 +18,8 @@
 #   POOL_FACTOR=2         generic/acr pool = warm-up rate × DURATION × POOL_FACTOR requests
 #   BENCH_TMPDIR=/var/tmp where the temp dir (and the queue's data_dir) goes; must not be tmpfs
 #   QUIET_WAIT=0          wait up to this many seconds for the CPUs to be ≥ 90% idle first
+#   OTHER_MAX=0.35        a row is invalid when processes other than server and wrk used more
+#                         CPU cores than this during it (kernel I/O threads count as other)
 #
 # Exit status: 0 when every run is valid and every target is met, 1 otherwise.
 set -euo pipefail
@@ -37,7 +39,7 @@ for arg in "$@"; do
         --record) RECORD=1 ;;
         --keep-tmp) KEEP=1 ;;
         --quiet-log) QUIET_LOG=1 ;;
-        -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
@@ -49,6 +51,7 @@ CONNS=${CONNS:-"64 16"}
 POOL_FACTOR=${POOL_FACTOR:-2}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 QUIET_WAIT=${QUIET_WAIT:-0}
+OTHER_MAX=${OTHER_MAX:-0.35}
 
 log() { printf '%s\n' "$*" >&2; }
 die() { log "error: $*"; exit 2; }
@@ -247,7 +250,8 @@ bare_row() { # CONNS
     cpu1=$(python3 "$LIB" cpu "$BARE_PID")
     python3 "$LIB" check --label "$tag" --target bare --route "/hooks/generic" --conns "$c" \
         --threads "$THREADS" --wrk-out "$OUT/$tag.txt" --cpu-before "$cpu0" --cpu-after "$cpu1" \
-        --client-cpu "$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.2f", b - a }')" >>"$RESULTS"
+        --client-cpu "$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.2f", b - a }')" \
+        --max-other-cores "$OTHER_MAX" >>"$RESULTS"
     rm -f "$TMP/$tag.pool".*
 }
 
@@ -286,7 +290,8 @@ ferry_row() { # KIND CONNS URL DB LOG PID LABEL_SUFFIX [ROUTE_NOTE]
         --threads "$THREADS" --wrk-out "$OUT/$tag.txt" --db "$db" --before "$before" \
         --before-seq "$before_seq" --ids "$OUT/$tag.ids" --log "$logf" --log-before "$log_before" \
         --cpu-before "$cpu0" --cpu-after "$cpu1" "${sigs[@]}" \
-        --client-cpu "$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.2f", b - a }')" >>"$RESULTS"
+        --client-cpu "$(awk -v a="$w0" -v b="$w1" 'BEGIN { printf "%.2f", b - a }')" \
+        --max-other-cores "$OTHER_MAX" >>"$RESULTS"
 }
 
 for c in $CONNS; do
@@ -345,7 +350,7 @@ SECTION="$OUT/section.md"
     echo "every 202 durable, p99 < 10 ms."
     echo
     settings=""
-    for v in DURATION WARMUP THREADS CONNS POOL_FACTOR QUIET_WAIT; do
+    for v in DURATION WARMUP THREADS CONNS POOL_FACTOR QUIET_WAIT OTHER_MAX; do
         settings+="$v=\"${!v}\" "
     done
     echo "Recorded with \`$settings$INVOCATION\`."
