@@ -701,13 +701,13 @@ fn flaky_source_is_retried_until_the_copy_is_digest_exact() {
     assert_eq!(proxy.blob_cuts(), image.blobs().len(), "every blob's first download should have been cut once");
 }
 
-#[test]
-fn source_that_always_cuts_blobs_fails_in_bounded_time() {
+/// Copies `team/app:1.0` (one layer of `layer_size` bytes) from a registry behind a proxy that
+/// injects `fault`, to `prod/app:1.0` in a healthy registry, with one retry.
+fn copy_through_faulty_source(fault: Fault, layer_size: usize) -> (Registry, Registry, FaultyProxy, FerryRun) {
     let src = Registry::plain();
     let dst = Registry::plain();
-    push_image(&src, "team/app:1.0", &[400 * 1024]);
-    let proxy = FaultyProxy::start(&src, Fault::BlobsAlwaysCut);
-
+    push_image(&src, "team/app:1.0", &[layer_size]);
+    let proxy = FaultyProxy::start(&src, fault);
     let run = ferry_copy()
         .args(["--retries", "1"])
         .args(["--plain-http", proxy.host()])
@@ -716,6 +716,12 @@ fn source_that_always_cuts_blobs_fails_in_bounded_time() {
         .arg(dst.reference("prod/app:1.0"))
         .timeout(Duration::from_secs(120))
         .run();
+    (src, dst, proxy, run)
+}
+
+#[test]
+fn source_that_always_cuts_blobs_fails_in_bounded_time() {
+    let (_src, dst, proxy, run) = copy_through_faulty_source(Fault::BlobsAlwaysCut, 400 * 1024);
 
     let error = run.failure();
     assert!(run.elapsed < Duration::from_secs(60), "giving up on a broken source took {:?}", run.elapsed);
@@ -764,19 +770,7 @@ fn platform_flag_copies_only_that_platform_manifest() {
 
 #[test]
 fn blob_that_does_not_match_its_digest_fails_the_copy() {
-    let src = Registry::plain();
-    let dst = Registry::plain();
-    push_image(&src, "team/app:1.0", &[100 * 1024]);
-    let proxy = FaultyProxy::start(&src, Fault::CorruptBlobs);
-
-    let run = ferry_copy()
-        .args(["--retries", "1"])
-        .args(["--plain-http", proxy.host()])
-        .args(dst.transport_args())
-        .arg(proxy.reference("team/app:1.0"))
-        .arg(dst.reference("prod/app:1.0"))
-        .timeout(Duration::from_secs(120))
-        .run();
+    let (_src, dst, proxy, run) = copy_through_faulty_source(Fault::CorruptBlobs, 100 * 1024);
 
     let error = run.failure();
     assert!(lowercase(error).contains("digest"), "error does not say the blob failed digest verification:\n{error}");
