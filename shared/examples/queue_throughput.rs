@@ -45,15 +45,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let mut latencies = Vec::new();
                     let mut n = 0u64;
                     while Instant::now() < deadline {
-                        let job = NewJob {
-                            dedup_key: format!("{caller}/{n}"),
-                            payload: serde_json::json!({
+                        let job = NewJob::new(
+                            format!("{caller}/{n}"),
+                            &serde_json::json!({
                                 "pipeline": "web",
                                 "source": "registry.example.com/team/web",
                                 "digest": "sha256:2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
                                 "build": n,
                             }),
-                        };
+                        );
                         let sent = Instant::now();
                         queue.enqueue(vec![job]).await?;
                         latencies.push(sent.elapsed());

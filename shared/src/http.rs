@@ -204,7 +204,7 @@ impl Intake {
                     .clone()
                     .unwrap_or_else(|| format!("{}:{}", report.release.as_deref().unwrap_or(""), report.status));
                 let dedup_key = format!("deployment/{}/{stage}/{event}", pipeline.name);
-                jobs.push((NewJob { dedup_key, payload: serde_json::to_value(&job).expect("job serializes") }, job));
+                jobs.push((NewJob::new(dedup_key, &job), job));
             }
         }
         jobs

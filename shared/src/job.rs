@@ -42,7 +42,7 @@ impl PromotionJob {
     /// The queue entry under an explicit dedup key (e.g. a continuation after approval, which
     /// must not collapse into the job that parked it).
     pub fn to_new_job_keyed(&self, dedup_key: String) -> NewJob {
-        NewJob { dedup_key, payload: serde_json::to_value(QueuedJob::Promote(self.clone())).expect("job serializes") }
+        NewJob::new(dedup_key, &QueuedJobRef::Promote(self))
     }
 }
 
@@ -61,6 +61,13 @@ pub struct DeploymentJob {
 pub enum QueuedJob {
     Promote(PromotionJob),
     Deployment(DeploymentJob),
+}
+
+/// [`QueuedJob`] by reference: enqueueing a job serializes it without copying it first.
+#[derive(Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum QueuedJobRef<'a> {
+    Promote(&'a PromotionJob),
 }
 
 impl QueuedJob {

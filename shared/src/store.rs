@@ -16,6 +16,9 @@ pub struct StoreKind {
     /// `PRAGMA user_version` of `schema`.
     pub schema_version: i64,
     pub schema: &'static str,
+    /// `(from_version, sql)`: brings a file at `from_version` to `from_version + 1`, for every
+    /// version an older build may have left behind.
+    pub migrations: &'static [(i64, &'static str)],
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,6 +96,9 @@ fn migrate(conn: &Connection, path: &Path, kind: &StoreKind) -> Result<(), Strin
                 .map_err(|e| fail("creating the schema", e))
             }
             (id, version) if id == kind.application_id && version == kind.schema_version => Ok(()),
+            (id, version) if id == kind.application_id && version > 0 && version < kind.schema_version => {
+                upgrade(conn, path, kind, version)
+            }
             (id, version) if id == kind.application_id && version > kind.schema_version => Err(format!(
                 "{} database {} has schema version {version}, newer than this ferry understands ({}); run a newer ferry",
                 kind.name,
@@ -110,6 +116,33 @@ fn migrate(conn: &Connection, path: &Path, kind: &StoreKind) -> Result<(), Strin
     let end = if checked.is_ok() { "COMMIT" } else { "ROLLBACK" };
     conn.execute_batch(end).map_err(|e| fail("committing the schema", e))?;
     checked
+}
+
+/// Applies `kind.migrations` from `version` up to the current schema, inside the caller's
+/// transaction: a failed step leaves the file as it was.
+fn upgrade(conn: &Connection, path: &Path, kind: &StoreKind, mut version: i64) -> Result<(), String> {
+    while version < kind.schema_version {
+        let Some((_, sql)) = kind.migrations.iter().find(|(from, _)| *from == version) else {
+            return Err(format!(
+                "{} database {} has schema version {version}, which this ferry cannot upgrade; move it aside",
+                kind.name,
+                path.display()
+            ));
+        };
+        conn.execute_batch(sql).map_err(|e| {
+            format!(
+                "cannot upgrade {} database {} from schema version {version}: {e}{}",
+                kind.name,
+                path.display(),
+                hint(kind, &e)
+            )
+        })?;
+        version += 1;
+        conn.pragma_update(None, "user_version", version)
+            .map_err(|e| format!("cannot upgrade {} database {}: {e}", kind.name, path.display()))?;
+        tracing::info!(path = %path.display(), version, "{} database upgraded", kind.name);
+    }
+    Ok(())
 }
 
 /// What a user can do about an SQLite error, to append to its message.

@@ -448,8 +448,13 @@ fn environment_entry(row: &Row<'_>) -> rusqlite::Result<EnvironmentEntry> {
 }
 
 /// This kind of file, for [`store::open`].
-const STORE: StoreKind =
-    StoreKind { name: "ledger", application_id: APPLICATION_ID, schema_version: SCHEMA_VERSION, schema: SCHEMA };
+const STORE: StoreKind = StoreKind {
+    name: "ledger",
+    application_id: APPLICATION_ID,
+    schema_version: SCHEMA_VERSION,
+    schema: SCHEMA,
+    migrations: &[],
+};
 
 fn open_connection(path: &Path) -> Result<Connection, LedgerError> {
     store::open(path, &STORE).map_err(LedgerError::Unavailable)

@@ -18,11 +18,19 @@ pub use sqlite::{QueueStats, SqliteQueue, SqliteQueueOptions};
 use std::time::Duration;
 
 /// A job to enqueue.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NewJob {
     /// Jobs with the same key within the dedup window (or while one is still pending) are one job.
     pub dedup_key: String,
-    pub payload: serde_json::Value,
+    /// Serialized once, by whoever builds the job: the queue stores these bytes as they are.
+    pub payload: Box<serde_json::value::RawValue>,
+}
+
+impl NewJob {
+    pub fn new(dedup_key: String, payload: &impl serde::Serialize) -> Self {
+        let payload = serde_json::value::to_raw_value(payload).expect("a job payload serializes to JSON");
+        Self { dedup_key, payload }
+    }
 }
 
 /// The outcome of enqueueing one [`NewJob`].

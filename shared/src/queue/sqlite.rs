@@ -13,12 +13,22 @@
 //! a copy of every page a request touches, and a storage error is the whole file's, not one
 //! request's.
 //!
+//! Dedup needs no index: the writer keeps the keys of every job a new job could duplicate
+//! (ready, or enqueued within the dedup window) in memory ([`LiveKeys`]), and reads a row only
+//! when a key's hash is already there. An index on random keys cost one B-tree page written per
+//! job; without it a batch writes little more than its own rows. Another process writing the
+//! file (`ferry --config` operations) is noticed by `PRAGMA data_version` and the keys are
+//! reloaded.
+//!
 //! A job row is `ready` (waiting, or in flight when `available_at` is in the future and it holds
 //! a receipt), `done` (acked, kept without its payload for the dedup window, then pruned) or
 //! `dead`. Times are wall-clock unix milliseconds.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -44,7 +54,7 @@ const MAX_ERROR_BYTES: usize = 8 * 1024;
 /// `PRAGMA application_id`: "FRYQ". Tells a queue file from any other SQLite file.
 const APPLICATION_ID: i64 = 0x4652_5951;
 /// `PRAGMA user_version` of the schema below.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 const SCHEMA: &str = "
 CREATE TABLE jobs (
     seq           INTEGER PRIMARY KEY,
@@ -59,7 +69,6 @@ CREATE TABLE jobs (
     last_error    TEXT,
     failed_at     INTEGER
 );
-CREATE INDEX jobs_dedup ON jobs (dedup_key);
 CREATE INDEX jobs_ready ON jobs (available_at) WHERE state = 'ready';
 CREATE INDEX jobs_done ON jobs (enqueued_at) WHERE state = 'done';
 CREATE INDEX jobs_dead ON jobs (failed_at) WHERE state = 'dead';
@@ -69,6 +78,9 @@ CREATE TABLE probe (
     at_unix_ms INTEGER NOT NULL
 );
 ";
+
+/// Version 1 indexed `dedup_key`; the writer now keeps live keys in memory.
+const MIGRATIONS: &[(i64, &str)] = &[(1, "DROP INDEX IF EXISTS jobs_dedup;")];
 
 /// Settings of a [`SqliteQueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +105,8 @@ pub struct QueueStats {
     pub requests: u64,
     /// Transactions committed; each is at most one fsync, shared by all requests of its batch.
     pub commits: u64,
+    /// Distinct key hashes the writer keeps for dedup (jobs ready or within the window).
+    pub live_keys: u64,
 }
 
 /// The embedded, durable [`JobQueue`]. Open it once and share it (`Arc<dyn JobQueue>`);
@@ -133,6 +147,8 @@ impl SqliteQueue {
             clock: clock.clone(),
             counters: Arc::clone(&counters),
             next_prune_at: Cell::new(i64::MIN),
+            keys: RefCell::new(LiveKeys::default()),
+            keys_stale: Cell::new(true),
         };
         let writer = std::thread::Builder::new()
             .name("ferry-queue-writer".to_owned())
@@ -159,6 +175,7 @@ impl SqliteQueue {
         QueueStats {
             requests: self.counters.requests.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
+            live_keys: self.counters.live_keys.load(Ordering::Relaxed),
         }
     }
 
@@ -208,10 +225,7 @@ impl JobQueue for SqliteQueue {
         if jobs.is_empty() {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
-        // Serialize here, on the caller's thread: the writer thread is the bottleneck.
-        let rows: Vec<(String, String)> =
-            jobs.into_iter().map(|job| (job.dedup_key, job.payload.to_string())).collect();
-        self.call("enqueue", move |conn, batch| enqueue(conn, batch, rows))
+        self.call("enqueue", move |conn, batch| enqueue(conn, batch, jobs))
     }
 
     fn receive(&self, max: usize, visibility: Duration) -> QueueFuture<'_, Vec<Delivery>> {
@@ -223,7 +237,7 @@ impl JobQueue for SqliteQueue {
 
     fn ack(&self, receipt: &str) -> QueueFuture<'_, ()> {
         let receipt = receipt.to_owned();
-        self.call("ack", move |conn, _| ack(conn, receipt))
+        self.call("ack", move |conn, batch| ack(conn, batch, receipt))
     }
 
     fn nack(&self, receipt: &str, error: &str, retry_after: Duration) -> QueueFuture<'_, ()> {
@@ -244,14 +258,20 @@ impl JobQueue for SqliteQueue {
     fn redrive(&self, id: &str) -> QueueFuture<'_, bool> {
         let id = id.to_owned();
         self.call("redrive", move |conn, batch| {
-            let moved = conn
+            let moved: Option<(i64, String)> = conn
                 .prepare_cached(
                     "UPDATE jobs SET state = 'ready', receive_count = 0, available_at = ?2,
                             receipt = NULL, failed_at = NULL
-                     WHERE id = ?1 AND state = 'dead'",
+                     WHERE id = ?1 AND state = 'dead'
+                     RETURNING seq, dedup_key",
                 )?
-                .execute(params![id, batch.now_ms])?;
-            Ok(moved == 1)
+                .query_row(params![id, batch.now_ms], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            // Ready again: its key catches duplicates again, whatever its age.
+            if let Some((seq, dedup_key)) = &moved {
+                batch.keys.borrow_mut().add(dedup_key, *seq, batch.now_ms);
+            }
+            Ok(moved.is_some())
         })
     }
 
@@ -269,28 +289,23 @@ impl JobQueue for SqliteQueue {
     }
 }
 
-fn enqueue(conn: &Connection, batch: &Batch<'_>, rows: Vec<(String, String)>) -> Result<Vec<Enqueued>, Failure> {
-    // Earlier requests of the same batch are visible here: same connection, same transaction.
-    let mut existing = conn.prepare_cached(
-        "SELECT id FROM jobs
-         WHERE dedup_key = ?1 AND (state = 'ready' OR enqueued_at > ?2)
-         ORDER BY seq DESC LIMIT 1",
-    )?;
+fn enqueue(conn: &Connection, batch: &Batch<'_>, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, Failure> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, dedup_key, payload, state, enqueued_at, available_at)
          VALUES (?1, ?2, ?3, 'ready', ?4, ?4)",
     )?;
-    let window_start = batch.now_ms.saturating_sub(millis(batch.options.dedup_window));
-    let mut enqueued = Vec::with_capacity(rows.len());
-    for (dedup_key, payload) in rows {
-        let found: Option<String> =
-            existing.query_row(params![dedup_key, window_start], |row| row.get(0)).optional()?;
-        if let Some(id) = found {
+    let mut keys = batch.keys.borrow_mut();
+    let mut enqueued = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        // Earlier requests of the same batch are in `keys` too: a duplicate within one batch
+        // meets the job its first copy added.
+        if let Some(id) = keys.find(conn, &job.dedup_key, batch.window_start())? {
             enqueued.push(Enqueued { id, duplicate: true });
             continue;
         }
         let id = job_id(batch.now_ms);
-        insert.execute(params![id, dedup_key, payload, batch.now_ms])?;
+        insert.execute(params![id, job.dedup_key, job.payload.get(), batch.now_ms])?;
+        keys.add(&job.dedup_key, conn.last_insert_rowid(), batch.now_ms);
         enqueued.push(Enqueued { id, duplicate: false });
     }
     Ok(enqueued)
@@ -300,12 +315,13 @@ fn receive(conn: &Connection, batch: &Batch<'_>, max: usize, visibility: Duratio
     struct Candidate {
         seq: i64,
         id: String,
+        dedup_key: String,
         payload: String,
         receive_count: u32,
         last_error: Option<String>,
     }
     let mut pick = conn.prepare_cached(
-        "SELECT seq, id, payload, receive_count, last_error FROM jobs
+        "SELECT seq, id, payload, receive_count, last_error, dedup_key FROM jobs
          WHERE state = 'ready' AND available_at <= ?1
          ORDER BY available_at, seq LIMIT ?2",
     )?;
@@ -330,6 +346,7 @@ fn receive(conn: &Connection, batch: &Batch<'_>, max: usize, visibility: Duratio
                     payload: row.get(2)?,
                     receive_count: row.get(3)?,
                     last_error: row.get(4)?,
+                    dedup_key: row.get(5)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;
@@ -347,6 +364,7 @@ fn receive(conn: &Connection, batch: &Batch<'_>, max: usize, visibility: Duratio
                     error.push_str(&earlier);
                 }
                 bury.execute(params![job.seq, truncate(&error, MAX_ERROR_BYTES), batch.now_ms])?;
+                batch.keys.borrow_mut().settled(&job.dedup_key, job.seq, batch.now_ms);
                 buried = true;
                 continue;
             }
@@ -356,6 +374,7 @@ fn receive(conn: &Connection, batch: &Batch<'_>, max: usize, visibility: Duratio
                     // Only a file edited by hand gets here; never block the queue on it.
                     let error = format!("the stored payload is not valid JSON: {e}");
                     bury.execute(params![job.seq, error, batch.now_ms])?;
+                    batch.keys.borrow_mut().settled(&job.dedup_key, job.seq, batch.now_ms);
                     buried = true;
                     continue;
                 }
@@ -376,15 +395,18 @@ fn receive(conn: &Connection, batch: &Batch<'_>, max: usize, visibility: Duratio
     Ok(deliveries)
 }
 
-fn ack(conn: &Connection, receipt: String) -> Result<(), Failure> {
+fn ack(conn: &Connection, batch: &Batch<'_>, receipt: String) -> Result<(), Failure> {
     // The payload is no longer needed: the row stays only to catch duplicates.
-    let settled = conn
+    let settled: Option<(i64, String)> = conn
         .prepare_cached(
             "UPDATE jobs SET state = 'done', payload = 'null'
-             WHERE receipt = ?1 AND state = 'ready'",
+             WHERE receipt = ?1 AND state = 'ready'
+             RETURNING seq, dedup_key",
         )?
-        .execute([&receipt])?;
-    if settled == 1 {
+        .query_row([&receipt], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    if let Some((seq, dedup_key)) = settled {
+        batch.keys.borrow_mut().settled(&dedup_key, seq, batch.now_ms);
         return Ok(());
     }
     let already_done =
@@ -399,11 +421,11 @@ fn nack(
     error: String,
     retry_after: Duration,
 ) -> Result<(), Failure> {
-    let delivered: Option<(i64, u32)> = conn
-        .prepare_cached("SELECT seq, receive_count FROM jobs WHERE receipt = ?1 AND state = 'ready'")?
-        .query_row([&receipt], |row| Ok((row.get(0)?, row.get(1)?)))
+    let delivered: Option<(i64, u32, String)> = conn
+        .prepare_cached("SELECT seq, receive_count, dedup_key FROM jobs WHERE receipt = ?1 AND state = 'ready'")?
+        .query_row([&receipt], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
         .optional()?;
-    let Some((seq, receive_count)) = delivered else {
+    let Some((seq, receive_count, dedup_key)) = delivered else {
         return Err(QueueError::StaleReceipt(receipt).into());
     };
     if receive_count >= batch.options.max_receives {
@@ -412,6 +434,7 @@ fn nack(
              WHERE seq = ?1",
         )?
         .execute(params![seq, error, batch.now_ms])?;
+        batch.keys.borrow_mut().settled(&dedup_key, seq, batch.now_ms);
     } else {
         conn.prepare_cached("UPDATE jobs SET receipt = NULL, last_error = ?2, available_at = ?3 WHERE seq = ?1")?
             .execute(params![seq, error, batch.now_ms.saturating_add(millis(retry_after))])?;
@@ -447,8 +470,13 @@ fn dead_letters(conn: &Connection) -> Result<Vec<DeadLetter>, Failure> {
 }
 
 /// This kind of file, for [`store::open`].
-const STORE: StoreKind =
-    StoreKind { name: "job queue", application_id: APPLICATION_ID, schema_version: SCHEMA_VERSION, schema: SCHEMA };
+const STORE: StoreKind = StoreKind {
+    name: "job queue",
+    application_id: APPLICATION_ID,
+    schema_version: SCHEMA_VERSION,
+    schema: SCHEMA,
+    migrations: MIGRATIONS,
+};
 
 fn open_connection(path: &Path) -> Result<Connection, QueueError> {
     store::open(path, &STORE).map_err(QueueError::Unavailable)
@@ -486,6 +514,7 @@ fn truncate(text: &str, max_bytes: usize) -> String {
 struct Counters {
     requests: AtomicU64,
     commits: AtomicU64,
+    live_keys: AtomicU64,
 }
 
 /// Wall-clock unix milliseconds, plus an offset that only tests move.
@@ -506,6 +535,132 @@ struct Batch<'a> {
     /// Read once per batch: all requests of a batch happen at the same instant.
     now_ms: i64,
     options: &'a SqliteQueueOptions,
+    keys: &'a RefCell<LiveKeys>,
+}
+
+impl Batch<'_> {
+    /// Jobs enqueued after this instant catch duplicates whatever their state.
+    fn window_start(&self) -> i64 {
+        self.now_ms.saturating_sub(millis(self.options.dedup_window))
+    }
+}
+
+/// The rows (by `seq`) of one key hash: nearly always one.
+enum Seqs {
+    One(i64),
+    Many(Vec<i64>),
+}
+
+/// The dedup keys a new job may collide with, by hash: a superset of the jobs that are ready or
+/// were enqueued within the dedup window. A hash hit is confirmed on the row itself (same key,
+/// still ready or recent), so a stale entry costs one read and never a wrong answer; a missing
+/// one would let a duplicate in, so every way a row becomes live adds it here.
+#[derive(Default)]
+struct LiveKeys {
+    hasher: RandomState,
+    by_hash: HashMap<u64, Seqs>,
+    /// `(since, hash, seq)` in time order: once `since` is a dedup window old the row is checked
+    /// and its entry dropped unless it is still ready. Pushed when a row is added or settled.
+    review: VecDeque<(i64, u64, i64)>,
+    /// `PRAGMA data_version` when the keys were last known complete: another connection's
+    /// commit changes it.
+    data_version: i64,
+}
+
+impl LiveKeys {
+    /// Every live key in the file (a full scan: at open, and after another process wrote).
+    fn load(conn: &Connection, window_start: i64, now_ms: i64) -> rusqlite::Result<Self> {
+        let mut keys = LiveKeys::default();
+        let mut select =
+            conn.prepare("SELECT seq, dedup_key FROM jobs WHERE state = 'ready' OR enqueued_at > ?1 ORDER BY seq")?;
+        let mut rows = select.query([window_start])?;
+        while let Some(row) = rows.next()? {
+            let key: String = row.get(1)?;
+            keys.add(&key, row.get(0)?, now_ms);
+        }
+        keys.data_version = data_version(conn)?;
+        Ok(keys)
+    }
+
+    fn add(&mut self, dedup_key: &str, seq: i64, now_ms: i64) {
+        let hash = self.hasher.hash_one(dedup_key);
+        match self.by_hash.entry(hash) {
+            Entry::Vacant(entry) => {
+                entry.insert(Seqs::One(seq));
+            }
+            Entry::Occupied(mut entry) => match entry.get_mut() {
+                Seqs::One(other) if *other == seq => {}
+                Seqs::One(other) => {
+                    let other = *other;
+                    entry.insert(Seqs::Many(vec![other, seq]));
+                }
+                Seqs::Many(seqs) if !seqs.contains(&seq) => seqs.push(seq),
+                Seqs::Many(_) => {}
+            },
+        }
+        self.review.push_back((now_ms, hash, seq));
+    }
+
+    /// The row left `ready` (acked, dead-lettered): its entry is reviewed a window from now.
+    fn settled(&mut self, dedup_key: &str, seq: i64, now_ms: i64) {
+        let hash = self.hasher.hash_one(dedup_key);
+        self.review.push_back((now_ms, hash, seq));
+    }
+
+    /// The newest live job with this key.
+    fn find(&mut self, conn: &Connection, dedup_key: &str, window_start: i64) -> rusqlite::Result<Option<String>> {
+        let hash = self.hasher.hash_one(dedup_key);
+        let seqs: Vec<i64> = match self.by_hash.get(&hash) {
+            None => return Ok(None),
+            Some(Seqs::One(seq)) => vec![*seq],
+            Some(Seqs::Many(seqs)) => seqs.iter().rev().copied().collect(),
+        };
+        let mut row = conn.prepare_cached(
+            "SELECT id FROM jobs WHERE seq = ?1 AND dedup_key = ?2 AND (state = 'ready' OR enqueued_at > ?3)",
+        )?;
+        for seq in seqs {
+            if let Some(id) = row.query_row(params![seq, dedup_key, window_start], |r| r.get(0)).optional()? {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Drops the entries of rows that have been out of the window and not ready for a window.
+    fn review(&mut self, conn: &Connection, window_start: i64) -> rusqlite::Result<()> {
+        let mut row = conn.prepare_cached("SELECT state = 'ready' OR enqueued_at > ?2 FROM jobs WHERE seq = ?1")?;
+        while let Some(&(since, hash, seq)) = self.review.front() {
+            if since > window_start {
+                break;
+            }
+            self.review.pop_front();
+            let live: bool = row.query_row(params![seq, window_start], |r| r.get(0)).optional()?.unwrap_or(false);
+            if !live {
+                self.remove(hash, seq);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, hash: u64, seq: i64) {
+        let Entry::Occupied(mut entry) = self.by_hash.entry(hash) else { return };
+        match entry.get_mut() {
+            Seqs::One(only) if *only == seq => {
+                entry.remove();
+            }
+            Seqs::One(_) => {}
+            Seqs::Many(seqs) => {
+                seqs.retain(|s| *s != seq);
+                if let [only] = seqs[..] {
+                    entry.insert(Seqs::One(only));
+                }
+            }
+        }
+    }
+}
+
+fn data_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached("PRAGMA data_version")?.query_row([], |row| row.get(0))
 }
 
 /// An error inside a request: the caller's own, or SQLite's (reported as unavailable).
@@ -616,6 +771,9 @@ struct Writer {
     clock: Clock,
     counters: Arc<Counters>,
     next_prune_at: Cell<i64>,
+    keys: RefCell<LiveKeys>,
+    /// Set when the keys may not match the file (a rolled-back batch): reloaded before the next.
+    keys_stale: Cell<bool>,
 }
 
 impl Writer {
@@ -629,9 +787,10 @@ impl Writer {
     }
 
     fn execute(&mut self, ops: &mut Vec<Box<dyn Op>>) {
-        let batch = Batch { now_ms: self.clock.now_ms(), options: &self.options };
+        let batch = Batch { now_ms: self.clock.now_ms(), options: &self.options, keys: &self.keys };
         let outcome = self.transaction(ops, &batch);
         self.counters.requests.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        self.counters.live_keys.store(self.keys.borrow().by_hash.len() as u64, Ordering::Relaxed);
         for op in ops.drain(..) {
             op.finish(outcome.as_ref().map(|_| ()));
         }
@@ -640,12 +799,18 @@ impl Writer {
     /// One transaction, one commit, for the whole batch.
     fn transaction(&self, ops: &mut [Box<dyn Op>], batch: &Batch<'_>) -> Result<(), QueueError> {
         let conn = &self.conn;
-        conn.execute_batch("BEGIN IMMEDIATE").map_err(|e| self.storage_error("beginning a transaction", e))?;
-        self.prune(batch);
-        let committed = ops
-            .iter_mut()
-            .try_for_each(|op| op.run(conn, batch, &self.path))
-            .and_then(|()| conn.execute_batch("COMMIT").map_err(|e| self.storage_error("committing", e)));
+        let begin = conn.prepare_cached("BEGIN IMMEDIATE").and_then(|mut begin| begin.execute([]));
+        begin.map_err(|e| self.storage_error("beginning a transaction", e))?;
+        let committed = self
+            .refresh_keys(batch)
+            .and_then(|()| {
+                self.prune(batch);
+                ops.iter_mut().try_for_each(|op| op.run(conn, batch, &self.path))
+            })
+            .and_then(|()| {
+                let commit = conn.prepare_cached("COMMIT").and_then(|mut commit| commit.execute([]));
+                commit.map(drop).map_err(|e| self.storage_error("committing", e))
+            });
         match committed {
             Ok(()) => {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
@@ -655,9 +820,27 @@ impl Writer {
                 if !conn.is_autocommit() {
                     let _ = conn.execute_batch("ROLLBACK");
                 }
+                // The batch's changes to the keys were rolled back in the file only.
+                self.keys_stale.set(true);
                 Err(error)
             }
         }
+    }
+
+    /// Reloads the live keys when they may not match the file: at start, after a rolled-back
+    /// batch, and when another connection committed since this one's last commit. Runs under
+    /// the write lock, so nobody else can commit until this batch has.
+    fn refresh_keys(&self, batch: &Batch<'_>) -> Result<(), QueueError> {
+        let version = data_version(&self.conn).map_err(|e| self.storage_error("reading data_version", e))?;
+        if !self.keys_stale.get() && version == self.keys.borrow().data_version {
+            return Ok(());
+        }
+        let keys = LiveKeys::load(&self.conn, batch.window_start(), batch.now_ms)
+            .map_err(|e| self.storage_error("loading the dedup keys", e))?;
+        tracing::debug!(path = %self.path.display(), keys = keys.by_hash.len(), "job queue dedup keys loaded");
+        *self.keys.borrow_mut() = keys;
+        self.keys_stale.set(false);
+        Ok(())
     }
 
     /// Deletes acked jobs whose dedup window has passed. Part of the batch's transaction, so it
@@ -675,6 +858,10 @@ impl Writer {
         if let Err(e) = pruned {
             // Harmless: the rows only take space; the next prune retries.
             tracing::warn!(path = %self.path.display(), error = %e, "pruning done jobs failed");
+        }
+        if let Err(e) = self.keys.borrow_mut().review(&self.conn, cutoff) {
+            // Harmless too: a stale entry costs a read, never a wrong answer.
+            tracing::warn!(path = %self.path.display(), error = %e, "reviewing dedup keys failed");
         }
     }
 
@@ -703,7 +890,7 @@ mod tests {
     }
 
     fn job(dedup_key: &str) -> NewJob {
-        NewJob { dedup_key: dedup_key.to_owned(), payload: json!({ "key": dedup_key }) }
+        NewJob::new(dedup_key.to_owned(), &json!({ "key": dedup_key }))
     }
 
     /// Moves the queue's clock forward instead of sleeping through timeouts and windows.
@@ -860,7 +1047,7 @@ mod tests {
     async fn extended_delivery_stays_invisible_past_its_first_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let queue = SqliteQueue::open(&dir.path().join("q.db"), SqliteQueueOptions::default()).unwrap();
-        queue.enqueue(vec![NewJob { dedup_key: "k".into(), payload: serde_json::json!(1) }]).await.unwrap();
+        queue.enqueue(vec![NewJob::new("k".into(), &1)]).await.unwrap();
         let delivery = queue.receive(1, Duration::from_secs(10)).await.unwrap().remove(0);
         advance(&queue, Duration::from_secs(8));
         queue.extend(&delivery.receipt, Duration::from_secs(10)).await.unwrap();
@@ -952,6 +1139,102 @@ mod tests {
         let again = queue.receive(10, VISIBILITY).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!((again[0].id.as_str(), again[0].receive_count), (dead.id.as_str(), 1));
+    }
+
+    #[tokio::test]
+    async fn redriven_job_catches_duplicates_again_past_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open_with(&dir, SqliteQueueOptions { max_receives: 1, ..SqliteQueueOptions::default() });
+        let first = enqueue_one(&queue, "k").await;
+        let delivery = receive_one(&queue).await;
+        queue.nack(&delivery.receipt, "registry said 500", Duration::ZERO).await.unwrap();
+        advance(&queue, SqliteQueueOptions::default().dedup_window + Duration::from_secs(1));
+
+        // Dead and out of the window: the key is free, and a second job takes it.
+        let second = enqueue_one(&queue, "k").await;
+        assert!(!second.duplicate);
+        // The first comes back: now two ready jobs share the key, and each keeps catching it.
+        assert!(queue.redrive(&first.id).await.unwrap());
+        let third = enqueue_one(&queue, "k").await;
+        assert!(third.duplicate);
+        assert!([&first.id, &second.id].contains(&&third.id), "{third:?}");
+        let deliveries = queue.receive(10, VISIBILITY).await.unwrap();
+        for delivery in &deliveries {
+            queue.ack(&delivery.receipt).await.unwrap();
+        }
+        let fourth = enqueue_one(&queue, "k").await;
+        assert!(fourth.duplicate, "acked within the window still catches: {fourth:?}");
+    }
+
+    #[tokio::test]
+    async fn keys_of_settled_jobs_are_dropped_a_window_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        let window = SqliteQueueOptions::default().dedup_window;
+        for key in ["a", "b", "c"] {
+            enqueue_one(&queue, key).await;
+        }
+        let deliveries = queue.receive(2, VISIBILITY).await.unwrap();
+        for delivery in &deliveries {
+            queue.ack(&delivery.receipt).await.unwrap();
+        }
+        assert_eq!(queue.stats().live_keys, 3);
+
+        advance(&queue, window * 3);
+        queue.check().await.unwrap(); // a batch: prunes and reviews the keys
+
+        // The acked two are gone; the one still ready keeps its key however old it is.
+        assert_eq!(queue.stats().live_keys, 1);
+        assert!(enqueue_one(&queue, "c").await.duplicate);
+        assert!(!enqueue_one(&queue, "a").await.duplicate);
+    }
+
+    #[tokio::test]
+    async fn jobs_another_process_enqueued_are_duplicates_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = open(&dir);
+        let other = open(&dir); // e.g. `ferry promote --config` while `ferry serve` runs
+        let mine = enqueue_one(&server, "mine").await;
+
+        let theirs = enqueue_one(&other, "theirs").await;
+        let again = enqueue_one(&server, "theirs").await;
+        assert_eq!(again, Enqueued { id: theirs.id, duplicate: true });
+        assert_eq!(enqueue_one(&other, "mine").await, Enqueued { id: mine.id, duplicate: true });
+    }
+
+    #[tokio::test]
+    async fn version_1_file_is_upgraded_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA journal_mode = WAL;
+                 {SCHEMA}
+                 CREATE INDEX jobs_dedup ON jobs (dedup_key);
+                 INSERT INTO jobs (id, dedup_key, payload, state, enqueued_at, available_at)
+                 VALUES ('old-job', 'k', '{{}}', 'ready', 1, 1);
+                 PRAGMA application_id = {APPLICATION_ID};
+                 PRAGMA user_version = 1;"
+            ))
+            .unwrap();
+        }
+
+        let queue = SqliteQueue::open(&path, SqliteQueueOptions::default()).unwrap();
+
+        assert_eq!(enqueue_one(&queue, "k").await, Enqueued { id: "old-job".into(), duplicate: true });
+        let (version, index): (i64, i64) = queue
+            .call("inspect", |conn, _| {
+                let version = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+                let index =
+                    conn.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'jobs_dedup'", [], |row| {
+                        row.get(0)
+                    })?;
+                Ok((version, index))
+            })
+            .await
+            .unwrap();
+        assert_eq!((version, index), (SCHEMA_VERSION, 0));
     }
 
     #[tokio::test]
