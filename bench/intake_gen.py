@@ -4,8 +4,9 @@
 Subcommands:
   pool --kind generic|acr --secret-file F --out PREFIX --threads T --count N --tag RUN
       Write T request files PREFIX.0 .. PREFIX.{T-1} (N requests in all) for
-      bench/intake/pool.lua. One request per line: tab-separated "Name: value"
-      headers, then the compact JSON body. Every request names a digest nobody
+      bench/intake/pool.lua. Each request is "<length>\n" then that many bytes:
+      the headers ("Name: value\r\n" each, Content-Length last), a blank line,
+      the compact JSON body. pool.lua puts the request line and Host in front. Every request names a digest nobody
       else uses (so Ferry's dedup never merges two), and generic requests are
       signed now: X-Ferry-Timestamp = now, X-Ferry-Signature = sha256=<hex
       HMAC-SHA256(secret, "{timestamp}.{body}")>, so they are fresh (±5 min) and
@@ -71,8 +72,8 @@ def cmd_pool(a):
     ts = str(int(time.time()))
     seq = 0
     for tid, count in enumerate(per_thread):
-        with open(f"{a.out}.{tid}", "w", newline="\n") as out:
-            lines = []
+        with open(f"{a.out}.{tid}", "wb") as out:
+            chunks = []
             for _ in range(count):
                 seq += 1
                 digest = "sha256:" + hashlib.sha256(f"{nonce}/{a.tag}/{seq}".encode()).hexdigest()
@@ -106,12 +107,17 @@ def cmd_pool(a):
                         "Content-Type: application/json",
                         f"Authorization: Bearer {secret.decode()}",
                     ]
-                lines.append("\t".join(headers + [body]))
-                if len(lines) >= 10000:
-                    out.write("\n".join(lines) + "\n")
-                    lines = []
-            if lines:
-                out.write("\n".join(lines) + "\n")
+                # What follows the request line and Host header, as wrk.format would write it;
+                # prefixed by its length so that pool.lua loads it with a few string.find calls.
+                body_bytes = body.encode()
+                headers.append(f"Content-Length: {len(body_bytes)}")
+                rest = ("\r\n".join(headers) + "\r\n\r\n").encode() + body_bytes
+                chunks.append(b"%d\n" % len(rest) + rest)
+                if len(chunks) >= 10000:
+                    out.write(b"".join(chunks))
+                    chunks = []
+            if chunks:
+                out.write(b"".join(chunks))
 
 
 # ---------------------------------------------------------------- small tools

@@ -14,8 +14,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(args.verbose, matches!(args.command, cli::Command::Serve(_)));
-    match cli::run(args).await {
+    let log_writer = cli::init_tracing(args.verbose, matches!(args.command, cli::Command::Serve(_)));
+    let result = cli::run(args).await;
+    // Every log line out before the final error, in order.
+    drop(log_writer);
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");

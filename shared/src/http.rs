@@ -246,6 +246,21 @@ async fn healthz(State(intake): State<Arc<Intake>>) -> Response {
     }
 }
 
+/// The 202 body, written straight from the jobs (no intermediate `Value`: this is the hot path).
+#[derive(serde::Serialize)]
+struct Queued<'a> {
+    status: &'static str,
+    jobs: Vec<QueuedReply<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct QueuedReply<'a> {
+    id: &'a str,
+    pipeline: &'a str,
+    stage: &'a str,
+    duplicate: bool,
+}
+
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
@@ -318,7 +333,7 @@ async fn hook(
     let (new_jobs, jobs): (Vec<NewJob>, Vec<QueuedJob>) = matched.into_iter().unzip();
     match intake.queue.enqueue(new_jobs).await {
         Ok(enqueued) => {
-            let listed: Vec<serde_json::Value> = enqueued
+            let listed: Vec<QueuedReply<'_>> = enqueued
                 .iter()
                 .zip(&jobs)
                 .map(|(e, job)| {
@@ -328,10 +343,10 @@ async fn hook(
                         QueuedJob::Deployment(_) => "deployment report",
                     };
                     tracing::info!(job.id = %e.id, pipeline, stage, duplicate = e.duplicate, sender = sender.as_str(), "{kind} queued");
-                    json!({ "id": e.id, "pipeline": pipeline, "stage": stage, "duplicate": e.duplicate })
+                    QueuedReply { id: &e.id, pipeline, stage, duplicate: e.duplicate }
                 })
                 .collect();
-            reply(StatusCode::ACCEPTED, json!({ "status": "queued", "jobs": listed }))
+            (StatusCode::ACCEPTED, axum::Json(Queued { status: "queued", jobs: listed })).into_response()
         }
         Err(QueueError::Invalid(why)) => error(StatusCode::BAD_REQUEST, why),
         Err(e) => {

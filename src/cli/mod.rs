@@ -92,8 +92,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Logs go to stderr: warnings only for one-shot commands, info for the server.
-pub fn init_tracing(verbose: u8, server: bool) {
+/// Logs go to stderr: warnings only for one-shot commands, info for the server. The server
+/// logs a line per webhook, so its lines are written by a background thread, many per write
+/// when busy; the returned guard flushes them when dropped.
+pub fn init_tracing(verbose: u8, server: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let default = match verbose {
         0 if server => "info",
         0 => "warn",
@@ -102,10 +104,19 @@ pub fn init_tracing(verbose: u8, server: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_target(false);
+    if !server {
+        builder.with_writer(std::io::stderr).init();
+        return None;
+    }
+    // Not lossy: when the buffer is full a request waits rather than its log line being dropped.
+    // The worker flushes whenever it has written everything queued, so an idle server's log is
+    // never behind.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("ferry-log-writer")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    builder.with_writer(writer).init();
+    Some(guard)
 }

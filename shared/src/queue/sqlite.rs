@@ -20,6 +20,11 @@
 //! file (`ferry --config` operations) is noticed by `PRAGMA data_version` and the keys are
 //! reloaded.
 //!
+//! Commits never wait for a checkpoint: a [`Checkpointer`] thread with a connection of its
+//! own copies committed WAL frames into the database file shortly after each commit (PASSIVE:
+//! it never blocks the writer). SQLite's own checkpoint inside a commit remains only as a
+//! backstop once the WAL reaches [`WAL_BACKSTOP_PAGES`], and by then little is left to copy.
+//!
 //! A job row is `ready` (waiting, or in flight when `available_at` is in the future and it holds
 //! a receipt), `done` (acked, kept without its payload for the dedup window, then pruned) or
 //! `dead`. Times are wall-clock unix milliseconds.
@@ -48,6 +53,12 @@ const MAX_BATCH: usize = 512;
 const CHANNEL_CAPACITY: usize = 4 * MAX_BATCH;
 /// Acked jobs whose dedup window has passed are deleted at most this often.
 const PRUNE_EVERY_MS: i64 = 1_000;
+/// The checkpointer runs at most this often, so a busy queue copies many commits per pass.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// `wal_autocheckpoint` of the writer: SQLite checkpoints inside a commit only past this.
+const WAL_BACKSTOP_PAGES: i64 = 8192;
+/// The WAL file is cut back to this size once a checkpoint has emptied it.
+const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 /// `last_error` is cut to this many bytes.
 const MAX_ERROR_BYTES: usize = 8 * 1024;
 
@@ -107,6 +118,8 @@ pub struct QueueStats {
     pub commits: u64,
     /// Distinct key hashes the writer keeps for dedup (jobs ready or within the window).
     pub live_keys: u64,
+    /// WAL frames the checkpointer thread has copied into the database file.
+    pub checkpointed_frames: u64,
 }
 
 /// The embedded, durable [`JobQueue`]. Open it once and share it (`Arc<dyn JobQueue>`);
@@ -136,7 +149,14 @@ impl SqliteQueue {
             return Err(QueueError::Invalid("max_receives must be at least 1".to_owned()));
         }
         let conn = open_connection(path)?;
+        let pragmas = conn
+            .pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
+            .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES));
+        pragmas.map_err(|e| {
+            QueueError::Unavailable(format!("job queue database {}: setting WAL limits failed: {e}", path.display()))
+        })?;
         let counters = Arc::new(Counters::default());
+        let checkpointer = Checkpointer::start(path, Arc::clone(&counters))?;
         let clock = Clock::default();
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let writer = Writer {
@@ -149,6 +169,7 @@ impl SqliteQueue {
             next_prune_at: Cell::new(i64::MIN),
             keys: RefCell::new(LiveKeys::default()),
             keys_stale: Cell::new(true),
+            checkpointer,
         };
         let writer = std::thread::Builder::new()
             .name("ferry-queue-writer".to_owned())
@@ -176,6 +197,7 @@ impl SqliteQueue {
             requests: self.counters.requests.load(Ordering::Relaxed),
             commits: self.counters.commits.load(Ordering::Relaxed),
             live_keys: self.counters.live_keys.load(Ordering::Relaxed),
+            checkpointed_frames: self.counters.checkpointed_frames.load(Ordering::Relaxed),
         }
     }
 
@@ -515,6 +537,70 @@ struct Counters {
     requests: AtomicU64,
     commits: AtomicU64,
     live_keys: AtomicU64,
+    checkpointed_frames: AtomicU64,
+}
+
+/// The thread that checkpoints the WAL, on a connection of its own, off the commit path.
+struct Checkpointer {
+    /// A commit happened. Bounded to one: a pending wake-up already covers later commits.
+    wake: std::sync::mpsc::SyncSender<()>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path, counters: Arc<Counters>) -> Result<Self, QueueError> {
+        let conn = Connection::open(path).map_err(|e| {
+            QueueError::Unavailable(format!(
+                "cannot open job queue database {} for checkpoints: {e}{}",
+                path.display(),
+                hint(&e)
+            ))
+        })?;
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let path = path.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("ferry-queue-checkpoint".to_owned())
+            .spawn(move || {
+                while woken.recv().is_ok() && !stopped.load(Ordering::Relaxed) {
+                    let pass = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+                    });
+                    match pass {
+                        Ok((_, copied)) => {
+                            counters.checkpointed_frames.fetch_add(copied.max(0).unsigned_abs(), Ordering::Relaxed);
+                        }
+                        // The backstop checkpoint inside commits still bounds the WAL.
+                        Err(e) => tracing::warn!(path = %path.display(), error = %e, "job queue checkpoint failed"),
+                    }
+                    // Unparked early only to stop.
+                    std::thread::park_timeout(CHECKPOINT_EVERY);
+                }
+            })
+            .map_err(|e| {
+                QueueError::Unavailable(format!("cannot start the checkpoint thread of the job queue: {e}"))
+            })?;
+        Ok(Self { wake, stop, thread: Some(thread) })
+    }
+
+    fn committed(&self) {
+        // Full: a pass is already due and will include this commit.
+        let _ = self.wake.try_send(());
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Replacing the sender disconnects a thread waiting for a commit.
+        self.wake = std::sync::mpsc::sync_channel(1).0;
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Wall-clock unix milliseconds, plus an offset that only tests move.
@@ -774,6 +860,7 @@ struct Writer {
     keys: RefCell<LiveKeys>,
     /// Set when the keys may not match the file (a rolled-back batch): reloaded before the next.
     keys_stale: Cell<bool>,
+    checkpointer: Checkpointer,
 }
 
 impl Writer {
@@ -814,6 +901,7 @@ impl Writer {
         match committed {
             Ok(()) => {
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.checkpointer.committed();
                 Ok(())
             }
             Err(error) => {
@@ -1235,6 +1323,25 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((version, index), (SCHEMA_VERSION, 0));
+    }
+
+    #[tokio::test]
+    async fn commits_are_checkpointed_off_the_commit_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        let autocheckpoint: i64 = queue
+            .call("pragma", |conn, _| Ok(conn.pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))?))
+            .await
+            .unwrap();
+        assert_eq!(autocheckpoint, WAL_BACKSTOP_PAGES);
+
+        queue.enqueue((0..50).map(|n| job(&format!("k{n}"))).collect()).await.unwrap();
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while queue.stats().checkpointed_frames == 0 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint within 10 s: {:?}", queue.stats());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     #[tokio::test]
