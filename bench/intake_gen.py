@@ -207,6 +207,21 @@ def cpu_seconds(pid):
         return comm, (int(fields[11]) + int(fields[12])) / tick
 
     _, total = stat(f"/proc/{pid}/stat")
+    # Everyone else, to name what disturbed a run (kernel threads included).
+    procs = {}
+    for other in os.listdir("/proc"):
+        if not other.isdigit() or other == str(pid):
+            continue
+        try:
+            comm, secs = stat(f"/proc/{other}/stat")
+        except (OSError, ValueError):
+            continue
+        if comm != "wrk" and secs > 0:
+            procs[f"{comm}[{other}]"] = secs
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    # irq + softirq (loopback TCP is partly processed there) and steal (the hypervisor).
+    irq, steal = (fields[5] + fields[6]) / tick, fields[7] / tick
     idle, all_ = _cpu_times()
     busy = (all_ - idle) / tick
     writer = 0.0
@@ -215,9 +230,9 @@ def cpu_seconds(pid):
             comm, secs = stat(f"/proc/{pid}/task/{tid}/stat")
         except OSError:
             continue
-        if comm.startswith("ferry-queue"):
+        if comm == "ferry-queue-wri":  # the writer thread (names are cut to 15 bytes)
             writer += secs
-    return {"total": total, "writer": writer, "system_busy": busy}
+    return {"total": total, "writer": writer, "system_busy": busy, "irq": irq, "steal": steal, "procs": procs}
 
 
 def cmd_cpu(a):
@@ -343,13 +358,19 @@ def cmd_check(a):
                 other = (e["system_busy"] - b["system_busy"]) - (e["total"] - b["total"]) - a.client_cpu
                 rec["client_cores"] = a.client_cpu / secs if secs else 0.0
                 rec["other_cores"] = max(0.0, other / secs) if secs else 0.0
+                if secs and "procs" in e:
+                    used = {k: (v - b["procs"].get(k, 0.0)) / secs for k, v in e["procs"].items()}
+                    used["irq+softirq"] = (e["irq"] - b["irq"]) / secs
+                    used["steal"] = (e["steal"] - b["steal"]) / secs
+                    top = sorted(used.items(), key=lambda kv: -kv[1])[:4]
+                    rec["other_top"] = ", ".join(f"{k} {v:.2f}" for k, v in top if v >= 0.02)
             if e.get("writer"):
                 rec["writer_us_per_req"] = (e["writer"] - b["writer"]) / r["requests"] * 1e6
                 rec["writer_cores"] = (e["writer"] - b["writer"]) / secs if secs else 0.0
     if rec.get("other_cores", 0.0) > a.max_other_cores:
         problems.append(
             f"disturbed: other processes used {rec['other_cores']:.2f} cores during the run "
-            f"(limit {a.max_other_cores}); rerun on a quiet machine"
+            f"(limit {a.max_other_cores}; {rec.get('other_top') or 'no single process'}); rerun on a quiet machine"
         )
     if a.db:
         # New rows in the queue while this run lasted (the caller waited for the count to settle).
@@ -413,6 +434,8 @@ def cmd_check(a):
         msg += f", writer thread {rec['writer_us_per_req']:.0f} µs/req ({rec['writer_cores']:.2f} cores)"
     if "client_cores" in rec:
         msg += f", wrk {rec['client_cores']:.2f} cores, others {rec['other_cores']:.2f} cores"
+        if rec.get("other_top"):
+            msg += f" ({rec['other_top']})"
     if a.db:
         msg += (
             f", queue +{rec['db_new_jobs']} jobs, {rec['ids_in_db']}/{rec['ids_unique']} answered ids in DB"
