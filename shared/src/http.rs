@@ -7,6 +7,8 @@
 //! has durably accepted them (503 when it cannot, so the sender retries).
 
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +28,7 @@ use crate::intake::{self, Build, Parsed, PromotionRequest, Sender, verify};
 pub use crate::job::{DeploymentJob, PromotionJob, QueuedJob, dedup_key};
 use crate::queue::{JobQueue, NewJob, QueueError};
 use crate::registry::auth::Secret;
+use crate::smooth::{ChunkedQueue, ShardedMap};
 
 /// Header names of Ferry's generic sender format.
 pub const TIMESTAMP_HEADER: &str = "x-ferry-timestamp";
@@ -39,41 +42,67 @@ pub struct Intake {
     max_clock_skew: Duration,
     body_limit: usize,
     /// Generic-sender signatures already accepted, until they fall out of the clock-skew window.
-    seen_signatures: Mutex<ReplayGuard>,
+    seen_signatures: ReplayGuard,
 }
 
-/// Generic-sender signatures already accepted, oldest first, forgotten once their timestamps
-/// would be refused anyway (twice the clock-skew window): O(1) per request.
-#[derive(Default)]
+/// Generic-sender signatures already accepted, forgotten once their timestamps would be refused
+/// anyway (twice the clock-skew window): O(1) per request. Split into shards by hash, each with
+/// its own lock and its own growth: under a burst one big map would double in a single step and
+/// hold every generic request up behind that lock.
 struct ReplayGuard {
-    /// Signature → when it was accepted (the newest time, if it was forgotten and accepted again).
-    seen: HashMap<String, Instant>,
-    order: std::collections::VecDeque<(Instant, String)>,
+    hasher: RandomState,
+    shards: Vec<Mutex<ReplayShard>>,
+}
+
+#[derive(Default)]
+struct ReplayShard {
+    /// Signature hash → when it was accepted (the newest time, if forgotten and accepted again).
+    seen: HashMap<u64, Instant>,
+    order: ChunkedQueue<(Instant, u64)>,
+}
+
+impl Default for ReplayGuard {
+    fn default() -> Self {
+        let shards = (0..64).map(|_| Mutex::default()).collect();
+        Self { hasher: RandomState::new(), shards }
+    }
 }
 
 impl ReplayGuard {
     /// Records `signature`; `false` when it was already seen (a replay).
-    fn remember(&mut self, signature: &str, now: Instant, window: Duration) -> bool {
-        while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) < window {
+    fn remember(&self, signature: &str, now: Instant, window: Duration) -> bool {
+        let hash = self.hasher.hash_one(signature);
+        let mut shard = self.shard(hash);
+        while let Some((at, old)) = shard.order.front() {
+            if now.duration_since(at) < window {
                 break;
             }
-            let (at, old) = self.order.pop_front().expect("front exists");
-            if self.seen.get(&old) == Some(&at) {
-                self.seen.remove(&old);
+            shard.order.pop_front();
+            if shard.seen.get(&old) == Some(&at) {
+                shard.seen.remove(&old);
             }
         }
-        if self.seen.contains_key(signature) {
+        if shard.seen.contains_key(&hash) {
             return false;
         }
-        self.seen.insert(signature.to_string(), now);
-        self.order.push_back((now, signature.to_string()));
+        shard.seen.insert(hash, now);
+        shard.order.push_back((now, hash));
         true
     }
 
     /// Forgets a signature whose request was not queued, so the sender may retry it.
-    fn forget(&mut self, signature: &str) {
-        self.seen.remove(signature);
+    fn forget(&self, signature: &str) {
+        let hash = self.hasher.hash_one(signature);
+        self.shard(hash).seen.remove(&hash);
+    }
+
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, ReplayShard> {
+        self.shards[ShardedMap::<()>::shard_of(hash) % self.shards.len()].lock().expect("not poisoned")
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().expect("not poisoned").seen.len()).sum()
     }
 }
 
@@ -140,7 +169,7 @@ impl Intake {
             queue,
             max_clock_skew: Duration::from_secs(config.server.max_clock_skew_secs),
             body_limit: config.server.body_limit,
-            seen_signatures: Mutex::new(ReplayGuard::default()),
+            seen_signatures: ReplayGuard::default(),
         })
     }
 
@@ -352,7 +381,7 @@ async fn hook(
         Err(e) => {
             // Nothing was queued: the sender may retry this very request.
             if let Some(signature) = header(&headers, SIGNATURE_HEADER) {
-                intake.seen_signatures.lock().expect("not poisoned").forget(signature.trim());
+                intake.seen_signatures.forget(signature.trim());
             }
             tracing::error!(error = %e, "queue refused a promotion; the sender will retry");
             error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry later"))
@@ -411,7 +440,7 @@ fn authenticate(
 /// than twice the skew window are forgotten: their timestamps would be refused anyway.
 fn remember_signature(intake: &Intake, signature: &str) -> bool {
     let window = intake.max_clock_skew * 2;
-    intake.seen_signatures.lock().expect("not poisoned").remember(signature.trim(), Instant::now(), window)
+    intake.seen_signatures.remember(signature.trim(), Instant::now(), window)
 }
 
 #[cfg(test)]
@@ -420,7 +449,7 @@ mod tests {
 
     #[test]
     fn replay_guard_refuses_repeats_and_forgets_old_signatures() {
-        let mut guard = ReplayGuard::default();
+        let guard = ReplayGuard::default();
         let start = Instant::now();
         let window = Duration::from_secs(600);
         assert!(guard.remember("a", start, window));
@@ -428,9 +457,25 @@ mod tests {
         assert!(guard.remember("b", start + Duration::from_secs(2), window));
         // Past the window "a" is forgotten (its timestamp would be refused by the skew check).
         assert!(guard.remember("c", start + Duration::from_secs(601), window));
-        assert_eq!(guard.order.len(), 2);
-        assert!(!guard.seen.contains_key("a"));
+        assert!(guard.remember("a", start + Duration::from_secs(602), window), "a was forgotten");
         guard.forget("c");
-        assert!(guard.remember("c", start + Duration::from_secs(602), window), "forgotten after a 503");
+        assert!(guard.remember("c", start + Duration::from_secs(603), window), "forgotten after a 503");
+    }
+
+    #[test]
+    fn replay_guard_memory_is_bounded_by_the_window() {
+        let guard = ReplayGuard::default();
+        let start = Instant::now();
+        let window = Duration::from_secs(600);
+        for n in 0..5000 {
+            assert!(guard.remember(&format!("old-{n}"), start, window));
+        }
+        // A window later every shard has seen new requests and dropped what expired.
+        let later = start + window + Duration::from_secs(1);
+        for n in 0..5000 {
+            assert!(guard.remember(&format!("new-{n}"), later, window));
+        }
+        assert_eq!(guard.len(), 5000);
+        assert!(!guard.remember("new-1", later, window));
     }
 }

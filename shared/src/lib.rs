@@ -8,5 +8,6 @@ pub mod ledger;
 pub mod ops;
 pub mod queue;
 pub mod registry;
+pub mod smooth;
 pub mod store;
 pub mod worker;

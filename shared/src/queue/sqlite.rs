@@ -30,8 +30,7 @@
 //! `dead`. Times are wall-clock unix milliseconds.
 
 use std::cell::{Cell, RefCell};
-use std::collections::hash_map::{Entry, RandomState};
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
@@ -40,6 +39,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::smooth::{ChunkedQueue, ShardedMap};
 use crate::store::{self, StoreKind};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
@@ -644,10 +644,12 @@ enum Seqs {
 #[derive(Default)]
 struct LiveKeys {
     hasher: RandomState,
-    by_hash: HashMap<u64, Seqs>,
+    /// Sharded, like `review` is chunked: with hundreds of thousands of jobs pending, one
+    /// doubling of a plain map would hold up every commit for tens of milliseconds.
+    by_hash: ShardedMap<Seqs>,
     /// `(since, hash, seq)` in time order: once `since` is a dedup window old the row is checked
     /// and its entry dropped unless it is still ready. Pushed when a row is added or settled.
-    review: VecDeque<(i64, u64, i64)>,
+    review: ChunkedQueue<(i64, u64, i64)>,
     /// `PRAGMA data_version` when the keys were last known complete: another connection's
     /// commit changes it.
     data_version: i64,
@@ -670,20 +672,17 @@ impl LiveKeys {
 
     fn add(&mut self, dedup_key: &str, seq: i64, now_ms: i64) {
         let hash = self.hasher.hash_one(dedup_key);
-        match self.by_hash.entry(hash) {
-            Entry::Vacant(entry) => {
-                entry.insert(Seqs::One(seq));
-            }
-            Entry::Occupied(mut entry) => match entry.get_mut() {
-                Seqs::One(other) if *other == seq => {}
-                Seqs::One(other) => {
-                    let other = *other;
-                    entry.insert(Seqs::Many(vec![other, seq]));
+        self.by_hash.upsert(hash, |seqs| match seqs {
+            None => Seqs::One(seq),
+            Some(Seqs::One(other)) if other == seq => Seqs::One(seq),
+            Some(Seqs::One(other)) => Seqs::Many(vec![other, seq]),
+            Some(Seqs::Many(mut seqs)) => {
+                if !seqs.contains(&seq) {
+                    seqs.push(seq);
                 }
-                Seqs::Many(seqs) if !seqs.contains(&seq) => seqs.push(seq),
-                Seqs::Many(_) => {}
-            },
-        }
+                Seqs::Many(seqs)
+            }
+        });
         self.review.push_back((now_ms, hash, seq));
     }
 
@@ -696,7 +695,7 @@ impl LiveKeys {
     /// The newest live job with this key.
     fn find(&mut self, conn: &Connection, dedup_key: &str, window_start: i64) -> rusqlite::Result<Option<String>> {
         let hash = self.hasher.hash_one(dedup_key);
-        let seqs: Vec<i64> = match self.by_hash.get(&hash) {
+        let seqs: Vec<i64> = match self.by_hash.get(hash) {
             None => return Ok(None),
             Some(Seqs::One(seq)) => vec![*seq],
             Some(Seqs::Many(seqs)) => seqs.iter().rev().copied().collect(),
@@ -715,7 +714,7 @@ impl LiveKeys {
     /// Drops the entries of rows that have been out of the window and not ready for a window.
     fn review(&mut self, conn: &Connection, window_start: i64) -> rusqlite::Result<()> {
         let mut row = conn.prepare_cached("SELECT state = 'ready' OR enqueued_at > ?2 FROM jobs WHERE seq = ?1")?;
-        while let Some(&(since, hash, seq)) = self.review.front() {
+        while let Some((since, hash, seq)) = self.review.front() {
             if since > window_start {
                 break;
             }
@@ -729,19 +728,18 @@ impl LiveKeys {
     }
 
     fn remove(&mut self, hash: u64, seq: i64) {
-        let Entry::Occupied(mut entry) = self.by_hash.entry(hash) else { return };
-        match entry.get_mut() {
-            Seqs::One(only) if *only == seq => {
-                entry.remove();
-            }
-            Seqs::One(_) => {}
-            Seqs::Many(seqs) => {
+        self.by_hash.modify(hash, |seqs| match seqs {
+            Seqs::One(only) if only == seq => None,
+            Seqs::One(other) => Some(Seqs::One(other)),
+            Seqs::Many(mut seqs) => {
                 seqs.retain(|s| *s != seq);
-                if let [only] = seqs[..] {
-                    entry.insert(Seqs::One(only));
+                match seqs[..] {
+                    [] => None,
+                    [only] => Some(Seqs::One(only)),
+                    _ => Some(Seqs::Many(seqs)),
                 }
             }
-        }
+        });
     }
 }
 
