@@ -15,7 +15,8 @@
 #   WARMUP=2              seconds of warm-up before each measured run (at most 15)
 #   THREADS=2             wrk threads
 #   CONNS="64 16"         connection counts, one group of rows each
-#   POOL_FACTOR=2         generic/acr pool = warm-up rate × DURATION × POOL_FACTOR requests
+#   POOL_FACTOR=2         generic/acr pool = max(warm-up rate × POOL_FACTOR, 0.6 × bare rate)
+#                         × DURATION requests
 #   BENCH_TMPDIR=/var/tmp where the temp dir (and the queue's data_dir) goes; must not be tmpfs
 #   QUIET_WAIT=0          wait up to this many seconds for the CPUs to be ≥ 90% idle first
 #   OTHER_MAX=0.35        a row is invalid when processes other than server and wrk used more
@@ -266,7 +267,11 @@ ferry_row() { # KIND CONNS URL DB LOG PID LABEL_SUFFIX [ROUTE_NOTE]
     wrk_run "$url/hooks/$kind" "$TMP/$tag.warm" once - "$WARMUP" "$c" "$OUT/$tag.warmup.txt"
     rm -f "$TMP/$tag.warm".*
     warm_rps=$(rps_of "$OUT/$tag.warmup.txt")
-    n=$((warm_rps * DURATION * POOL_FACTOR + 5000))
+    # Enough for POOL_FACTOR × the warm-up's rate, and never less than 0.6 × the bare peer's
+    # rate: a warm-up slowed by a passing disturbance must not leave the measured run short.
+    local rate=$((warm_rps * POOL_FACTOR))
+    ((rate >= bare_rps * 6 / 10)) || rate=$((bare_rps * 6 / 10))
+    n=$((rate * DURATION + 5000))
     before=$(python3 "$LIB" settle "$db")
     before_seq=$(python3 "$LIB" max-seq "$db")
     log_before=$(grep -c "promotion queued" "$logf" || true)
