@@ -96,9 +96,12 @@ BARE_BIN=${BARE_BIN:-$ROOT/target/release/examples/bare_axum}
 if ((QUIET_WAIT > 0)); then
     log "waiting up to ${QUIET_WAIT}s for the CPUs to be idle"
 fi
-idle=$(python3 "$LIB" wait-quiet "$QUIET_WAIT")
+read -r idle steal < <(python3 "$LIB" wait-quiet "$QUIET_WAIT")
 if ((idle < 90)); then
     log "WARNING: the CPUs were only ${idle}% idle before the run: other work skews every number on 2 cores"
+fi
+if ((steal >= 5)); then
+    log "WARNING: the hypervisor took ${steal}% of the CPUs when asked for them: a noisy neighbour skews every number"
 fi
 busy=$(pgrep -x -d, 'cargo|rustc|cc1|cc1plus|ld|wrk|skopeo|docker-registry' || true)
 if [[ -n "$busy" ]]; then
@@ -361,7 +364,7 @@ SECTION="$OUT/section.md"
     echo "Recorded with \`$settings$INVOCATION\`."
     echo
     echo "$MACHINE"
-    echo "- CPU idle just before the run: ${idle}% (other processes on the machine skew 2-core numbers)"
+    echo "- CPU idle just before the run: ${idle}%; hypervisor steal with both CPUs busy: ${steal}% (other processes and neighbours skew 2-core numbers)"
     echo "- fsync after a 16 KiB append in the queue's data_dir (≈ one small WAL commit): median $fsync_p50 ms, p99 $fsync_p99 ms"
     echo "- $ferry_version ($built_from), release profile; $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
     echo "- wrk -t$THREADS, ${DURATION} s per row after a ${WARMUP} s warm-up, --timeout 5s; client, servers and"
