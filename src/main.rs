@@ -6,11 +6,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-// glibc's malloc cost intake ~20% of its CPU: buffers are allocated on the request threads and
-// freed on the queue's writer thread, and per-thread arenas handle that poorly.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = cli::Cli::parse();
