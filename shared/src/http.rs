@@ -28,7 +28,7 @@ use crate::intake::{self, Build, Parsed, PromotionRequest, Sender, verify};
 pub use crate::job::{DeploymentJob, PromotionJob, QueuedJob, dedup_key};
 use crate::queue::{JobQueue, NewJob, QueueError};
 use crate::registry::auth::Secret;
-use crate::smooth::{ChunkedQueue, ShardedMap};
+use crate::smooth::{self, ChunkedQueue};
 
 /// Header names of Ferry's generic sender format.
 pub const TIMESTAMP_HEADER: &str = "x-ferry-timestamp";
@@ -63,7 +63,7 @@ struct ReplayShard {
 
 impl Default for ReplayGuard {
     fn default() -> Self {
-        let shards = (0..64).map(|_| Mutex::default()).collect();
+        let shards = (0..smooth::SHARDS).map(|_| Mutex::default()).collect();
         Self { hasher: RandomState::new(), shards }
     }
 }
@@ -97,7 +97,7 @@ impl ReplayGuard {
     }
 
     fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, ReplayShard> {
-        self.shards[ShardedMap::<()>::shard_of(hash) % self.shards.len()].lock().expect("not poisoned")
+        self.shards[smooth::shard_of(hash)].lock().expect("not poisoned")
     }
 
     #[cfg(test)]

@@ -5,8 +5,14 @@
 
 use std::collections::{HashMap, VecDeque};
 
-/// Number of sub-maps in a [`ShardedMap`]: each grows on its own, at 1/64 of the size.
-const SHARDS: usize = 64;
+/// Number of sub-maps in a [`ShardedMap`] (and of locks where callers shard by hand): each grows
+/// on its own, at 1/64 of the size.
+pub const SHARDS: usize = 64;
+
+/// The shard an already well-mixed `u64` hash belongs to: its top bits.
+pub fn shard_of(hash: u64) -> usize {
+    (hash >> (64 - SHARDS.trailing_zeros())) as usize
+}
 
 /// A map keyed by an already well-mixed `u64` hash, split into [`SHARDS`] maps by its top bits.
 pub struct ShardedMap<V> {
@@ -21,18 +27,13 @@ impl<V> Default for ShardedMap<V> {
 }
 
 impl<V> ShardedMap<V> {
-    /// The shard `hash` lives in (also for callers that lock per shard).
-    pub fn shard_of(hash: u64) -> usize {
-        (hash >> (64 - SHARDS.trailing_zeros())) as usize
-    }
-
     pub fn get(&self, hash: u64) -> Option<&V> {
-        self.shards[Self::shard_of(hash)].get(&hash)
+        self.shards[shard_of(hash)].get(&hash)
     }
 
     /// Inserts or updates through `update`, which gets the current value if any.
     pub fn upsert(&mut self, hash: u64, update: impl FnOnce(Option<V>) -> V) {
-        let shard = &mut self.shards[Self::shard_of(hash)];
+        let shard = &mut self.shards[shard_of(hash)];
         let current = shard.remove(&hash);
         if current.is_none() {
             self.len += 1;
@@ -42,7 +43,7 @@ impl<V> ShardedMap<V> {
 
     /// Changes the value through `change`, which returns `None` to remove it.
     pub fn modify(&mut self, hash: u64, change: impl FnOnce(V) -> Option<V>) {
-        let shard = &mut self.shards[Self::shard_of(hash)];
+        let shard = &mut self.shards[shard_of(hash)];
         if let Some(current) = shard.remove(&hash) {
             match change(current) {
                 Some(value) => {
@@ -156,7 +157,7 @@ mod tests {
         map.modify(12345, |_| unreachable!("absent keys are not visited"));
         assert_eq!(map.len(), hashes.len() - 1);
         assert!(map.get(u64::MAX).is_none());
-        assert_eq!(ShardedMap::<()>::shard_of(u64::MAX), SHARDS - 1);
-        assert_eq!(ShardedMap::<()>::shard_of(0), 0);
+        assert_eq!(shard_of(u64::MAX), SHARDS - 1);
+        assert_eq!(shard_of(0), 0);
     }
 }
