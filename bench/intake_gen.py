@@ -296,7 +296,7 @@ def cmd_count_sender(a):
 
 def cmd_fsync(a):
     """Like one small group commit: append a few 4 KiB frames to a log file, then fsync(2)
-    (SQLite's WAL commit with synchronous=FULL), restarting at offset 0 now and then (as the WAL
+    (a commit of Ferry's queue and the fdatasync its sync thread makes), restarting at offset 0 now and then (as the WAL
     does after a checkpoint)."""
     path = os.path.join(a.dir, ".intake-fsync-probe")
     block = os.urandom(4096)

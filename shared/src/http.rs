@@ -337,12 +337,18 @@ async fn hook(
     let (matched, unmatched_reason): (Vec<(NewJob, QueuedJob)>, String) = match parsed {
         Parsed::Ignored(reason) => return reply(StatusCode::OK, json!({ "status": "ignored", "reason": reason })),
         Parsed::Requests(requests) => {
-            let names: Vec<String> =
-                requests.iter().map(|r| format!("{}/{}", r.registry.as_deref().unwrap_or("?"), r.repository)).collect();
-            (
-                requests.iter().flat_map(|r| intake.jobs_for(r)).collect(),
-                format!("no pipeline matches {}", names.join(", ")),
-            )
+            let jobs: Vec<_> = requests.iter().flat_map(|r| intake.jobs_for(r)).collect();
+            // Only a request nothing matched needs the reason.
+            let reason = if jobs.is_empty() {
+                let names: Vec<String> = requests
+                    .iter()
+                    .map(|r| format!("{}/{}", r.registry.as_deref().unwrap_or("?"), r.repository))
+                    .collect();
+                format!("no pipeline matches {}", names.join(", "))
+            } else {
+                String::new()
+            };
+            (jobs, reason)
         }
         Parsed::Build(build) => match intake.jobs_for_build(&build) {
             Ok(jobs) => {

@@ -1,5 +1,6 @@
 //! The SQLite files Ferry keeps (job queue, ledger): WAL with `synchronous=FULL` so a commit
-//! is on disk when it returns, a marker (`application_id`) saying what the file is, and a
+//! is on disk when it returns (the job queue's writer moves that fsync to a thread of its own,
+//! see `queue::sqlite`), a marker (`application_id`) saying what the file is, and a
 //! schema version checked on open.
 
 use std::path::Path;

@@ -2,10 +2,15 @@
 //!
 //! Every call is sent to a dedicated writer thread that owns the [`Connection`]. The thread
 //! blocks for the first request, takes everything else already waiting (up to [`MAX_BATCH`]),
-//! runs all of it in ONE transaction and commits once: one fsync (`synchronous=FULL`, WAL) for
-//! the whole batch. Only then are the callers answered, so an `Ok` from [`JobQueue::enqueue`]
-//! means the jobs are on disk. Batches grow with concurrency on their own; nothing sleeps
-//! waiting for more work.
+//! runs all of it in ONE transaction and commits once. Batches grow with concurrency on their
+//! own; nothing sleeps waiting for more work.
+//!
+//! The commit writes the WAL without waiting for the disk (`synchronous=NORMAL`); the batch's
+//! callers go to a [`Syncer`] thread, which fsyncs the WAL once for every batch handed over
+//! since its last pass and only then answers them, in commit order. So an `Ok` from
+//! [`JobQueue::enqueue`] still means the jobs are on disk, and the writer runs the next batch
+//! while the disk works instead of sitting in fsync. A failed fsync makes the queue unavailable
+//! until a restart: after one, the kernel may have dropped pages it never wrote.
 //!
 //! A request may be refused (a stale receipt) without touching the database, and the rest of
 //! its batch commits. A storage error (disk full, file unwritable) rolls back the whole batch
@@ -65,11 +70,13 @@ const MAX_ERROR_BYTES: usize = 8 * 1024;
 /// `PRAGMA application_id`: "FRYQ". Tells a queue file from any other SQLite file.
 const APPLICATION_ID: i64 = 0x4652_5951;
 /// `PRAGMA user_version` of the schema below.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
+/// `id` is a UUIDv7 (74 random bits) and has no index: only a dead letter is ever looked up by
+/// it, through `jobs_dead`. An index would cost a B-tree page written per commit.
 const SCHEMA: &str = "
 CREATE TABLE jobs (
     seq           INTEGER PRIMARY KEY,
-    id            TEXT    NOT NULL UNIQUE,
+    id            TEXT    NOT NULL,
     dedup_key     TEXT    NOT NULL,
     payload       TEXT    NOT NULL,
     state         TEXT    NOT NULL CHECK (state IN ('ready', 'done', 'dead')),
@@ -90,8 +97,35 @@ CREATE TABLE probe (
 );
 ";
 
-/// Version 1 indexed `dedup_key`; the writer now keeps live keys in memory.
-const MIGRATIONS: &[(i64, &str)] = &[(1, "DROP INDEX IF EXISTS jobs_dedup;")];
+/// Version 1 indexed `dedup_key` (the writer now keeps live keys in memory); version 2 had a
+/// unique index on `id`, which only a table rebuild drops.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, "DROP INDEX IF EXISTS jobs_dedup;"),
+    (
+        2,
+        "CREATE TABLE jobs_v3 (
+             seq           INTEGER PRIMARY KEY,
+             id            TEXT    NOT NULL,
+             dedup_key     TEXT    NOT NULL,
+             payload       TEXT    NOT NULL,
+             state         TEXT    NOT NULL CHECK (state IN ('ready', 'done', 'dead')),
+             enqueued_at   INTEGER NOT NULL,
+             available_at  INTEGER NOT NULL,
+             receive_count INTEGER NOT NULL DEFAULT 0,
+             receipt       TEXT,
+             last_error    TEXT,
+             failed_at     INTEGER
+         );
+         INSERT INTO jobs_v3 SELECT seq, id, dedup_key, payload, state, enqueued_at, available_at,
+                                    receive_count, receipt, last_error, failed_at FROM jobs;
+         DROP TABLE jobs;
+         ALTER TABLE jobs_v3 RENAME TO jobs;
+         CREATE INDEX jobs_ready ON jobs (available_at) WHERE state = 'ready';
+         CREATE INDEX jobs_done ON jobs (enqueued_at) WHERE state = 'done';
+         CREATE INDEX jobs_dead ON jobs (failed_at) WHERE state = 'dead';
+         CREATE UNIQUE INDEX jobs_receipt ON jobs (receipt) WHERE receipt IS NOT NULL;",
+    ),
+];
 
 /// Settings of a [`SqliteQueue`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +154,11 @@ pub struct QueueStats {
     pub live_keys: u64,
     /// WAL frames the checkpointer thread has copied into the database file.
     pub checkpointed_frames: u64,
+    /// fsyncs of the WAL; each makes every commit before it durable, so usually fewer than
+    /// `commits` under load.
+    pub syncs: u64,
+    /// Commits known to be on disk. Callers of a commit are answered only once it is.
+    pub durable_commits: u64,
 }
 
 /// The embedded, durable [`JobQueue`]. Open it once and share it (`Arc<dyn JobQueue>`);
@@ -145,21 +184,35 @@ impl SqliteQueue {
     /// Fails with [`QueueError::Unavailable`] when the file cannot be opened for writing, does
     /// not hold a Ferry queue, or has a schema newer than this build knows.
     pub fn open(path: &Path, options: SqliteQueueOptions) -> Result<Self, QueueError> {
+        Self::open_syncing(path, options, |wal| Box::new(move || wal.sync_data()))
+    }
+
+    /// [`SqliteQueue::open`] with the fsync of the WAL made by `sync` (tests make it fail).
+    fn open_syncing(
+        path: &Path,
+        options: SqliteQueueOptions,
+        sync: impl FnOnce(std::fs::File) -> SyncWal,
+    ) -> Result<Self, QueueError> {
         if options.max_receives == 0 {
             return Err(QueueError::Invalid("max_receives must be at least 1".to_owned()));
         }
         let conn = open_connection(path)?;
+        // The syncer fsyncs the WAL before anyone is answered; SQLite still syncs around
+        // checkpoints, so a checkpoint never copies frames the disk does not have.
         let pragmas = conn
             .pragma_update(None, "wal_autocheckpoint", WAL_BACKSTOP_PAGES)
-            .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES));
+            .and_then(|()| conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT_BYTES))
+            .and_then(|()| conn.pragma_update(None, "synchronous", "NORMAL"));
         pragmas.map_err(|e| {
-            QueueError::Unavailable(format!("job queue database {}: setting WAL limits failed: {e}", path.display()))
+            QueueError::Unavailable(format!("job queue database {}: setting WAL pragmas failed: {e}", path.display()))
         })?;
         let counters = Arc::new(Counters::default());
+        let syncer = Syncer::start(path, sync, Arc::clone(&counters))?;
         let checkpointer = Checkpointer::start(path, Arc::clone(&counters))?;
         let clock = Clock::default();
         let (sender, receiver) = mpsc::channel(CHANNEL_CAPACITY);
         let writer = Writer {
+            syncer,
             conn,
             receiver,
             options,
@@ -198,11 +251,13 @@ impl SqliteQueue {
             commits: self.counters.commits.load(Ordering::Relaxed),
             live_keys: self.counters.live_keys.load(Ordering::Relaxed),
             checkpointed_frames: self.counters.checkpointed_frames.load(Ordering::Relaxed),
+            syncs: self.counters.syncs.load(Ordering::Relaxed),
+            durable_commits: self.counters.durable_commits.load(Ordering::Relaxed),
         }
     }
 
     /// Runs `work` on the writer thread inside the next batch's transaction and answers once
-    /// that transaction committed. `work` may refuse ([`Failure::Queue`]) only before it changes
+    /// that transaction committed and is on disk. `work` may refuse ([`Failure::Queue`]) only before it changes
     /// anything; a storage error ([`Failure::Sql`]) fails the whole batch.
     fn call<T, F>(&self, what: &'static str, work: F) -> QueueFuture<'_, T>
     where
@@ -284,7 +339,7 @@ impl JobQueue for SqliteQueue {
                 .prepare_cached(
                     "UPDATE jobs SET state = 'ready', receive_count = 0, available_at = ?2,
                             receipt = NULL, failed_at = NULL
-                     WHERE id = ?1 AND state = 'dead'
+                     WHERE seq = (SELECT seq FROM jobs INDEXED BY jobs_dead WHERE state = 'dead' AND id = ?1)
                      RETURNING seq, dedup_key",
                 )?
                 .query_row(params![id, batch.now_ms], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -538,6 +593,115 @@ struct Counters {
     commits: AtomicU64,
     live_keys: AtomicU64,
     checkpointed_frames: AtomicU64,
+    syncs: AtomicU64,
+    durable_commits: AtomicU64,
+}
+
+/// fsyncs the WAL file.
+type SyncWal = Box<dyn FnMut() -> std::io::Result<()> + Send>;
+
+/// A committed batch whose callers wait for the disk.
+struct Settled {
+    ops: Vec<Box<dyn Op>>,
+    /// Commits by the writer up to and including this batch's.
+    commits: u64,
+}
+
+/// The thread that makes commits durable and answers their callers: one fsync of the WAL for
+/// every batch handed over since the last one, then the answers, in commit order (a batch that
+/// only read may have read an earlier batch's rows, so it is answered after them too).
+struct Syncer {
+    sender: Option<std::sync::mpsc::Sender<Settled>>,
+    thread: Option<JoinHandle<()>>,
+    /// Set by the first failed fsync; from then on every request fails with it.
+    failed: Arc<std::sync::OnceLock<QueueError>>,
+}
+
+impl Syncer {
+    /// Opens the WAL file, which SQLite created when the writer's connection first read the
+    /// database. It is never replaced while that connection is open.
+    fn start(
+        path: &Path,
+        sync: impl FnOnce(std::fs::File) -> SyncWal,
+        counters: Arc<Counters>,
+    ) -> Result<Self, QueueError> {
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let wal_path = PathBuf::from(wal_path);
+        let wal = std::fs::File::open(&wal_path).map_err(|e| {
+            QueueError::Unavailable(format!("cannot open the WAL {} of the job queue: {e}", wal_path.display()))
+        })?;
+        let mut sync_wal = sync(wal);
+        let (sender, settled) = std::sync::mpsc::channel::<Settled>();
+        let failed = Arc::new(std::sync::OnceLock::new());
+        let failure = Arc::clone(&failed);
+        let thread = std::thread::Builder::new()
+            .name("ferry-queue-sync".to_owned())
+            .spawn(move || {
+                let mut durable = 0;
+                while let Ok(first) = settled.recv() {
+                    let mut pending = vec![first];
+                    pending.extend(settled.try_iter());
+                    let newest = pending.iter().map(|batch| batch.commits).max().unwrap_or(0);
+                    if newest > durable && failure.get().is_none() {
+                        match sync_wal() {
+                            Ok(()) => {
+                                durable = newest;
+                                counters.syncs.fetch_add(1, Ordering::Relaxed);
+                                counters.durable_commits.store(durable, Ordering::Relaxed);
+                            }
+                            Err(e) => {
+                                let error = QueueError::Unavailable(format!(
+                                    "fsync of {} failed: {e}; the job queue stops accepting work until ferry                                      is restarted (jobs answered before this are on disk)",
+                                    wal_path.display()
+                                ));
+                                tracing::error!(error = %error, "job queue WAL fsync failed");
+                                let _ = failure.set(error);
+                            }
+                        }
+                    }
+                    for batch in pending {
+                        let outcome = match failure.get() {
+                            Some(error) if batch.commits > durable => Err(error),
+                            _ => Ok(()),
+                        };
+                        for op in batch.ops {
+                            op.finish(outcome);
+                        }
+                    }
+                }
+            })
+            .map_err(|e| QueueError::Unavailable(format!("cannot start the sync thread of the job queue: {e}")))?;
+        Ok(Self { sender: Some(sender), thread: Some(thread), failed })
+    }
+
+    /// The first fsync failure, if there was one.
+    fn failure(&self) -> Option<&QueueError> {
+        self.failed.get()
+    }
+
+    fn hand_over(&self, batch: Settled) {
+        let Some(sender) = &self.sender else {
+            return;
+        };
+        if let Err(std::sync::mpsc::SendError(batch)) = sender.send(batch) {
+            // Only when the sync thread panicked: fail the callers rather than leave them waiting.
+            let error = QueueError::Unavailable("the sync thread of the job queue has stopped".to_owned());
+            for op in batch.ops {
+                op.finish(Err(&error));
+            }
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // The thread answers what it was handed, then ends.
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The thread that checkpoints the WAL, on a connection of its own, off the commit path.
@@ -848,6 +1012,8 @@ impl Drop for StopLog {
 
 /// The thread that owns the connection.
 struct Writer {
+    /// First, so it is dropped first: the last answers go out before the connection closes.
+    syncer: Syncer,
     conn: Connection,
     receiver: mpsc::Receiver<Box<dyn Op>>,
     options: SqliteQueueOptions,
@@ -872,13 +1038,26 @@ impl Writer {
     }
 
     fn execute(&mut self, ops: &mut Vec<Box<dyn Op>>) {
+        self.counters.requests.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        if let Some(error) = self.syncer.failure() {
+            for op in ops.drain(..) {
+                op.finish(Err(error));
+            }
+            return;
+        }
         let batch = Batch { now_ms: self.clock.now_ms(), options: &self.options, keys: &self.keys };
         let outcome = self.transaction(ops, &batch);
-        self.counters.requests.fetch_add(ops.len() as u64, Ordering::Relaxed);
         self.counters.live_keys.store(self.keys.borrow().by_hash.len() as u64, Ordering::Relaxed);
-        for op in ops.drain(..) {
-            op.finish(outcome.as_ref().map(|_| ()));
+        if let Err(error) = &outcome {
+            // Rolled back: nothing of it is in the file, nothing to wait for.
+            for op in ops.drain(..) {
+                op.finish(Err(error));
+            }
+            return;
         }
+        let ops = std::mem::replace(ops, Vec::with_capacity(MAX_BATCH));
+        let commits = self.counters.commits.load(Ordering::Relaxed);
+        self.syncer.hand_over(Settled { ops, commits });
     }
 
     /// One transaction, one commit, for the whole batch.
@@ -1288,6 +1467,78 @@ mod tests {
         assert_eq!(enqueue_one(&other, "mine").await, Enqueued { id: mine.id, duplicate: true });
     }
 
+    /// The jobs table of schema versions 1 and 2, with its unique index on `id`.
+    const SCHEMA_V2: &str = "
+        CREATE TABLE jobs (
+            seq           INTEGER PRIMARY KEY,
+            id            TEXT    NOT NULL UNIQUE,
+            dedup_key     TEXT    NOT NULL,
+            payload       TEXT    NOT NULL,
+            state         TEXT    NOT NULL CHECK (state IN ('ready', 'done', 'dead')),
+            enqueued_at   INTEGER NOT NULL,
+            available_at  INTEGER NOT NULL,
+            receive_count INTEGER NOT NULL DEFAULT 0,
+            receipt       TEXT,
+            last_error    TEXT,
+            failed_at     INTEGER
+        );
+        CREATE INDEX jobs_ready ON jobs (available_at) WHERE state = 'ready';
+        CREATE INDEX jobs_done ON jobs (enqueued_at) WHERE state = 'done';
+        CREATE INDEX jobs_dead ON jobs (failed_at) WHERE state = 'dead';
+        CREATE UNIQUE INDEX jobs_receipt ON jobs (receipt) WHERE receipt IS NOT NULL;
+        CREATE TABLE probe (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            at_unix_ms INTEGER NOT NULL
+        );";
+
+    /// Indexes on `jobs` and the schema version of an open queue.
+    async fn indexes_and_version(queue: &SqliteQueue) -> (Vec<String>, i64) {
+        queue
+            .call("inspect", |conn, _| {
+                let version = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+                let mut select = conn.prepare(
+                    "SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = 'jobs' ORDER BY name",
+                )?;
+                let names = select.query_map([], |row| row.get(0))?.collect::<Result<Vec<String>, _>>()?;
+                Ok((names, version))
+            })
+            .await
+            .unwrap()
+    }
+
+    const INDEXES_NOW: [&str; 4] = ["jobs_dead", "jobs_done", "jobs_ready", "jobs_receipt"];
+
+    #[tokio::test]
+    async fn version_2_file_is_upgraded_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&format!(
+                "PRAGMA journal_mode = WAL;
+                 {SCHEMA_V2}
+                 INSERT INTO jobs (id, dedup_key, payload, state, enqueued_at, available_at)
+                 VALUES ('ready-job', 'k', '{{\"n\": 1}}', 'ready', 1, 1);
+                 INSERT INTO jobs (id, dedup_key, payload, state, enqueued_at, available_at, receive_count,
+                                   last_error, failed_at)
+                 VALUES ('dead-job', 'd', '{{\"n\": 2}}', 'dead', 1, 1, 5, 'registry said 500', 2);
+                 PRAGMA application_id = {APPLICATION_ID};
+                 PRAGMA user_version = 2;"
+            ))
+            .unwrap();
+        }
+
+        let queue = SqliteQueue::open(&path, SqliteQueueOptions::default()).unwrap();
+
+        assert_eq!(indexes_and_version(&queue).await, (INDEXES_NOW.map(String::from).to_vec(), SCHEMA_VERSION));
+        assert_eq!(enqueue_one(&queue, "k").await, Enqueued { id: "ready-job".into(), duplicate: true });
+        let dead = queue.dead_letters().await.unwrap();
+        assert_eq!((dead.len(), dead[0].id.as_str(), dead[0].receive_count), (1, "dead-job", 5));
+        assert!(queue.redrive("dead-job").await.unwrap());
+        let ids: HashSet<String> = queue.receive(10, VISIBILITY).await.unwrap().into_iter().map(|d| d.id).collect();
+        assert_eq!(ids, HashSet::from(["ready-job".to_owned(), "dead-job".to_owned()]));
+    }
+
     #[tokio::test]
     async fn version_1_file_is_upgraded_and_keeps_its_jobs() {
         let dir = tempfile::tempdir().unwrap();
@@ -1296,7 +1547,7 @@ mod tests {
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(&format!(
                 "PRAGMA journal_mode = WAL;
-                 {SCHEMA}
+                 {SCHEMA_V2}
                  CREATE INDEX jobs_dedup ON jobs (dedup_key);
                  INSERT INTO jobs (id, dedup_key, payload, state, enqueued_at, available_at)
                  VALUES ('old-job', 'k', '{{}}', 'ready', 1, 1);
@@ -1309,18 +1560,7 @@ mod tests {
         let queue = SqliteQueue::open(&path, SqliteQueueOptions::default()).unwrap();
 
         assert_eq!(enqueue_one(&queue, "k").await, Enqueued { id: "old-job".into(), duplicate: true });
-        let (version, index): (i64, i64) = queue
-            .call("inspect", |conn, _| {
-                let version = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-                let index =
-                    conn.query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'jobs_dedup'", [], |row| {
-                        row.get(0)
-                    })?;
-                Ok((version, index))
-            })
-            .await
-            .unwrap();
-        assert_eq!((version, index), (SCHEMA_VERSION, 0));
+        assert_eq!(indexes_and_version(&queue).await, (INDEXES_NOW.map(String::from).to_vec(), SCHEMA_VERSION));
     }
 
     #[tokio::test]
@@ -1489,7 +1729,51 @@ mod tests {
             .unwrap();
 
         assert_eq!(journal_mode, "wal");
-        assert_eq!(synchronous, 2, "synchronous=FULL");
+        // The writer's commits do not fsync; the syncer does, before anyone is answered.
+        assert_eq!(synchronous, 1, "synchronous=NORMAL");
+        for n in 0..20 {
+            enqueue_one(&queue, &format!("job-{n}")).await;
+            let stats = queue.stats();
+            assert_eq!(stats.durable_commits, stats.commits, "answered before its commit was fsynced: {stats:?}");
+        }
+        assert!(queue.stats().syncs >= 20, "{:?}", queue.stats());
+    }
+
+    #[tokio::test]
+    async fn failed_fsync_fails_its_callers_and_every_later_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let fail = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let failing = Arc::clone(&fail);
+        let queue = SqliteQueue::open_syncing(&dir.path().join("queue.db"), SqliteQueueOptions::default(), |wal| {
+            Box::new(move || {
+                if failing.load(Ordering::Relaxed) {
+                    return Err(std::io::Error::other("injected EIO"));
+                }
+                wal.sync_data()
+            })
+        })
+        .unwrap();
+        let kept = enqueue_one(&queue, "kept").await;
+
+        fail.store(true, Ordering::Relaxed);
+        let error = queue.enqueue(vec![job("lost")]).await.unwrap_err();
+        assert!(matches!(error, QueueError::Unavailable(_)), "{error:?}");
+        assert!(error.to_string().contains("fsync") && error.to_string().contains("injected EIO"), "{error}");
+
+        // The disk may have dropped what it did not write: nothing is answered Ok from now on.
+        fail.store(false, Ordering::Relaxed);
+        assert!(queue.enqueue(vec![job("later")]).await.is_err());
+        assert!(queue.receive(10, VISIBILITY).await.is_err());
+        assert!(queue.check().await.is_err());
+        drop(queue);
+
+        // A restart reads what is on disk: the job answered before the failure is there. The
+        // one answered Unavailable may be too (its frames reached the file): its sender retries
+        // and meets it as a duplicate.
+        let queue = open(&dir);
+        let ids: Vec<String> = queue.receive(10, VISIBILITY).await.unwrap().into_iter().map(|d| d.id).collect();
+        assert!(ids.contains(&kept.id), "{ids:?}");
+        assert!(enqueue_one(&queue, "lost").await.duplicate || ids.len() == 1);
     }
 
     #[tokio::test]
