@@ -2,6 +2,7 @@
 
 mod config;
 mod copy;
+mod log;
 mod ops;
 pub(crate) mod serve;
 
@@ -93,9 +94,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr: warnings only for one-shot commands, info for the server. The server
-/// logs a line per webhook, so its lines are written by a background thread, many per write
-/// when busy; the returned guard flushes them when dropped.
-pub fn init_tracing(verbose: u8, server: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+/// logs a line per webhook, so its lines are buffered and written by a background thread
+/// ([`log`]); the returned guard writes out the rest when dropped.
+pub fn init_tracing(verbose: u8, server: bool) -> Option<log::FlushGuard<std::io::Stderr>> {
     let default = match verbose {
         0 if server => "info",
         0 => "warn",
@@ -110,13 +111,7 @@ pub fn init_tracing(verbose: u8, server: bool) -> Option<tracing_appender::non_b
         builder.with_writer(std::io::stderr).init();
         return None;
     }
-    // Not lossy: when the buffer is full a request waits rather than its log line being dropped.
-    // The worker flushes whenever it has written everything queued, so an idle server's log is
-    // never behind.
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("ferry-log-writer")
-        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
+    let (writer, guard) = log::batched(std::io::stderr(), log::FLUSH_EVERY);
     builder.with_writer(writer).init();
     Some(guard)
 }

@@ -257,19 +257,22 @@ impl SqliteQueue {
     }
 
     /// Runs `work` on the writer thread inside the next batch's transaction and answers once
-    /// that transaction committed and is on disk. `work` may refuse ([`Failure::Queue`]) only before it changes
-    /// anything; a storage error ([`Failure::Sql`]) fails the whole batch.
+    /// that transaction committed and is on disk. `work` may refuse ([`Failure::Queue`]) only
+    /// before it changes anything; a storage error ([`Failure::Sql`]) fails the whole batch.
     fn call<T, F>(&self, what: &'static str, work: F) -> QueueFuture<'_, T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, &Batch<'_>) -> Result<T, Failure> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let op: Box<dyn Op> = Box::new(Call { what, work: Some(work), result: None, reply });
+        let op: Box<dyn Op> = Box::new(Call { what, work: Some(work), result: None, reply: Some(reply) });
         Box::pin(async move {
             let sender = self.sender.as_ref().ok_or_else(|| self.stopped())?;
             sender.send(op).await.map_err(|_| self.stopped())?;
-            answer.await.map_err(|_| self.stopped())?
+            let Reply { answer, op } = answer.await.map_err(|_| self.stopped())?;
+            // Freed here, on the thread that allocated it (see `Reply`).
+            drop(op);
+            answer
         })
     }
 
@@ -302,7 +305,16 @@ impl JobQueue for SqliteQueue {
         if jobs.is_empty() {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
-        self.call("enqueue", move |conn, batch| enqueue(conn, batch, jobs))
+        // Ids and answers are allocated here and the jobs come back to be freed here: glibc's
+        // malloc makes a thread freeing another thread's memory wait for that thread's arena.
+        let now_ms = millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default());
+        let answers: Vec<Enqueued> = jobs.iter().map(|_| Enqueued { id: job_id(now_ms), duplicate: false }).collect();
+        let call = self.call("enqueue", move |conn, batch| enqueue(conn, batch, jobs, answers));
+        Box::pin(async move {
+            let (answers, jobs) = call.await?;
+            drop(jobs);
+            Ok(answers)
+        })
     }
 
     fn receive(&self, max: usize, visibility: Duration) -> QueueFuture<'_, Vec<Delivery>> {
@@ -366,26 +378,30 @@ impl JobQueue for SqliteQueue {
     }
 }
 
-fn enqueue(conn: &Connection, batch: &Batch<'_>, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, Failure> {
+/// Inserts `jobs` under the ids already in `answers`, or marks an answer a duplicate. Hands
+/// both back, so that the caller's thread frees them.
+fn enqueue(
+    conn: &Connection,
+    batch: &Batch<'_>,
+    jobs: Vec<NewJob>,
+    mut answers: Vec<Enqueued>,
+) -> Result<(Vec<Enqueued>, Vec<NewJob>), Failure> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, dedup_key, payload, state, enqueued_at, available_at)
          VALUES (?1, ?2, ?3, 'ready', ?4, ?4)",
     )?;
     let mut keys = batch.keys.borrow_mut();
-    let mut enqueued = Vec::with_capacity(jobs.len());
-    for job in jobs {
+    for (job, answer) in jobs.iter().zip(&mut answers) {
         // Earlier requests of the same batch are in `keys` too: a duplicate within one batch
         // meets the job its first copy added.
         if let Some(id) = keys.find(conn, &job.dedup_key, batch.window_start())? {
-            enqueued.push(Enqueued { id, duplicate: true });
+            *answer = Enqueued { id, duplicate: true };
             continue;
         }
-        let id = job_id(batch.now_ms);
-        insert.execute(params![id, job.dedup_key, job.payload.get(), batch.now_ms])?;
+        insert.execute(params![answer.id, job.dedup_key, job.payload.get(), batch.now_ms])?;
         keys.add(&job.dedup_key, conn.last_insert_rowid(), batch.now_ms);
-        enqueued.push(Enqueued { id, duplicate: false });
     }
-    Ok(enqueued)
+    Ok((answers, jobs))
 }
 
 fn receive(conn: &Connection, batch: &Batch<'_>, max: usize, visibility: Duration) -> Result<Vec<Delivery>, Failure> {
@@ -612,6 +628,9 @@ struct Settled {
 /// only read may have read an earlier batch's rows, so it is answered after them too).
 struct Syncer {
     sender: Option<std::sync::mpsc::Sender<Settled>>,
+    /// Emptied batch vectors coming back, so the writer reuses its own allocations instead of
+    /// the sync thread freeing them (see [`Reply`]).
+    emptied: std::sync::mpsc::Receiver<Vec<Box<dyn Op>>>,
     thread: Option<JoinHandle<()>>,
     /// Set by the first failed fsync; from then on every request fails with it.
     failed: Arc<std::sync::OnceLock<QueueError>>,
@@ -633,6 +652,7 @@ impl Syncer {
         })?;
         let mut sync_wal = sync(wal);
         let (sender, settled) = std::sync::mpsc::channel::<Settled>();
+        let (give_back, emptied) = std::sync::mpsc::channel();
         let failed = Arc::new(std::sync::OnceLock::new());
         let failure = Arc::clone(&failed);
         let thread = std::thread::Builder::new()
@@ -665,14 +685,21 @@ impl Syncer {
                             Some(error) if batch.commits > durable => Err(error),
                             _ => Ok(()),
                         };
-                        for op in batch.ops {
+                        let mut ops = batch.ops;
+                        for op in ops.drain(..) {
                             op.finish(outcome);
                         }
+                        let _ = give_back.send(ops);
                     }
                 }
             })
             .map_err(|e| QueueError::Unavailable(format!("cannot start the sync thread of the job queue: {e}")))?;
-        Ok(Self { sender: Some(sender), thread: Some(thread), failed })
+        Ok(Self { sender: Some(sender), emptied, thread: Some(thread), failed })
+    }
+
+    /// An empty vector for the writer's next batch.
+    fn fresh_batch(&self) -> Vec<Box<dyn Op>> {
+        self.emptied.try_recv().unwrap_or_else(|_| Vec::with_capacity(MAX_BATCH))
     }
 
     /// The first fsync failure, if there was one.
@@ -942,7 +969,15 @@ struct Call<T, F> {
     what: &'static str,
     work: Option<F>,
     result: Option<Result<T, QueueError>>,
-    reply: oneshot::Sender<Result<T, QueueError>>,
+    /// Taken by [`Op::finish`].
+    reply: Option<oneshot::Sender<Reply<T>>>,
+}
+
+/// The answer to a [`Call`], with the call itself: the caller's thread allocated it, so the
+/// caller's thread frees it (glibc malloc serializes threads that free each other's memory).
+struct Reply<T> {
+    answer: Result<T, QueueError>,
+    op: Box<dyn std::any::Any + Send>,
 }
 
 impl<T, F> Op for Call<T, F>
@@ -981,8 +1016,11 @@ where
         Ok(())
     }
 
-    fn finish(self: Box<Self>, commit: Result<(), &QueueError>) {
-        let answer = match (self.result, commit) {
+    fn finish(mut self: Box<Self>, commit: Result<(), &QueueError>) {
+        let Some(reply) = self.reply.take() else {
+            return;
+        };
+        let answer = match (self.result.take(), commit) {
             // A refusal stands whatever happened to the batch.
             (Some(Err(refusal)), _) => Err(refusal),
             (Some(Ok(value)), Ok(())) => Ok(value),
@@ -992,7 +1030,7 @@ where
             }
         };
         // The caller may have gone away (client disconnected): its work is committed anyway.
-        let _ = self.reply.send(answer);
+        let _ = reply.send(Reply { answer, op: self });
     }
 }
 
@@ -1055,7 +1093,7 @@ impl Writer {
             }
             return;
         }
-        let ops = std::mem::replace(ops, Vec::with_capacity(MAX_BATCH));
+        let ops = std::mem::replace(ops, self.syncer.fresh_batch());
         let commits = self.counters.commits.load(Ordering::Relaxed);
         self.syncer.hand_over(Settled { ops, commits });
     }
