@@ -116,6 +116,8 @@ struct SenderAuth {
 struct PipelineMatch {
     name: String,
     source: RepoName,
+    /// `source` as text, as every job of this pipeline carries it.
+    source_text: String,
     tags: Vec<String>,
     first_stage: String,
     /// Azure DevOps build definition (name or id) and tag template.
@@ -150,6 +152,7 @@ impl Intake {
             .map(|p| PipelineMatch {
                 name: p.name.get_ref().clone(),
                 source: RepoName::parse(p.source.get_ref()).expect("validated source"),
+                source_text: RepoName::parse(p.source.get_ref()).expect("validated source").to_string(),
                 tags: p.tags.clone(),
                 first_stage: p.stages[0].name.get_ref().clone(),
                 build: p.azure_devops.as_ref().map(|a| (a.build_definition.clone(), a.tag.get_ref().clone())),
@@ -173,9 +176,11 @@ impl Intake {
         })
     }
 
-    /// The jobs a request starts: one per matching pipeline, at its first stage.
-    fn jobs_for(&self, request: &PromotionRequest) -> Vec<(NewJob, QueuedJob)> {
-        self.pipelines
+    /// The jobs a request starts: one per matching pipeline, at its first stage. A request no
+    /// pipeline matches comes back, for the reply to name it.
+    fn jobs_for(&self, request: PromotionRequest) -> Result<Vec<(NewJob, QueuedJob)>, Box<PromotionRequest>> {
+        let mut matching: Vec<&PipelineMatch> = self
+            .pipelines
             .iter()
             .filter(|pipeline| {
                 let registry_matches = request.registry.as_deref().is_none_or(|r| r == pipeline.source.registry);
@@ -183,8 +188,14 @@ impl Intake {
                     || request.tag.as_deref().is_some_and(|t| pipeline.tags.iter().any(|p| tag_matches(p, t)));
                 registry_matches && request.repository == pipeline.source.repository && tag_ok
             })
-            .map(|pipeline| promotion(pipeline, request.clone()))
-            .collect()
+            .collect();
+        // The last match takes the request itself; only further ones need a copy.
+        let Some(last) = matching.pop() else {
+            return Err(Box::new(request));
+        };
+        let mut jobs: Vec<_> = matching.into_iter().map(|pipeline| promotion(pipeline, request.clone())).collect();
+        jobs.push(promotion(last, request));
+        Ok(jobs)
     }
 
     /// A finished build promotes the image its pipeline's tag template names.
@@ -241,7 +252,7 @@ impl Intake {
 }
 
 fn promotion(pipeline: &PipelineMatch, request: PromotionRequest) -> (NewJob, QueuedJob) {
-    let job = PromotionJob::new(&pipeline.name, &pipeline.first_stage, &pipeline.source.to_string(), request);
+    let job = PromotionJob::new(&pipeline.name, &pipeline.first_stage, &pipeline.source_text, request);
     (job.to_new_job(), QueuedJob::Promote(job))
 }
 
@@ -337,17 +348,22 @@ async fn hook(
     let (matched, unmatched_reason): (Vec<(NewJob, QueuedJob)>, String) = match parsed {
         Parsed::Ignored(reason) => return reply(StatusCode::OK, json!({ "status": "ignored", "reason": reason })),
         Parsed::Requests(requests) => {
-            let jobs: Vec<_> = requests.iter().flat_map(|r| intake.jobs_for(r)).collect();
-            // Only a request nothing matched needs the reason.
-            let reason = if jobs.is_empty() {
-                let names: Vec<String> = requests
-                    .iter()
-                    .map(|r| format!("{}/{}", r.registry.as_deref().unwrap_or("?"), r.repository))
-                    .collect();
-                format!("no pipeline matches {}", names.join(", "))
-            } else {
-                String::new()
-            };
+            let mut jobs = Vec::new();
+            let mut unmatched = Vec::new();
+            for request in requests {
+                match intake.jobs_for(request) {
+                    Ok(started) => jobs.extend(started),
+                    Err(request) => {
+                        unmatched.push(format!(
+                            "{}/{}",
+                            request.registry.as_deref().unwrap_or("?"),
+                            request.repository
+                        ));
+                    }
+                }
+            }
+            let reason =
+                if jobs.is_empty() { format!("no pipeline matches {}", unmatched.join(", ")) } else { String::new() };
             (jobs, reason)
         }
         Parsed::Build(build) => match intake.jobs_for_build(&build) {

@@ -113,8 +113,12 @@ struct App {
 }
 
 async fn app() -> App {
+    app_with(CONFIG).await
+}
+
+async fn app_with(config: &str) -> App {
     let dir = tempfile::tempdir().unwrap();
-    let mut text = CONFIG.to_string();
+    let mut text = config.to_string();
     // Secrets through files (the workspace forbids the unsafe env::set_var).
     for (name, var, value) in [
         ("generic", "ROUTER_TEST_GENERIC", "generic-secret"),
@@ -347,6 +351,37 @@ async fn wrong_url_tokens_and_github_signatures_are_401() {
         .unwrap();
     assert_eq!(send(&app, github).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_request_two_pipelines_match_starts_a_job_in_each() {
+    let mirror = r#"
+[[pipelines]]
+name = "local-qa"
+source = "127.0.0.1:5001/shop/api"
+  [[pipelines.stages]]
+  name = "qa"
+  target = "127.0.0.1:5002/shop/api-qa"
+"#;
+    let app = app_with(&format!("{CONFIG}{mirror}")).await;
+    let (status, body) = send(&app, generic(GENERIC, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let started: Vec<(&str, &str)> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| (job["pipeline"].as_str().unwrap(), job["stage"].as_str().unwrap()))
+        .collect();
+    assert_eq!(started, [("local", "dev"), ("local-qa", "qa")]);
+
+    let deliveries = app.queue.receive(10, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(deliveries.len(), 2);
+    for delivery in deliveries {
+        // Each job carries the whole request.
+        let request = &delivery.payload["request"];
+        assert_eq!(request["tag"], "v1", "{}", delivery.payload);
+        assert_eq!(request["digest"], "sha256:05b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f");
+    }
 }
 
 #[tokio::test]
