@@ -149,21 +149,24 @@ impl Intake {
         let pipelines = config
             .pipelines
             .iter()
-            .map(|p| PipelineMatch {
-                name: p.name.get_ref().clone(),
-                source: RepoName::parse(p.source.get_ref()).expect("validated source"),
-                source_text: RepoName::parse(p.source.get_ref()).expect("validated source").to_string(),
-                tags: p.tags.clone(),
-                first_stage: p.stages[0].name.get_ref().clone(),
-                build: p.azure_devops.as_ref().map(|a| (a.build_definition.clone(), a.tag.get_ref().clone())),
-                environments: p
-                    .stages
-                    .iter()
-                    .map(|st| {
-                        let env = st.azure_devops_environment.clone().unwrap_or_else(|| st.name.get_ref().clone());
-                        (st.name.get_ref().clone(), env)
-                    })
-                    .collect(),
+            .map(|p| {
+                let source = RepoName::parse(p.source.get_ref()).expect("validated source");
+                PipelineMatch {
+                    name: p.name.get_ref().clone(),
+                    source_text: source.to_string(),
+                    source,
+                    tags: p.tags.clone(),
+                    first_stage: p.stages[0].name.get_ref().clone(),
+                    build: p.azure_devops.as_ref().map(|a| (a.build_definition.clone(), a.tag.get_ref().clone())),
+                    environments: p
+                        .stages
+                        .iter()
+                        .map(|st| {
+                            let env = st.azure_devops_environment.clone().unwrap_or_else(|| st.name.get_ref().clone());
+                            (st.name.get_ref().clone(), env)
+                        })
+                        .collect(),
+                }
             })
             .collect();
         Ok(Intake {

@@ -75,9 +75,12 @@ const MAX_ERROR_BYTES: usize = 8 * 1024;
 const APPLICATION_ID: i64 = 0x4652_5951;
 /// `PRAGMA user_version` of the schema below.
 const SCHEMA_VERSION: i64 = 3;
-/// `id` is a UUIDv7 (74 random bits) and has no index: only a dead letter is ever looked up by
-/// it, through `jobs_dead`. An index would cost a B-tree page written per commit.
-const SCHEMA: &str = "
+/// The jobs table and its indexes. `id` is a UUIDv7 (74 random bits) and has no index: only a
+/// dead letter is ever looked up by it, through `jobs_dead`. An index would cost a B-tree page
+/// written per commit. A macro, so that the schema and the v2 → v3 migration share the text.
+macro_rules! jobs_schema {
+    () => {
+        "
 CREATE TABLE jobs (
     seq           INTEGER PRIMARY KEY,
     id            TEXT    NOT NULL,
@@ -95,11 +98,19 @@ CREATE INDEX jobs_ready ON jobs (available_at) WHERE state = 'ready';
 CREATE INDEX jobs_done ON jobs (enqueued_at) WHERE state = 'done';
 CREATE INDEX jobs_dead ON jobs (failed_at) WHERE state = 'dead';
 CREATE UNIQUE INDEX jobs_receipt ON jobs (receipt) WHERE receipt IS NOT NULL;
+"
+    };
+}
+
+const SCHEMA: &str = concat!(
+    jobs_schema!(),
+    "
 CREATE TABLE probe (
     id         INTEGER PRIMARY KEY CHECK (id = 1),
     at_unix_ms INTEGER NOT NULL
 );
-";
+"
+);
 
 /// Version 1 indexed `dedup_key` (the writer now keeps live keys in memory); version 2 had a
 /// unique index on `id`, which only a table rebuild drops.
@@ -107,27 +118,17 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, "DROP INDEX IF EXISTS jobs_dedup;"),
     (
         2,
-        "CREATE TABLE jobs_v3 (
-             seq           INTEGER PRIMARY KEY,
-             id            TEXT    NOT NULL,
-             dedup_key     TEXT    NOT NULL,
-             payload       TEXT    NOT NULL,
-             state         TEXT    NOT NULL CHECK (state IN ('ready', 'done', 'dead')),
-             enqueued_at   INTEGER NOT NULL,
-             available_at  INTEGER NOT NULL,
-             receive_count INTEGER NOT NULL DEFAULT 0,
-             receipt       TEXT,
-             last_error    TEXT,
-             failed_at     INTEGER
-         );
-         INSERT INTO jobs_v3 SELECT seq, id, dedup_key, payload, state, enqueued_at, available_at,
-                                    receive_count, receipt, last_error, failed_at FROM jobs;
-         DROP TABLE jobs;
-         ALTER TABLE jobs_v3 RENAME TO jobs;
-         CREATE INDEX jobs_ready ON jobs (available_at) WHERE state = 'ready';
-         CREATE INDEX jobs_done ON jobs (enqueued_at) WHERE state = 'done';
-         CREATE INDEX jobs_dead ON jobs (failed_at) WHERE state = 'dead';
-         CREATE UNIQUE INDEX jobs_receipt ON jobs (receipt) WHERE receipt IS NOT NULL;",
+        concat!(
+            "ALTER TABLE jobs RENAME TO jobs_v2;
+             DROP INDEX jobs_ready;
+             DROP INDEX jobs_done;
+             DROP INDEX jobs_dead;
+             DROP INDEX jobs_receipt;",
+            jobs_schema!(),
+            "INSERT INTO jobs SELECT seq, id, dedup_key, payload, state, enqueued_at, available_at,
+                                    receive_count, receipt, last_error, failed_at FROM jobs_v2;
+             DROP TABLE jobs_v2;"
+        ),
     ),
 ];
 
