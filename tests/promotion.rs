@@ -784,3 +784,63 @@ fn webhook_notifier_sends_a_signed_deployment_that_opens_the_after_gate() {
     assert_eq!(event["deployment"]["image"], format!("{}/{REPO}@{digest}", dev.host()));
     assert_eq!(event["deployment"]["rollback"], false);
 }
+
+#[test]
+fn a_promotion_after_a_rollback_passes_the_gate_again_with_its_own_record() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let server = start_ferry(port, build.host(), &[("dev", dev.host(), "auto"), ("prod", prod.host(), "approval")], "");
+    let mut promote_to_prod = |tag: &str| {
+        let digest = push(&build, tag, &[200_000]);
+        let id = id_of(&wait_for_pending(&server, "prod", &digest));
+        server.cli("approve").arg(&id).args(["--user", "bob"]).run().success();
+        wait_for_tag(&server, &prod, tag, &digest, Duration::from_secs(60));
+        (digest, id)
+    };
+    let (first, _) = promote_to_prod("1.0");
+    let (second, second_id) = promote_to_prod("1.1");
+    server.cli("rollback").args([PIPELINE, "prod", "--user", "oscar"]).run().success();
+    assert_digest_exact(&prod, "prod", &first);
+
+    // Bringing 1.1 back is a new promotion: it waits for approval like any other.
+    server.cli("promote").args([PIPELINE, "1.1", "--to", "prod", "--user", "alice"]).run().success();
+    let parked = wait_for_pending(&server, "prod", &second);
+    assert_eq!(parked["state"], "awaiting_approval", "{parked:#}");
+    assert_eq!(parked["approvals"], json!([]), "the old promotion's approvals were carried over: {parked:#}");
+    assert_ne!(id_of(&parked), second_id, "the re-promotion reused the old record");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_digest_exact(&prod, "prod", &first);
+
+    // History is append-only: the first promotion of 1.1 is unchanged.
+    let old = history(&server, Some("prod")).into_iter().find(|r| r["id"] == second_id.as_str()).unwrap();
+    assert_eq!(old["state"], "succeeded", "{old:#}");
+    assert_eq!(old["trigger"], "previous-stage:dev", "{old:#}");
+    assert_eq!(old["approvals"][0]["by"], "bob", "{old:#}");
+
+    server.cli("approve").arg(id_of(&parked)).args(["--user", "bob"]).run().success();
+    wait_until("prod runs 1.1 again", Duration::from_secs(60), &server, || {
+        (stage(&pipeline_status(&server), "prod")["current"]["digest"] == second.as_str()).then_some(())
+    });
+    assert_digest_exact(&prod, "prod", &second);
+}
+
+#[test]
+fn a_new_tag_on_a_promoted_digest_is_applied_at_every_stage_it_reached() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let (dev, test) = (Registry::plain(), Registry::plain());
+    let server = start_ferry(port, build.host(), &[("dev", dev.host(), "auto"), ("test", test.host(), "auto")], "");
+    let digest = push(&build, "1.4.2", &[200_000]);
+    wait_for_tag(&server, &test, "1.4.2", &digest, Duration::from_secs(60));
+
+    // The same image pushed again as `stable`: new information, not a duplicate.
+    let manifest = build.client().manifest(REPO, "1.4.2").unwrap();
+    build.client().push_manifest(REPO, "stable", &manifest.content_type, &manifest.bytes);
+    wait_for_tag(&server, &dev, "stable", &digest, Duration::from_secs(60));
+    wait_for_tag(&server, &test, "stable", &digest, Duration::from_secs(60));
+    let tagged: Vec<Value> =
+        history(&server, Some("test")).into_iter().filter(|r| r["digest"] == digest.as_str()).collect();
+    let tags: Vec<&str> = tagged.iter().filter_map(|r| r["tag"].as_str()).collect();
+    assert!(tags.contains(&"stable") && tags.contains(&"1.4.2"), "each tag is recorded: {tagged:#?}");
+}

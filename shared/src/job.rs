@@ -20,6 +20,10 @@ pub struct PromotionJob {
     /// The person who started it (`ferry promote`), who may not approve it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_by: Option<String>,
+    /// The ledger record this job continues (a promotion woken from its gate). Without it the
+    /// worker derives the record from pipeline, stage, digest and tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<String>,
 }
 
 impl PromotionJob {
@@ -31,6 +35,7 @@ impl PromotionJob {
             request,
             trigger: None,
             triggered_by: None,
+            promotion: None,
         }
     }
 

@@ -317,34 +317,44 @@ impl Worker {
         let target = stage.target_repo();
 
         let (digest, tag_moved_to) = self.resolve(&source, &job.request).await?;
-        let id = promotion_id(&job.pipeline, &job.stage, digest.as_str());
+        let mut id = job.promotion.clone().unwrap_or_else(|| promotion_of(job, &digest));
         *promotion = Some(id.clone());
         let now = now_ms();
-        let existing = self.ledger.promotion(&id).await.map_err(|e| e.to_string())?;
-        let mut record = match existing {
-            Some(mut record) if record.state == PromotionState::Succeeded => {
+        let mut existing = self.ledger.promotion(&id).await.map_err(|e| e.to_string())?;
+        if let Some(record) = existing.as_ref().filter(|r| r.state.is_final() && job.promotion.is_none()) {
+            if record.state == PromotionState::Succeeded {
                 let current = self.ledger.environment(&job.pipeline, &job.stage).await.map_err(|e| e.to_string())?;
                 if current.is_some_and(|env| env.current.digest == record.digest) {
                     // Redelivered, or a duplicate: make sure the next stage was queued, nothing else.
-                    self.queue_next_stage(pipeline, index, &record).await?;
+                    self.queue_next_stage(pipeline, index, record).await?;
                     return Ok(Outcome::Done(format!("{id}: {digest} is already in {}", job.stage)));
                 }
-                // It ran here once and was rolled back from. Only a person brings it back; an
-                // old webhook redelivered must not undo a rollback.
-                if job.trigger.as_deref() != Some("manual") {
-                    return Ok(Outcome::Done(format!(
-                        "{id}: {digest} was rolled back from in {}; bring it back with `ferry promote` or `ferry rollback --to`",
-                        job.stage
-                    )));
-                }
-                record.state = PromotionState::Pending;
-                record.trigger = "manual".into();
-                record.triggered_by = job.triggered_by.clone();
-                record.finished_at_ms = None;
-                record
             }
-            Some(record) if record.state == PromotionState::Rejected => {
+            if record.state == PromotionState::Rejected {
                 return Ok(Outcome::Done(format!("{id}: rejected earlier, not promoting")));
+            }
+            // It ran here once and was rolled back from. Only a person brings it back; an old
+            // webhook redelivered must not undo a rollback.
+            if job.trigger.as_deref() != Some("manual") {
+                return Ok(Outcome::Done(format!(
+                    "{id}: {digest} was rolled back from in {}; bring it back with `ferry promote` or `ferry rollback --to`",
+                    job.stage
+                )));
+            }
+            // A person asking again starts a new promotion: its own record, the stage's gate
+            // again, and the old record left as history. Its id derives from the job's, so a
+            // redelivery of this job lands on the same new record.
+            id = promotion_id(&job.pipeline, &job.stage, &format!("{id}@{job_id}"));
+            *promotion = Some(id.clone());
+            existing = self.ledger.promotion(&id).await.map_err(|e| e.to_string())?;
+        }
+        let mut record = match existing {
+            Some(record) if record.state == PromotionState::Rejected => {
+                return Ok(Outcome::Done(format!("{id}: rejected, not promoting")));
+            }
+            Some(record) if record.state == PromotionState::Succeeded => {
+                self.queue_next_stage(pipeline, index, &record).await?;
+                return Ok(Outcome::Done(format!("{id}: already promoted {digest} to {}", job.stage)));
             }
             Some(record) => record,
             None => PromotionRecord {
@@ -676,6 +686,7 @@ impl Worker {
         let (index, _) = pipeline.stage(&record.stage).ok_or("stage no longer configured")?;
         let mut job = self.job_for(pipeline, index, record, why.to_string(), None);
         job.trigger = Some(record.trigger.clone());
+        job.promotion = Some(record.id.clone());
         // Never collapse into the job that parked it.
         let key = format!("wake/{}/{}/{}", record.id, record.approvals.len(), now_ms());
         self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await.map_err(|e| e.to_string())?;
@@ -877,6 +888,16 @@ impl Worker {
         let key = format!("manual/{pipeline_name}/{stage_name}/{reference}/{}", now_ms());
         let enqueued = self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await.map_err(|e| e.to_string())?;
         Ok(enqueued[0].id.clone())
+    }
+}
+
+/// The ledger record a job is about when it names none: one per pipeline, stage, digest and tag,
+/// so duplicate jobs and redeliveries meet there, and a new tag on a known digest is a promotion
+/// of its own (the tag is applied and recorded at every stage the digest reaches).
+fn promotion_of(job: &PromotionJob, digest: &Digest) -> String {
+    match &job.request.tag {
+        Some(tag) => promotion_id(&job.pipeline, &job.stage, &format!("{digest}:{tag}")),
+        None => promotion_id(&job.pipeline, &job.stage, digest.as_str()),
     }
 }
 
