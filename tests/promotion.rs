@@ -791,7 +791,7 @@ fn a_promotion_after_a_rollback_passes_the_gate_again_with_its_own_record() {
     let build = notifying_build_registry(port);
     let (dev, prod) = (Registry::plain(), Registry::plain());
     let server = start_ferry(port, build.host(), &[("dev", dev.host(), "auto"), ("prod", prod.host(), "approval")], "");
-    let mut promote_to_prod = |tag: &str| {
+    let promote_to_prod = |tag: &str| {
         let digest = push(&build, tag, &[200_000]);
         let id = id_of(&wait_for_pending(&server, "prod", &digest));
         server.cli("approve").arg(&id).args(["--user", "bob"]).run().success();
