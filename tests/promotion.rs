@@ -844,3 +844,48 @@ fn a_new_tag_on_a_promoted_digest_is_applied_at_every_stage_it_reached() {
     let tags: Vec<&str> = tagged.iter().filter_map(|r| r["tag"].as_str()).collect();
     assert!(tags.contains(&"stable") && tags.contains(&"1.4.2"), "each tag is recorded: {tagged:#?}");
 }
+
+#[test]
+fn approvals_count_people_not_spellings_and_only_allowed_approvers() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let stages = format!(
+        "[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"approval\"\napprovers = 2\napprovers_allowed = [\"Bob\", \"carol\", \"alice\"]\n",
+        dev.host(),
+        prod.host()
+    );
+    let server = start_ferry_with_stages(port, build.host(), &[dev.host(), prod.host()], &stages, "");
+    let hotfix = push(&dev, "1.0.1", &[100_000]);
+    server.cli("promote").args([PIPELINE, "1.0.1", "--to", "prod", "--user", "alice"]).run().success();
+    let id = id_of(&wait_for_pending(&server, "prod", &hotfix));
+
+    for alias in ["Alice", "ALICE", "ａｌｉｃｅ"] {
+        let refused = server.cli("approve").arg(&id).args(["--user", alias]).run();
+        let error = refused.failure();
+        assert!(error.contains("403") && error.contains("cannot approve"), "{alias}: {error}");
+    }
+    let refused = server.cli("approve").arg(&id).args(["--user", "dave"]).run();
+    let error = refused.failure();
+    assert!(error.contains("403") && error.contains("approvers_allowed"), "{error}");
+    let refused = server.cli("approve").arg(&id).args(["--user", "bo\u{200B}b"]).run();
+    let error = refused.failure();
+    assert!(error.contains("400") && error.contains("invisible"), "{error}");
+
+    let first = server.cli("approve").arg(&id).args(["--user", "bob"]).run();
+    assert!(first.success().contains("(1 of 2)"), "{}", first.stdout);
+    let again = server.cli("approve").arg(&id).args(["--user", "BOB"]).run();
+    assert!(again.success().contains("(1 of 2): still waiting"), "BOB is bob: {}", again.stdout);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(prod.client().manifest(REPO, "1.0.1").is_none(), "one person's two spellings released the promotion");
+
+    server.cli("approve").arg(&id).args(["--user", "Carol"]).run().success();
+    wait_for_tag(&server, &prod, "1.0.1", &hotfix, Duration::from_secs(60));
+    let record = promotion(&server, "prod", &hotfix);
+    let details: Vec<&str> = record["gates"].as_array().unwrap().iter().filter_map(|g| g["detail"].as_str()).collect();
+    assert!(
+        details.iter().any(|d| d.contains("bob approved") && d.contains("through the shared operator token")),
+        "the ledger says how each approval came in: {details:#?}"
+    );
+    assert!(details.contains(&"approved by bob, carol"), "{details:#?}");
+}

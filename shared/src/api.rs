@@ -47,6 +47,7 @@ impl IntoResponse for OpsError {
             OpsError::Conflict(_) => StatusCode::CONFLICT,
             OpsError::Forbidden(_) => StatusCode::FORBIDDEN,
             OpsError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            OpsError::Invalid(_) => StatusCode::BAD_REQUEST,
         };
         refused(status, self.to_string())
     }
@@ -74,7 +75,12 @@ fn operator(state: &ApiState, headers: &HeaderMap) -> Result<Option<String>, Ref
             "missing or wrong operator token (Authorization: Bearer …)".into(),
         ));
     }
-    Ok(headers.get(USER_HEADER).and_then(|v| v.to_str().ok()).map(|u| u.trim().to_string()).filter(|u| !u.is_empty()))
+    // UTF-8 names arrive as raw header bytes; the operations canonicalize and validate them.
+    Ok(headers
+        .get(USER_HEADER)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty()))
 }
 
 fn person(user: Option<String>) -> Result<String, Refusal> {
@@ -138,7 +144,7 @@ async fn approve(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
-    match state.ops.approve(&id, &user).await {
+    match state.ops.approve(&id, &user, crate::person::VIA_OPERATOR_TOKEN).await {
         Ok(a) => ok(a),
         Err(e) => e.into_response(),
     }

@@ -148,6 +148,10 @@ pub struct Stage {
     /// `approval`: how many different people must approve (never the one who triggered it).
     #[serde(default = "default_approvers")]
     pub approvers: u32,
+    /// `approval`: only these people may approve (names compared as [`crate::person::canonical`]
+    /// does); empty: anyone but the person who triggered the promotion.
+    #[serde(default)]
+    pub approvers_allowed: Vec<Spanned<String>>,
     /// `approval`: a promotion not approved within this many hours is rejected.
     pub approval_expires_hours: Option<u64>,
     /// `soak`: how long the image must have run in the previous stage (minutes, plus seconds).
@@ -375,6 +379,29 @@ impl Config {
                 if stage.gate == Gate::Approval && stage.approvers == 0 {
                     return Err(at(stage.name.span(), format!("{stage_key}.approvers: at least 1")));
                 }
+                if !stage.approvers_allowed.is_empty() {
+                    let key = format!("{stage_key}.approvers_allowed");
+                    let first = stage.approvers_allowed[0].span();
+                    if stage.gate != Gate::Approval {
+                        return Err(at(first, format!("{key}: only an `approval` gate has approvers")));
+                    }
+                    let mut people = std::collections::BTreeSet::new();
+                    for name in &stage.approvers_allowed {
+                        let person = crate::person::canonical(name.get_ref())
+                            .map_err(|e| at(name.span(), format!("{key}: `{}`: {e}", name.get_ref())))?;
+                        people.insert(person);
+                    }
+                    if (people.len() as u32) < stage.approvers {
+                        return Err(at(
+                            first,
+                            format!(
+                                "{key}: {} distinct people can never give the {} approvals the stage needs",
+                                people.len(),
+                                stage.approvers
+                            ),
+                        ));
+                    }
+                }
                 if stage.approval_expiry().is_some_and(|e| e > MAX_SOAK) {
                     return Err(at(stage.name.span(), format!("{stage_key}.approval_expires_hours: more than a year")));
                 }
@@ -451,6 +478,12 @@ impl Pipeline {
 
 impl Stage {
     /// How long a promotion may wait for approval, if the stage limits it.
+    /// Whether `person` may approve promotions into this stage (the trigger aside).
+    pub fn may_approve(&self, person: &str) -> bool {
+        self.approvers_allowed.is_empty()
+            || self.approvers_allowed.iter().any(|allowed| crate::person::same(allowed.get_ref(), person))
+    }
+
     pub fn approval_expiry(&self) -> Option<std::time::Duration> {
         self.approval_expires_hours.map(|h| std::time::Duration::from_secs(h.saturating_mul(3600)))
     }

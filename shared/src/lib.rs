@@ -6,6 +6,7 @@ pub mod intake;
 pub mod job;
 pub mod ledger;
 pub mod ops;
+pub mod person;
 pub mod queue;
 pub mod registry;
 pub mod smooth;

@@ -49,6 +49,14 @@ pub enum OpsError {
     Forbidden(String),
     #[error("{0}")]
     Failed(String),
+    /// The request itself is malformed (400).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The canonical form of an acting person's name (see [`crate::person`]).
+fn person(name: &str) -> Result<String, OpsError> {
+    crate::person::canonical(name).map_err(|e| OpsError::Invalid(format!("who is acting: {e}")))
 }
 
 pub struct Operations {
@@ -99,10 +107,15 @@ impl Operations {
         stage: &str,
         by: Option<&str>,
     ) -> Result<String, OpsError> {
+        let by = by.map(person).transpose()?;
+        let by = by.as_deref();
         self.worker.promote_manually(pipeline, reference, stage, by).await.map_err(OpsError::Conflict)
     }
 
-    pub async fn approve(&self, id: &str, by: &str) -> Result<Approved, OpsError> {
+    /// `by` approves promotion `id`; `via` says how the request reached Ferry (recorded with the
+    /// approval, e.g. [`crate::person::VIA_OPERATOR_TOKEN`]).
+    pub async fn approve(&self, id: &str, by: &str, via: &str) -> Result<Approved, OpsError> {
+        let by = person(by)?;
         let ledger = self.worker.ledger();
         let record = ledger
             .promotion(id)
@@ -112,22 +125,39 @@ impl Operations {
         if record.state != PromotionState::AwaitingApproval {
             return Err(OpsError::Conflict(format!("{id} is not awaiting approval (it is {:?})", record.state)));
         }
-        if record.triggered_by.as_deref() == Some(by) {
+        if record.triggered_by.as_deref().is_some_and(|t| crate::person::same(t, &by)) {
             return Err(OpsError::Forbidden(format!("{by} triggered {id} and cannot approve it; ask someone else")));
         }
-        let required = self
+        let stage = self
             .worker
             .config()
             .pipeline(&record.pipeline)
             .and_then(|p| p.stage(&record.stage))
-            .filter(|(_, s)| s.gate == Gate::Approval)
-            .map(|(_, s)| s.approvers)
+            .map(|(_, s)| s)
+            .filter(|s| s.gate == Gate::Approval)
             .ok_or_else(|| {
                 OpsError::Conflict(format!("stage {} of {} no longer needs approval", record.stage, record.pipeline))
             })?;
-        let approvals = ledger.approve(id, by, now_ms()).await.map_err(Self::failed)?;
-        let counted = approvals.iter().filter(|a| Some(a.by.as_str()) != record.triggered_by.as_deref()).count();
+        if !stage.may_approve(&by) {
+            return Err(OpsError::Forbidden(format!(
+                "{by} may not approve promotions into {} of {} (approvers_allowed names who may)",
+                record.stage, record.pipeline
+            )));
+        }
+        let required = stage.approvers;
+        let now = now_ms();
+        ledger.approve(id, &by, now).await.map_err(Self::failed)?;
         let mut promotion = ledger.promotion(id).await.map_err(Self::failed)?.unwrap_or(record);
+        let counted = crate::worker::counted_approvers(stage, &promotion).len();
+        // Who approved is only as trustworthy as the channel that said so: record it.
+        promotion.gates.push(GateDecision {
+            gate: "approval".into(),
+            decision: "approve".into(),
+            detail: format!("{by} approved ({counted} of {required}) through {via}"),
+            at_ms: now,
+        });
+        promotion.updated_at_ms = now;
+        ledger.put_promotion(promotion.clone()).await.map_err(Self::failed)?;
         let released = counted as u32 >= required;
         if released {
             self.worker.wake(&promotion, "approved").await.map_err(Self::failed)?;
@@ -137,6 +167,7 @@ impl Operations {
     }
 
     pub async fn reject(&self, id: &str, by: &str, reason: Option<&str>) -> Result<PromotionRecord, OpsError> {
+        let by = &person(by)?;
         let ledger = self.worker.ledger();
         let mut record = ledger
             .promotion(id)
@@ -168,6 +199,8 @@ impl Operations {
         to: Option<&str>,
         by: Option<&str>,
     ) -> Result<PromotionRecord, OpsError> {
+        let by = by.map(person).transpose()?;
+        let by = by.as_deref();
         let to = to.map(|d| d.parse::<Digest>().map_err(|e| OpsError::Conflict(e.to_string()))).transpose()?;
         self.worker.rollback(pipeline, stage, to.as_ref(), by).await.map_err(OpsError::Conflict)
     }

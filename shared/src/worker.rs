@@ -566,12 +566,7 @@ impl Worker {
                 Ok(GateResult::Pass)
             }
             Gate::Approval => {
-                let valid: Vec<&str> = record
-                    .approvals
-                    .iter()
-                    .map(|a| a.by.as_str())
-                    .filter(|by| Some(*by) != record.triggered_by.as_deref())
-                    .collect();
+                let valid = counted_approvers(stage, record);
                 let have = valid.len() as u32;
                 if have >= stage.approvers {
                     let detail = format!("approved by {}", valid.join(", "));
@@ -912,6 +907,20 @@ fn previous_good(history: &[EnvironmentEntry]) -> Option<&EnvironmentEntry> {
         .map(|pair| pair[1].digest.as_str())
         .collect();
     history.iter().find(|e| &e.digest != current && !rolled_back_from.contains(&e.digest.as_str()))
+}
+
+/// The people whose approvals count for `record` in `stage`: distinct persons (names compared in
+/// canonical form), allowed by the stage, and never the person who triggered the promotion.
+pub fn counted_approvers(stage: &Stage, record: &PromotionRecord) -> Vec<String> {
+    let trigger = record.triggered_by.as_deref().and_then(|t| crate::person::canonical(t).ok());
+    let mut people: Vec<String> = Vec::new();
+    for approval in &record.approvals {
+        let Ok(person) = crate::person::canonical(&approval.by) else { continue };
+        if Some(&person) != trigger.as_ref() && stage.may_approve(&person) && !people.contains(&person) {
+            people.push(person);
+        }
+    }
+    people
 }
 
 /// Records a gate decision, unless it repeats the last one (a re-evaluated parked promotion).

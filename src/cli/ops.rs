@@ -132,7 +132,10 @@ impl Backend {
         let Backend::Http { client, base, token, user } = self else { unreachable!("HTTP backend only") };
         let mut request = client.request(method, format!("{base}{path}")).bearer_auth(token);
         if let Some(user) = user {
-            request = request.header(ferry_core::api::USER_HEADER, user);
+            // Names are UTF-8: sent as raw header bytes (obs-text), which the API decodes as UTF-8.
+            let value = reqwest::header::HeaderValue::from_bytes(user.as_bytes())
+                .with_context(|| format!("--user {user:?} cannot be sent in an HTTP header"))?;
+            request = request.header(ferry_core::api::USER_HEADER, value);
         }
         if let Some(body) = body {
             request = request.json(&body);
@@ -217,7 +220,9 @@ pub async fn approve(c: &Connection, args: ApproveArgs) -> anyhow::Result<()> {
         Backend::Http { .. } => {
             backend.http(reqwest::Method::POST, &format!("/api/promotions/{}/approve", args.id), None).await?
         }
-        Backend::Local { ops, .. } => to_value(ops.approve(&args.id, &user).await)?,
+        Backend::Local { ops, .. } => {
+            to_value(ops.approve(&args.id, &user, ferry_core::person::VIA_LOCAL_DATABASE).await)?
+        }
     };
     let (have, need) = (value["approvals"].as_u64().unwrap_or(0), value["required"].as_u64().unwrap_or(0));
     if value["released"].as_bool() == Some(true) {
