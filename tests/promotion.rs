@@ -889,3 +889,47 @@ fn approvals_count_people_not_spellings_and_only_allowed_approvers() {
     );
     assert!(details.contains(&"approved by bob, carol"), "{details:#?}");
 }
+
+/// `ferry dlq list --json`.
+fn dead_letters(server: &FerryServer) -> Vec<Value> {
+    let list = server.cli("dlq").arg("list").arg("--json").run().json();
+    list.as_array().cloned().unwrap_or_else(|| panic!("dlq list is not a list: {list:#}"))
+}
+
+#[test]
+fn a_missing_source_is_dead_lettered_at_once_with_the_reason() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let dev = Registry::plain();
+    // Retries would be quick here: a missing image still must not be retried at all.
+    let server = start_ferry(
+        port,
+        build.host(),
+        &[("dev", dev.host(), "auto")],
+        "[worker]\nretry_base_ms = 50\nmax_attempts = 5\n",
+    );
+    server.cli("promote").args([PIPELINE, "9.9.9", "--to", "dev", "--user", "alice"]).run().success();
+    let letter = wait_until("the promotion of 9.9.9 is dead-lettered", Duration::from_secs(60), &server, || {
+        dead_letters(&server).into_iter().next()
+    });
+    assert_eq!(letter["receive_count"], 1, "a missing source was retried: {letter:#}");
+    let error = letter["last_error"].as_str().unwrap();
+    assert!(error.contains("not found error, not retried") && error.contains("9.9.9"), "{error}");
+}
+
+#[test]
+fn an_operator_action_during_a_registry_outage_answers_503() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let dev = Registry::plain();
+    let server = start_ferry(port, build.host(), &[("dev", dev.host(), "auto")], "");
+    let first = push(&build, "1.0", &[100_000]);
+    wait_for_tag(&server, &dev, "dev", &first, Duration::from_secs(60));
+    let second = push(&build, "1.1", &[100_000]);
+    wait_for_tag(&server, &dev, "dev", &second, Duration::from_secs(60));
+    drop(dev);
+    let refused = server.cli("rollback").args([PIPELINE, "dev", "--user", "oscar"]).run();
+    let error = refused.failure();
+    assert!(error.contains("503") && error.contains("cannot reach"), "{error}");
+    assert!(!error.contains("--plain-http") && !error.contains("--src-creds"), "serve advises CLI flags: {error}");
+}

@@ -46,8 +46,9 @@ impl IntoResponse for OpsError {
             OpsError::NotFound(_) => StatusCode::NOT_FOUND,
             OpsError::Conflict(_) => StatusCode::CONFLICT,
             OpsError::Forbidden(_) => StatusCode::FORBIDDEN,
-            OpsError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             OpsError::Invalid(_) => StatusCode::BAD_REQUEST,
+            OpsError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            OpsError::Upstream(_) => StatusCode::BAD_GATEWAY,
         };
         refused(status, self.to_string())
     }

@@ -1,6 +1,7 @@
 pub mod api;
 pub mod config;
 pub mod deploy;
+pub mod error;
 pub mod http;
 pub mod intake;
 pub mod job;
@@ -9,6 +10,7 @@ pub mod ops;
 pub mod person;
 pub mod queue;
 pub mod registry;
+pub mod settle;
 pub mod smooth;
 pub mod store;
 pub mod worker;

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Gate;
+use crate::error::{ErrorClass, WorkError};
 use crate::ledger::{EnvironmentEntry, GateDecision, PromotionRecord, PromotionState};
 use crate::queue::DeadLetter;
-use crate::registry::Digest;
+use crate::registry::{Digest, Tag};
 use crate::worker::{Worker, now_ms};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,11 +48,26 @@ pub enum OpsError {
     Conflict(String),
     #[error("{0}")]
     Forbidden(String),
-    #[error("{0}")]
-    Failed(String),
     /// The request itself is malformed (400).
     #[error("{0}")]
     Invalid(String),
+    /// A registry, store or target is unavailable right now; try again (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A registry or target refused for good, e.g. credentials (502).
+    #[error("{0}")]
+    Upstream(String),
+}
+
+impl From<WorkError> for OpsError {
+    fn from(error: WorkError) -> Self {
+        match error.class {
+            ErrorClass::Transient => OpsError::Unavailable(error.message),
+            ErrorClass::Permanent => OpsError::Upstream(error.message),
+            ErrorClass::NotFound => OpsError::NotFound(error.message),
+            ErrorClass::Conflict => OpsError::Conflict(error.message),
+        }
+    }
 }
 
 /// The canonical form of an acting person's name (see [`crate::person`]).
@@ -68,8 +84,9 @@ impl Operations {
         Operations { worker }
     }
 
-    fn failed(e: impl std::fmt::Display) -> OpsError {
-        OpsError::Failed(e.to_string())
+    /// A store's failure, answered by its class (an unavailable ledger is a 503).
+    fn failed(e: impl Into<WorkError>) -> OpsError {
+        OpsError::from(e.into())
     }
 
     pub async fn status(&self, pipeline: Option<&str>) -> Result<Vec<PipelineStatus>, OpsError> {
@@ -109,7 +126,10 @@ impl Operations {
     ) -> Result<String, OpsError> {
         let by = by.map(person).transpose()?;
         let by = by.as_deref();
-        self.worker.promote_manually(pipeline, reference, stage, by).await.map_err(OpsError::Conflict)
+        if reference.parse::<Digest>().is_err() && reference.parse::<Tag>().is_err() {
+            return Err(OpsError::Invalid(format!("`{reference}` is neither a digest (sha256:…) nor a tag")));
+        }
+        Ok(self.worker.promote_manually(pipeline, reference, stage, by).await?)
     }
 
     /// `by` approves promotion `id`; `via` says how the request reached Ferry (recorded with the
@@ -202,7 +222,7 @@ impl Operations {
         let by = by.map(person).transpose()?;
         let by = by.as_deref();
         let to = to.map(|d| d.parse::<Digest>().map_err(|e| OpsError::Conflict(e.to_string()))).transpose()?;
-        self.worker.rollback(pipeline, stage, to.as_ref(), by).await.map_err(OpsError::Conflict)
+        Ok(self.worker.rollback(pipeline, stage, to.as_ref(), by).await?)
     }
 
     pub async fn history(

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::config::{Config, Gate, Notify, Pipeline, RepoName, Stage, tag_matches};
 use crate::deploy::{Deployment, NoopNotifier, Notifier, WebhookNotifier};
+use crate::error::WorkError;
 use crate::intake::{Build, PromotionRequest, Sender};
 use crate::job::{DeploymentJob, PromotionJob, QueuedJob};
 use crate::ledger::{
@@ -27,6 +28,7 @@ use crate::registry::auth::{Credential, Secret};
 use crate::registry::client::{ClientOptions, RegistryClient, http_client, pull_scope};
 use crate::registry::reference::ImageRef;
 use crate::registry::{Access, CopyError, CopyOptions, Digest, Location, Progress, RegistryRef, Tag, copy};
+use crate::settle::{RetrySettings, Settlement, settlement};
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64
@@ -39,9 +41,10 @@ pub enum Outcome {
     Done(String),
     /// Waiting on a gate; the promotion is parked in the ledger and the job acknowledged.
     Parked(String),
-    /// Failed this time; the job comes back after a backoff, or goes to the dead-letter store.
-    /// `promotion` names the ledger record when the digest was resolved far enough to have one.
-    Retry { error: String, promotion: Option<String> },
+    /// Failed; [`crate::settle::settlement`] decides by the error's class whether the job comes
+    /// back after a backoff or goes to the dead letters. `promotion` names the ledger record when
+    /// the digest was resolved far enough to have one.
+    Failed { error: WorkError, promotion: Option<String> },
 }
 
 /// How Ferry reaches the configured registries (and no others).
@@ -254,18 +257,22 @@ impl Worker {
                 tracing::info!("parked: {why}");
                 self.queue.ack(&delivery.receipt).await
             }
-            Outcome::Retry { error, promotion } => {
-                let max = self.config.worker.max_attempts;
-                let wait = self.backoff(delivery.receive_count);
-                if delivery.receive_count >= max {
-                    tracing::error!(%error, "giving up after {max} attempts: job moved to the dead-letter store");
-                    if let Some(id) = promotion {
-                        self.mark_dead_lettered(id, error).await;
+            Outcome::Failed { error, promotion } => {
+                let settings = RetrySettings::from_config(&self.config.worker);
+                match settlement(&outcome, delivery.receive_count, settings) {
+                    Settlement::Retry { after } => {
+                        tracing::warn!(%error, class = %error.class, ?after, "attempt failed; will retry");
+                        self.queue.nack(&delivery.receipt, &error.message, after).await
                     }
-                } else {
-                    tracing::warn!(%error, ?wait, "attempt failed; will retry");
+                    _ => {
+                        let reason = dead_letter_reason(error, delivery.receive_count);
+                        tracing::error!(%error, class = %error.class, "{reason}: job moved to the dead-letter store");
+                        if let Some(id) = promotion {
+                            self.mark_dead_lettered(id, &error.message).await;
+                        }
+                        self.queue.dead_letter(&delivery.receipt, &format!("{reason}: {error}")).await
+                    }
                 }
-                self.queue.nack(&delivery.receipt, error, wait).await
             }
         };
         if let Err(e) = settled {
@@ -275,11 +282,6 @@ impl Worker {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
-        let base = Duration::from_millis(self.config.worker.retry_base_ms);
-        base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(Duration::from_secs(300))
-    }
-
     /// The one core every shell calls: `job_id` is the queue's id of the job (an SQS message id
     /// on AWS), `attempt` its receive count.
     pub async fn process(&self, job: &QueuedJob, job_id: &str, attempt: u32) -> Outcome {
@@ -287,10 +289,10 @@ impl Worker {
             QueuedJob::Promote(job) => {
                 let mut promotion = None;
                 let result = self.promote(job, job_id, attempt, &mut promotion).await;
-                result.unwrap_or_else(|error| Outcome::Retry { error, promotion })
+                result.unwrap_or_else(|error| Outcome::Failed { error, promotion })
             }
             QueuedJob::Deployment(job) => {
-                self.deployment_reported(job).await.unwrap_or_else(|error| Outcome::Retry { error, promotion: None })
+                self.deployment_reported(job).await.unwrap_or_else(|error| Outcome::Failed { error, promotion: None })
             }
         }
     }
@@ -301,18 +303,21 @@ impl Worker {
         job_id: &str,
         attempt: u32,
         promotion: &mut Option<String>,
-    ) -> Result<Outcome, String> {
+    ) -> Result<Outcome, WorkError> {
         let pipeline = self
             .config
             .pipeline(&job.pipeline)
-            .ok_or_else(|| format!("pipeline `{}` is not configured (any more)", job.pipeline))?;
+            .ok_or_else(|| WorkError::permanent(format!("pipeline `{}` is not configured (any more)", job.pipeline)))?;
         let (index, stage) = pipeline
             .stage(&job.stage)
-            .ok_or_else(|| format!("pipeline `{}` has no stage `{}`", job.pipeline, job.stage))?;
+            .ok_or_else(|| WorkError::permanent(format!("pipeline `{}` has no stage `{}`", job.pipeline, job.stage)))?;
         // The source is what the configuration says, never what a payload says.
         let source = pipeline.stage_source(index);
         if job.source != source.to_string() {
-            return Err(format!("job names source {} but stage `{}` promotes from {source}", job.source, job.stage));
+            return Err(WorkError::permanent(format!(
+                "job names source {} but stage `{}` promotes from {source}",
+                job.source, job.stage
+            )));
         }
         let target = stage.target_repo();
 
@@ -320,10 +325,10 @@ impl Worker {
         let mut id = job.promotion.clone().unwrap_or_else(|| promotion_of(job, &digest));
         *promotion = Some(id.clone());
         let now = now_ms();
-        let mut existing = self.ledger.promotion(&id).await.map_err(|e| e.to_string())?;
+        let mut existing = self.ledger.promotion(&id).await?;
         if let Some(record) = existing.as_ref().filter(|r| r.state.is_final() && job.promotion.is_none()) {
             if record.state == PromotionState::Succeeded {
-                let current = self.ledger.environment(&job.pipeline, &job.stage).await.map_err(|e| e.to_string())?;
+                let current = self.ledger.environment(&job.pipeline, &job.stage).await?;
                 if current.is_some_and(|env| env.current.digest == record.digest) {
                     // Redelivered, or a duplicate: make sure the next stage was queued, nothing else.
                     self.queue_next_stage(pipeline, index, record).await?;
@@ -346,7 +351,7 @@ impl Worker {
             // redelivery of this job lands on the same new record.
             id = promotion_id(&job.pipeline, &job.stage, &format!("{id}@{job_id}"));
             *promotion = Some(id.clone());
-            existing = self.ledger.promotion(&id).await.map_err(|e| e.to_string())?;
+            existing = self.ledger.promotion(&id).await?;
         }
         let mut record = match existing {
             Some(record) if record.state == PromotionState::Rejected => {
@@ -390,7 +395,7 @@ impl Worker {
             GateResult::Wait(state, why) => {
                 record.state = state;
                 record.updated_at_ms = now_ms();
-                self.ledger.put_promotion(record).await.map_err(|e| e.to_string())?;
+                self.ledger.put_promotion(record).await?;
                 return Ok(Outcome::Parked(format!("{id}: {why}")));
             }
             GateResult::Reject(why) => {
@@ -398,7 +403,7 @@ impl Worker {
                 record.error = Some(why.clone());
                 record.finished_at_ms = Some(now_ms());
                 record.updated_at_ms = now_ms();
-                self.ledger.put_promotion(record).await.map_err(|e| e.to_string())?;
+                self.ledger.put_promotion(record).await?;
                 return Ok(Outcome::Done(format!("{id}: {why}")));
             }
         }
@@ -407,13 +412,13 @@ impl Worker {
         record.attempts = attempt;
         record.job_id = Some(job_id.to_string());
         record.updated_at_ms = now_ms();
-        self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
+        self.ledger.put_promotion(record.clone()).await?;
 
         match self.deliver(pipeline, stage, &source, &target, &digest, &record, false).await {
             Ok(()) => {}
             Err(error) => {
                 record.state = PromotionState::Failed;
-                record.error = Some(error.clone());
+                record.error = Some(error.message.clone());
                 record.updated_at_ms = now_ms();
                 let _ = self.ledger.put_promotion(record).await;
                 return Err(error);
@@ -424,7 +429,7 @@ impl Worker {
         record.error = None;
         record.finished_at_ms = Some(now_ms());
         record.updated_at_ms = now_ms();
-        self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
+        self.ledger.put_promotion(record.clone()).await?;
         self.queue_next_stage(pipeline, index, &record).await?;
         Ok(Outcome::Done(format!("{id}: promoted {digest} to {target} ({})", job.stage)))
     }
@@ -441,7 +446,7 @@ impl Worker {
         digest: &Digest,
         record: &PromotionRecord,
         rollback: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         let tags = target_tags(stage, record);
         let (first, rest) = match tags.split_first() {
             Some((first, rest)) => (Some(first.clone()), rest.to_vec()),
@@ -453,9 +458,9 @@ impl Worker {
         let access = self.registries.access(source, target);
         let report = copy(&from, &to, &access, &options, Arc::new(Progress::default()))
             .await
-            .map_err(|e| format!("copy {from} → {to}: {e}"))?;
+            .map_err(|e| WorkError::from(e).context(format_args!("copy {from} → {to}")))?;
         if report.digest != digest.as_str() {
-            return Err(format!("copy produced {} instead of {digest}", report.digest));
+            return Err(WorkError::transient(format!("copy produced {} instead of {digest}", report.digest)));
         }
         tracing::info!(
             digest = %digest, bytes = report.bytes_transferred, copied = report.blobs_copied,
@@ -477,7 +482,10 @@ impl Worker {
             .get(&(deployment.pipeline.clone(), deployment.stage.clone()))
             .cloned()
             .unwrap_or_else(|| Arc::new(NoopNotifier));
-        let notified = notifier.notify(&deployment).await.map_err(|e| format!("deploy notification failed: {e}"))?;
+        let notified = notifier
+            .notify(&deployment)
+            .await
+            .map_err(|e| WorkError::transient(format!("deploy notification failed: {e}")))?;
         if notified.confirmed {
             self.ledger
                 .record_deployment(DeploymentRecord {
@@ -489,8 +497,7 @@ impl Worker {
                     detail: Some(notified.detail.clone()),
                     at_ms: now_ms(),
                 })
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
         }
         self.ledger
             .set_current(
@@ -505,33 +512,36 @@ impl Worker {
                 },
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(WorkError::from)
     }
 
     /// The digest to promote: the event's, checked to exist at the source, or the tag's as the
     /// source resolves it now. Also returns where the tag points now when it moved.
-    async fn resolve(&self, source: &RepoName, request: &PromotionRequest) -> Result<(Digest, Option<Digest>), String> {
-        let client = self.registries.client(&source.registry).map_err(|e| e.to_string())?;
+    async fn resolve(
+        &self,
+        source: &RepoName,
+        request: &PromotionRequest,
+    ) -> Result<(Digest, Option<Digest>), WorkError> {
+        let client = self.registries.client(&source.registry)?;
         let scope = vec![pull_scope(&source.repository)];
         let by_tag = match &request.tag {
-            Some(tag) => client.head_manifest(&source.repository, tag, &scope).await.map_err(|e| e.to_string())?,
+            Some(tag) => client.head_manifest(&source.repository, tag, &scope).await?,
             None => None,
         };
         match (&request.digest, by_tag) {
             (Some(digest), tag_now) => {
-                let exists = client
-                    .head_manifest(&source.repository, digest.as_str(), &scope)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .is_some();
+                let exists = client.head_manifest(&source.repository, digest.as_str(), &scope).await?.is_some();
                 if !exists {
-                    return Err(format!("{digest} is not in {source} (yet?)"));
+                    return Err(WorkError::not_found(format!("{digest} is not in {source}")));
                 }
                 let moved = tag_now.filter(|now| now != digest);
                 Ok((digest.clone(), moved))
             }
             (None, Some(digest)) => Ok((digest, None)),
-            (None, None) => Err(format!("{source}:{} does not exist", request.tag.as_deref().unwrap_or("?"))),
+            (None, None) => Err(WorkError::not_found(match &request.tag {
+                Some(tag) => format!("{source}:{tag} does not exist"),
+                None => format!("the request names neither a tag nor a digest of {source}"),
+            })),
         }
     }
 
@@ -541,7 +551,7 @@ impl Worker {
         index: usize,
         stage: &Stage,
         record: &mut PromotionRecord,
-    ) -> Result<GateResult, String> {
+    ) -> Result<GateResult, WorkError> {
         let now = now_ms();
         if !stage.tags.is_empty() || stage.semver {
             let tag = record.tag.clone().unwrap_or_default();
@@ -586,11 +596,7 @@ impl Worker {
             }
             Gate::After | Gate::Soak => {
                 let previous = previous.expect("validated: after/soak need a previous stage");
-                let env = self
-                    .ledger
-                    .environment(&pipeline.name.get_ref().clone(), &previous)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let env = self.ledger.environment(&pipeline.name.get_ref().clone(), &previous).await?;
                 let Some(env) = env.filter(|e| e.current.digest == record.digest) else {
                     let why = format!("{} is not running {} (yet)", previous, record.digest);
                     let gate = if stage.gate == Gate::After { "after" } else { "soak" };
@@ -598,11 +604,7 @@ impl Worker {
                     return Ok(GateResult::Wait(PromotionState::AwaitingGate, why));
                 };
                 if stage.gate == Gate::After {
-                    let reports = self
-                        .ledger
-                        .deployments(pipeline.name.get_ref(), &previous, 20)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let reports = self.ledger.deployments(pipeline.name.get_ref(), &previous, 20).await?;
                     let deployed = reports.iter().any(|r| {
                         r.status.eq_ignore_ascii_case("succeeded")
                             && r.at_ms >= env.current.since_ms - 1_000
@@ -635,12 +637,12 @@ impl Worker {
         pipeline: &Pipeline,
         index: usize,
         record: &PromotionRecord,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkError> {
         if index + 1 >= pipeline.stages.len() {
             return Ok(());
         }
         let job = self.job_for(pipeline, index + 1, record, format!("previous-stage:{}", record.stage), None);
-        self.queue.enqueue(vec![job.to_new_job()]).await.map_err(|e| e.to_string())?;
+        self.queue.enqueue(vec![job.to_new_job()]).await?;
         Ok(())
     }
 
@@ -676,20 +678,21 @@ impl Worker {
     }
 
     /// Re-queues a parked promotion so its gate is evaluated again.
-    pub async fn wake(&self, record: &PromotionRecord, why: &str) -> Result<(), String> {
-        let pipeline = self.config.pipeline(&record.pipeline).ok_or("pipeline no longer configured")?;
-        let (index, _) = pipeline.stage(&record.stage).ok_or("stage no longer configured")?;
+    pub async fn wake(&self, record: &PromotionRecord, why: &str) -> Result<(), WorkError> {
+        let gone = || WorkError::permanent(format!("{}/{} is no longer configured", record.pipeline, record.stage));
+        let pipeline = self.config.pipeline(&record.pipeline).ok_or_else(gone)?;
+        let (index, _) = pipeline.stage(&record.stage).ok_or_else(gone)?;
         let mut job = self.job_for(pipeline, index, record, why.to_string(), None);
         job.trigger = Some(record.trigger.clone());
         job.promotion = Some(record.id.clone());
         // Never collapse into the job that parked it.
         let key = format!("wake/{}/{}/{}", record.id, record.approvals.len(), now_ms());
-        self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await.map_err(|e| e.to_string())?;
+        self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await?;
         Ok(())
     }
 
-    async fn deployment_reported(&self, job: &DeploymentJob) -> Result<Outcome, String> {
-        let current = self.ledger.environment(&job.pipeline, &job.stage).await.map_err(|e| e.to_string())?;
+    async fn deployment_reported(&self, job: &DeploymentJob) -> Result<Outcome, WorkError> {
+        let current = self.ledger.environment(&job.pipeline, &job.stage).await?;
         self.ledger
             .record_deployment(DeploymentRecord {
                 pipeline: job.pipeline.clone(),
@@ -700,11 +703,10 @@ impl Worker {
                 detail: job.report.release.clone(),
                 at_ms: now_ms(),
             })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if job.report.status.eq_ignore_ascii_case("succeeded") {
             // A later stage waiting for this one to be deployed may go now.
-            for record in self.ledger.parked(Some(&job.pipeline)).await.map_err(|e| e.to_string())? {
+            for record in self.ledger.parked(Some(&job.pipeline)).await? {
                 let waits_on_this = record.state == PromotionState::AwaitingGate
                     && current.as_ref().is_some_and(|c| c.current.digest == record.digest);
                 if waits_on_this {
@@ -716,10 +718,10 @@ impl Worker {
     }
 
     /// Wakes parked promotions whose gate may have opened with time (soak) or expired (approval).
-    pub async fn sweep(&self) -> Result<(), String> {
+    pub async fn sweep(&self) -> Result<(), WorkError> {
         self.reconcile_dead_letters().await?;
         let now = now_ms();
-        for record in self.ledger.parked(None).await.map_err(|e| e.to_string())? {
+        for record in self.ledger.parked(None).await? {
             let Some(pipeline) = self.config.pipeline(&record.pipeline) else { continue };
             let Some((_, stage)) = pipeline.stage(&record.stage) else { continue };
             let due = match stage.gate {
@@ -750,12 +752,12 @@ impl Worker {
 
     /// Marks promotions whose job the queue dead-lettered on its own (a worker that kept
     /// dying on it, or SQS's redrive policy), so the ledger never says `running` forever.
-    async fn reconcile_dead_letters(&self) -> Result<(), String> {
-        for letter in self.queue.dead_letters().await.map_err(|e| e.to_string())? {
+    async fn reconcile_dead_letters(&self) -> Result<(), WorkError> {
+        for letter in self.queue.dead_letters().await? {
             let Ok(QueuedJob::Promote(job)) = serde_json::from_value::<QueuedJob>(letter.payload.clone()) else {
                 continue;
             };
-            let history = self.ledger.history(&job.pipeline, Some(&job.stage), 50).await.map_err(|e| e.to_string())?;
+            let history = self.ledger.history(&job.pipeline, Some(&job.stage), 50).await?;
             for record in history {
                 let stuck = !record.state.is_final() && record.state != PromotionState::DeadLettered;
                 if stuck && record.job_id.as_deref() == Some(letter.id.as_str()) {
@@ -774,26 +776,25 @@ impl Worker {
         stage_name: &str,
         to: Option<&Digest>,
         by: Option<&str>,
-    ) -> Result<PromotionRecord, String> {
-        let pipeline = self.config.pipeline(pipeline_name).ok_or_else(|| format!("no pipeline `{pipeline_name}`"))?;
-        let (_, stage) = pipeline
-            .stage(stage_name)
-            .ok_or_else(|| format!("pipeline `{pipeline_name}` has no stage `{stage_name}`"))?;
-        let history =
-            self.ledger.environment_history(pipeline_name, stage_name, 100).await.map_err(|e| e.to_string())?;
-        let current =
-            history.first().ok_or_else(|| format!("{pipeline_name}/{stage_name} has never been promoted to"))?;
-        let entry = match to {
-            Some(digest) => history
-                .iter()
-                .find(|e| e.digest == digest.as_str())
-                .cloned()
-                .ok_or_else(|| format!("{digest} never ran in {pipeline_name}/{stage_name}"))?,
-            None => previous_good(&history)
-                .cloned()
-                .ok_or_else(|| format!("{pipeline_name}/{stage_name} has no earlier digest to roll back to"))?,
-        };
-        let digest: Digest = entry.digest.parse().map_err(|e| format!("{e}"))?;
+    ) -> Result<PromotionRecord, WorkError> {
+        let (pipeline, _, stage) = self.stage_of(pipeline_name, stage_name)?;
+        let history = self.ledger.environment_history(pipeline_name, stage_name, 100).await?;
+        let current = history
+            .first()
+            .ok_or_else(|| WorkError::conflict(format!("{pipeline_name}/{stage_name} has never been promoted to")))?;
+        let entry =
+            match to {
+                Some(digest) => history.iter().find(|e| e.digest == digest.as_str()).cloned().ok_or_else(|| {
+                    WorkError::not_found(format!("{digest} never ran in {pipeline_name}/{stage_name}"))
+                })?,
+                None => previous_good(&history).cloned().ok_or_else(|| {
+                    WorkError::conflict(format!("{pipeline_name}/{stage_name} has no earlier digest to roll back to"))
+                })?,
+            };
+        let digest: Digest = entry
+            .digest
+            .parse()
+            .map_err(|e| WorkError::permanent(format!("the ledger holds an invalid digest: {e}")))?;
         let target = stage.target_repo();
         let now = now_ms();
         let mut record = PromotionRecord {
@@ -824,22 +825,34 @@ impl Worker {
             finished_at_ms: None,
             job_id: None,
         };
-        self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
+        self.ledger.put_promotion(record.clone()).await?;
         let delivered = self.deliver(pipeline, stage, &target, &target, &digest, &record, true).await;
         record.updated_at_ms = now_ms();
         record.finished_at_ms = Some(now_ms());
-        match delivered {
+        match &delivered {
             Ok(()) => record.state = PromotionState::Succeeded,
             Err(e) => {
                 record.state = PromotionState::Failed;
-                record.error = Some(e);
+                record.error = Some(e.message.clone());
             }
         }
-        self.ledger.put_promotion(record.clone()).await.map_err(|e| e.to_string())?;
-        match &record.error {
-            Some(e) => Err(format!("rollback of {pipeline_name}/{stage_name} to {digest} failed: {e}")),
-            None => Ok(record),
+        self.ledger.put_promotion(record.clone()).await?;
+        match delivered {
+            Err(e) => Err(e.context(format_args!("rollback of {pipeline_name}/{stage_name} to {digest} failed"))),
+            Ok(()) => Ok(record),
         }
+    }
+
+    /// A configured pipeline and stage (with its index), or a not-found error naming what is missing.
+    fn stage_of(&self, pipeline_name: &str, stage_name: &str) -> Result<(&Pipeline, usize, &Stage), WorkError> {
+        let pipeline = self
+            .config
+            .pipeline(pipeline_name)
+            .ok_or_else(|| WorkError::not_found(format!("no pipeline `{pipeline_name}`")))?;
+        let (index, stage) = pipeline
+            .stage(stage_name)
+            .ok_or_else(|| WorkError::not_found(format!("pipeline `{pipeline_name}` has no stage `{stage_name}`")))?;
+        Ok((pipeline, index, stage))
     }
 
     /// Queues a manual promotion of `reference` (tag or digest, as found in the stage's source)
@@ -850,16 +863,15 @@ impl Worker {
         reference: &str,
         stage_name: &str,
         by: Option<&str>,
-    ) -> Result<String, String> {
-        let pipeline = self.config.pipeline(pipeline_name).ok_or_else(|| format!("no pipeline `{pipeline_name}`"))?;
-        let (index, _) = pipeline
-            .stage(stage_name)
-            .ok_or_else(|| format!("pipeline `{pipeline_name}` has no stage `{stage_name}`"))?;
+    ) -> Result<String, WorkError> {
+        let (pipeline, index, _) = self.stage_of(pipeline_name, stage_name)?;
         let source = pipeline.stage_source(index);
         let (tag, digest) = match reference.parse::<Digest>() {
             Ok(d) => (None, Some(d)),
             Err(_) => {
-                reference.parse::<Tag>().map_err(|e| format!("`{reference}` is neither a digest nor a tag: {e}"))?;
+                reference
+                    .parse::<Tag>()
+                    .map_err(|e| WorkError::permanent(format!("`{reference}` is neither a digest nor a tag: {e}")))?;
                 (Some(reference.to_string()), None)
             }
         };
@@ -881,8 +893,17 @@ impl Worker {
         job.triggered_by = by.map(str::to_string);
         // Each manual request is its own job: a person asking again means it.
         let key = format!("manual/{pipeline_name}/{stage_name}/{reference}/{}", now_ms());
-        let enqueued = self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await.map_err(|e| e.to_string())?;
+        let enqueued = self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await?;
         Ok(enqueued[0].id.clone())
+    }
+}
+
+/// Why a failed job goes to the dead letters, for the operator reading `ferry dlq list`.
+fn dead_letter_reason(error: &WorkError, receive_count: u32) -> String {
+    if error.is_transient() || error.class == crate::error::ErrorClass::Conflict {
+        format!("gave up after {receive_count} attempts")
+    } else {
+        format!("{} error, not retried", error.class)
     }
 }
 

@@ -97,6 +97,9 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Failed: record `error`, make visible again after `retry_after`; when
     /// receive_count >= max_receives, move to dead letters instead.
     fn nack(&self, receipt: &str, error: &str, retry_after: Duration) -> QueueFuture<'_, ()>;
+    /// Failed for good (a permanent error, which retrying cannot fix): move the job to the dead
+    /// letters now with `error`, whatever its receive count. It can be redriven like any other.
+    fn dead_letter(&self, receipt: &str, error: &str) -> QueueFuture<'_, ()>;
     /// Still working: keep the delivery invisible for `visibility` from now (SQS's
     /// ChangeMessageVisibility). A stale receipt is [`QueueError::StaleReceipt`].
     fn extend(&self, receipt: &str, visibility: Duration) -> QueueFuture<'_, ()>;

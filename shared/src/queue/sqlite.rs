@@ -337,7 +337,13 @@ impl JobQueue for SqliteQueue {
     fn nack(&self, receipt: &str, error: &str, retry_after: Duration) -> QueueFuture<'_, ()> {
         let receipt = receipt.to_owned();
         let error = truncate(error, MAX_ERROR_BYTES);
-        self.call("nack", move |conn, batch| nack(conn, batch, receipt, error, retry_after))
+        self.call("nack", move |conn, batch| nack(conn, batch, receipt, error, Some(retry_after)))
+    }
+
+    fn dead_letter(&self, receipt: &str, error: &str) -> QueueFuture<'_, ()> {
+        let receipt = receipt.to_owned();
+        let error = truncate(error, MAX_ERROR_BYTES);
+        self.call("dead-letter", move |conn, batch| nack(conn, batch, receipt, error, None))
     }
 
     fn extend(&self, receipt: &str, visibility: Duration) -> QueueFuture<'_, ()> {
@@ -517,7 +523,8 @@ fn nack(
     batch: &Batch<'_>,
     receipt: String,
     error: String,
-    retry_after: Duration,
+    // None: dead-letter now.
+    retry_after: Option<Duration>,
 ) -> Result<(), Failure> {
     let delivered: Option<(i64, u32, String)> = conn
         .prepare_cached("SELECT seq, receive_count, dedup_key FROM jobs WHERE receipt = ?1 AND state = 'ready'")?
@@ -526,17 +533,17 @@ fn nack(
     let Some((seq, receive_count, dedup_key)) = delivered else {
         return Err(QueueError::StaleReceipt(receipt).into());
     };
-    if receive_count >= batch.options.max_receives {
+    let Some(retry_after) = retry_after.filter(|_| receive_count < batch.options.max_receives) else {
         conn.prepare_cached(
             "UPDATE jobs SET state = 'dead', receipt = NULL, last_error = ?2, failed_at = ?3
              WHERE seq = ?1",
         )?
         .execute(params![seq, error, batch.now_ms])?;
         batch.keys.borrow_mut().settled(&dedup_key, seq, batch.now_ms);
-    } else {
-        conn.prepare_cached("UPDATE jobs SET receipt = NULL, last_error = ?2, available_at = ?3 WHERE seq = ?1")?
-            .execute(params![seq, error, batch.now_ms.saturating_add(millis(retry_after))])?;
-    }
+        return Ok(());
+    };
+    conn.prepare_cached("UPDATE jobs SET receipt = NULL, last_error = ?2, available_at = ?3 WHERE seq = ?1")?
+        .execute(params![seq, error, batch.now_ms.saturating_add(millis(retry_after))])?;
     Ok(())
 }
 
