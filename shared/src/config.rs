@@ -48,6 +48,31 @@ pub struct Server {
     /// Environment variable holding the operator token for `/api/*` (status, approve, rollback …).
     /// Without it the operations API is off.
     pub operator_token_env: Option<String>,
+    /// Serve `/api/*` on this address only (e.g. a private interface), so that webhooks can face
+    /// the internet while operations do not. Without it, `/api/*` shares `listen`.
+    pub api_listen: Option<SocketAddr>,
+    /// Connections served at once per listener; one more is answered 503 and closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers — also how long a kept-alive connection
+    /// may sit idle waiting for its next request.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_secs: u64,
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_header_timeout() -> u64 {
+    10
+}
+
+fn default_body_timeout() -> u64 {
+    30
 }
 
 impl Default for Server {
@@ -58,6 +83,10 @@ impl Default for Server {
             data_dir: default_data_dir(),
             max_clock_skew_secs: default_clock_skew(),
             operator_token_env: None,
+            api_listen: None,
+            max_connections: default_max_connections(),
+            header_timeout_secs: default_header_timeout(),
+            body_timeout_secs: default_body_timeout(),
         }
     }
 }

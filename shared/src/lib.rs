@@ -10,6 +10,7 @@ pub mod ops;
 pub mod person;
 pub mod queue;
 pub mod registry;
+pub mod server;
 pub mod settle;
 pub mod smooth;
 pub mod store;

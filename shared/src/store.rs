@@ -30,6 +30,7 @@ pub fn open(path: &Path, kind: &StoreKind) -> Result<Connection, String> {
     let fail = |doing: &str, e: rusqlite::Error| {
         format!("cannot open {} database {}: {doing} failed: {e}{}", kind.name, path.display(), hint(kind, &e))
     };
+    make_private(path).map_err(|e| format!("cannot open {} database {}: {e}", kind.name, path.display()))?;
     let conn = Connection::open(path).map_err(|e| fail("open", e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("setting busy_timeout", e))?;
     let journal_mode: String = conn
@@ -55,6 +56,36 @@ pub fn open(path: &Path, kind: &StoreKind) -> Result<Connection, String> {
     })?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// Creates `path` readable and writable by its owner only (0600), or takes group and other
+/// permissions away from an existing one: the queue and ledger hold who promoted what, and the
+/// WAL and shared-memory files SQLite creates beside it copy its permissions.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let mode = file.metadata()?.permissions().mode();
+        if mode & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+/// Creates `dir` (and its parents) for Ferry's data, accessible by its owner only (0700) when
+/// Ferry creates it; an existing directory keeps the permissions its owner gave it.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
 }
 
 /// Creates the schema in a new file, or checks that an existing file holds this kind at a

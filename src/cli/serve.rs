@@ -13,6 +13,7 @@ use ferry_core::ledger::{Ledger, SqliteLedger};
 use ferry_core::ops::Operations;
 use ferry_core::queue::{JobQueue, SqliteQueue, SqliteQueueOptions};
 use ferry_core::registry::auth::Secret;
+use ferry_core::server::{self, Limits};
 use ferry_core::worker::Worker;
 
 /// Run Ferry: webhooks, operations API, durable queue and promotion worker
@@ -46,7 +47,7 @@ pub struct Stores {
 
 pub fn open_stores(config: &Config) -> anyhow::Result<Stores> {
     let dir = &config.server.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating data_dir {}", dir.display()))?;
+    ferry_core::store::create_private_dir(dir).with_context(|| format!("creating data_dir {}", dir.display()))?;
     let queue_path = dir.join("queue.db");
     let options =
         SqliteQueueOptions { max_receives: config.worker.max_attempts.max(1), ..SqliteQueueOptions::default() };
@@ -64,26 +65,61 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?;
     let worker =
         Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone()).map_err(anyhow::Error::msg)?);
-    let mut app = router(Arc::new(intake));
-    if let Some(var) = &config.server.operator_token_env {
-        let token = std::env::var(var)
-            .with_context(|| format!("server.operator_token_env: environment variable {var} is not set"))?;
-        anyhow::ensure!(token.len() >= 16, "{var}: the operator token must be at least 16 characters");
-        app = app.merge(ferry_core::api::router(Arc::new(Operations::new(worker.clone())), Secret::new(token)));
-    }
+    let intake_app = router(Arc::new(intake));
+    let api_app = match &config.server.operator_token_env {
+        Some(var) => {
+            let token = std::env::var(var)
+                .with_context(|| format!("server.operator_token_env: environment variable {var} is not set"))?;
+            anyhow::ensure!(token.len() >= 16, "{var}: the operator token must be at least 16 characters");
+            Some(ferry_core::api::router(Arc::new(Operations::new(worker.clone())), Secret::new(token)))
+        }
+        None => None,
+    };
+    // With `api_listen`, operations get a listener of their own and the webhook one has none.
+    let (app, api_app) = match (api_app, config.server.api_listen) {
+        (Some(api), Some(_)) => (intake_app, Some(api)),
+        (Some(api), None) => (intake_app.merge(api), None),
+        (None, _) => (intake_app, None),
+    };
 
     let listen = args.listen.unwrap_or(config.server.listen);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (in use? choose another with --listen)"))?;
     let local = listener.local_addr()?;
+    let api_listener = match (&api_app, config.server.api_listen) {
+        (Some(_), Some(addr)) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on server.api_listen = {addr} (in use?)"))?,
+        ),
+        _ => None,
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let run_worker = config.worker.enabled && !args.no_worker;
-    let worker_task = run_worker.then(|| tokio::spawn(worker.clone().run(stopped)));
+    let worker_task = run_worker.then(|| tokio::spawn(worker.clone().run(stopped.clone())));
     tracing::info!(%local, data_dir = %config.server.data_dir.display(), worker = run_worker, "ferry serving");
     eprintln!("ferry: listening on http://{local} (data in {})", config.server.data_dir.display());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await.context("server failed")?;
-    let _ = stop.send(true);
+    let limits = Limits::from_config(&config.server);
+    let until_stopped = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let api_task = match (api_listener, api_app) {
+        (Some(listener), Some(api)) => {
+            eprintln!("ferry: operations API on http://{}", listener.local_addr()?);
+            Some(tokio::spawn(server::serve(listener, api, limits, until_stopped(stopped.clone()))))
+        }
+        _ => None,
+    };
+    let signals = tokio::spawn(async move {
+        shutdown().await;
+        let _ = stop.send(true);
+    });
+    server::serve(listener, app, limits, until_stopped(stopped)).await;
+    signals.abort();
+    if let Some(task) = api_task {
+        let _ = task.await;
+    }
     if let Some(task) = worker_task {
         // Jobs still running after this are redelivered on the next start.
         let _ = tokio::time::timeout(Duration::from_secs(30), task).await;

@@ -35,10 +35,26 @@ impl FerryServer {
         Self::launch(port, config, envs, Some(token))
     }
 
+    /// Like [`FerryServer::start_with_operator_token`] (without a token when `None`), with
+    /// `server_keys` added to the `[server]` table.
+    pub fn start_with_server_keys(
+        port: u16,
+        server_keys: &str,
+        config: &str,
+        envs: &[(&str, &str)],
+        token: Option<&str>,
+    ) -> Self {
+        Self::launch_with(port, server_keys, config, envs, token)
+    }
+
     fn launch(port: u16, config: &str, envs: &[(&str, &str)], token: Option<&str>) -> Self {
+        Self::launch_with(port, "", config, envs, token)
+    }
+
+    fn launch_with(port: u16, server_keys: &str, config: &str, envs: &[(&str, &str)], token: Option<&str>) -> Self {
         let dir = tempfile::Builder::new().prefix("ferry-serve-").tempdir().expect("temp dir for ferry serve");
         let data_dir = dir.path().join("data");
-        let mut server_table = format!("[server]\ndata_dir = {:?}\n", data_dir.display().to_string());
+        let mut server_table = format!("[server]\ndata_dir = {:?}\n{server_keys}\n", data_dir.display().to_string());
         let mut envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         if let Some(token) = token {
             server_table.push_str(&format!("operator_token_env = {OPERATOR_TOKEN_ENV:?}\n"));
@@ -63,6 +79,11 @@ impl FerryServer {
             assert!(Instant::now() < deadline, "ferry serve not healthy after 20 s:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The process id of `ferry serve`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn port(&self) -> u16 {
