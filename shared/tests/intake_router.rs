@@ -576,3 +576,89 @@ async fn a_registry_host_that_is_not_configured_is_never_queued() {
     assert_eq!(send(&app, request).await.0, StatusCode::OK);
     assert_eq!(queued(&app).await, 0);
 }
+
+/// Receives every queued job and acks it, as the worker does once a promotion is done.
+async fn promote_everything(app: &App) -> usize {
+    let deliveries = app.queue.receive(100, std::time::Duration::from_secs(60)).await.unwrap();
+    for delivery in &deliveries {
+        app.queue.ack(&delivery.receipt).await.unwrap();
+    }
+    deliveries.len()
+}
+
+fn job_of(body: &serde_json::Value) -> (String, bool) {
+    let job = &body["jobs"][0];
+    (job["id"].as_str().unwrap().to_string(), job["duplicate"].as_bool().unwrap())
+}
+
+#[tokio::test]
+async fn a_tag_pushed_again_after_its_promotion_is_a_new_job() {
+    let app = app().await;
+    // Docker Hub: the callback URL names the push; a redelivery carries the same one.
+    let hub = |callback: &str| {
+        let body = String::from_utf8(fixture("dockerhub-push.json"))
+            .unwrap()
+            .replace("3c0ffee1d2e4a5b6c7d8e9f0a1b2c3d4", callback);
+        Request::post("/hooks/dockerhub/hub-token-0123456789")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (first, duplicate) = job_of(&send(&app, hub("push-one")).await.1);
+    assert!(!duplicate);
+    assert_eq!(promote_everything(&app).await, 1);
+    let (again, duplicate) = job_of(&send(&app, hub("push-one")).await.1);
+    assert_eq!((again.as_str(), duplicate), (first.as_str(), true), "a redelivery of the same push");
+    let (second, duplicate) = job_of(&send(&app, hub("push-two")).await.1);
+    assert!(!duplicate && second != first, "the tag pushed again was swallowed");
+    assert_eq!(promote_everything(&app).await, 1);
+
+    // Quay names no push at all: the same tag merges only while its job is not worked on yet.
+    let quay = || {
+        let body = br#"{"repository":"contoso/api","docker_url":"quay.io/contoso/api","updated_tags":["latest"]}"#;
+        Request::post("/hooks/quay/quay-token-0123456789")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_vec()))
+            .unwrap()
+    };
+    let (first, _) = job_of(&send(&app, quay()).await.1);
+    let (pending, duplicate) = job_of(&send(&app, quay()).await.1);
+    assert_eq!((pending.as_str(), duplicate), (first.as_str(), true), "not resolved yet: one job");
+    assert_eq!(promote_everything(&app).await, 1);
+    let (second, duplicate) = job_of(&send(&app, quay()).await.1);
+    assert!(!duplicate && second != first, "Quay's second push of `latest` was swallowed");
+
+    // A generic tag-only push: its `id` names the push when given, else the same rule as Quay.
+    let tag_only = |id: &str| format!(r#"{{"repository":"127.0.0.1:5001/shop/api","tag":"latest"{id}}}"#);
+    let earlier = (now().parse::<u64>().unwrap() - 2).to_string();
+    let (first, _) = job_of(&send(&app, generic(tag_only("").as_bytes(), "generic-secret", &earlier)).await.1);
+    promote_everything(&app).await;
+    let (second, duplicate) = job_of(&send(&app, generic(tag_only("").as_bytes(), "generic-secret", &now())).await.1);
+    assert!(!duplicate && second != first, "the generic re-push was swallowed");
+    promote_everything(&app).await;
+    let with_id = tag_only(r#","id":"ci-run-7""#);
+    let (first, _) = job_of(&send(&app, generic(with_id.as_bytes(), "generic-secret", &now())).await.1);
+    promote_everything(&app).await;
+    let ts = (now().parse::<u64>().unwrap() - 1).to_string();
+    let (again, duplicate) = job_of(&send(&app, generic(with_id.as_bytes(), "generic-secret", &ts)).await.1);
+    assert_eq!((again.as_str(), duplicate), (first.as_str(), true), "a resend of run 7 is run 7");
+}
+
+#[tokio::test]
+async fn a_new_tag_on_a_known_digest_is_a_new_job_and_only_the_same_digest_and_tag_is_a_duplicate() {
+    let app = app().await;
+    let push = |tag: &str, ts: u64| {
+        let body = format!(
+            r#"{{"repository":"127.0.0.1:5001/shop/api","tag":"{tag}","digest":"sha256:05b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f"}}"#
+        );
+        generic(body.as_bytes(), "generic-secret", &ts.to_string())
+    };
+    let t: u64 = now().parse().unwrap();
+    let (first, _) = job_of(&send(&app, push("1.4.2", t)).await.1);
+    assert_eq!(promote_everything(&app).await, 1);
+    let (stable, duplicate) = job_of(&send(&app, push("stable", t)).await.1);
+    assert!(!duplicate && stable != first, "`stable` on the promoted digest was swallowed");
+    let (again, duplicate) = job_of(&send(&app, push("1.4.2", t - 1)).await.1);
+    assert_eq!((again.as_str(), duplicate), (first.as_str(), true), "same digest and tag: one push");
+    assert_eq!(promote_everything(&app).await, 1);
+}
