@@ -56,6 +56,10 @@ pub struct DeploymentJob {
     pub pipeline: String,
     pub stage: String,
     pub report: DeploymentCompleted,
+    /// The build number of this pipeline's build the release deployed, when the event names
+    /// it: the report then concerns only the digest that build produced in this stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_number: Option<String>,
 }
 
 /// Everything the queue carries, tagged by `kind`.

@@ -94,6 +94,8 @@ source = "127.0.0.1:5001/shop/web"
   [pipelines.azure_devops]
   build_definition = "shop-api-ci"
   tag = "build-{build.id}"
+  release_definition = "shop-api-cd"
+  project = "Shop"
   [[pipelines.stages]]
   name = "staging"
   target = "127.0.0.1:5002/shop/web"
@@ -435,15 +437,101 @@ async fn azure_devops_build_promotes_the_image_its_build_tagged() {
     assert_eq!(payload["request"]["repository"], "shop/web");
 }
 
+/// The classic deployment fixture, its environment naming the release definition as the
+/// REST API's `ReleaseEnvironment` does.
+fn classic_deployment_of(definition: &str) -> Vec<u8> {
+    String::from_utf8(fixture("azure-devops-deployment.json"))
+        .unwrap()
+        .replace(
+            "\"rank\": 2,",
+            &format!("\"rank\": 2, \"releaseDefinition\": {{ \"id\": 7, \"name\": \"{definition}\" }},"),
+        )
+        .into_bytes()
+}
+
 #[tokio::test]
 async fn azure_devops_deployment_is_queued_as_a_report_for_its_stage() {
     let app = app().await;
-    let (status, body) = send(&app, azure_devops(fixture("azure-devops-deployment.json"), Some(ADO_BASIC))).await;
+    let (status, body) = send(&app, azure_devops(classic_deployment_of("shop-api-cd"), Some(ADO_BASIC))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["jobs"][0]["stage"], "staging");
     let jobs = app.queue.receive(10, std::time::Duration::from_secs(60)).await.unwrap();
     assert_eq!(jobs[0].payload["kind"], "deployment");
     assert_eq!(jobs[0].payload["report"]["status"], "succeeded");
+
+    // The current shape (`resource.deployment`) is accepted the same way.
+    let current =
+        String::from_utf8(fixture("azure-devops-deployment-current.json")).unwrap().replace("\"Dev\"", "\"Staging\"");
+    let (status, body) = send(&app, azure_devops(current.into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"][0]["stage"], "staging");
+}
+
+#[tokio::test]
+async fn a_release_report_concerns_only_the_pipeline_bound_to_its_definition_and_project() {
+    // Two pipelines with a `dev` stage; only `bound` is bound to release definition 7.
+    let extra = r#"
+[[pipelines]]
+name = "bound"
+source = "127.0.0.1:5001/team-a/api"
+  [pipelines.azure_devops]
+  release_definition = "7"
+  project = "Shop"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/team-a/api"
+
+[[pipelines]]
+name = "unbound"
+source = "127.0.0.1:5001/team-b/api"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/team-b/api"
+"#;
+    let app = app_with(&format!("{CONFIG}{extra}")).await;
+    let current = || String::from_utf8(fixture("azure-devops-deployment-current.json")).unwrap();
+    let (status, body) = send(&app, azure_devops(current().into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let started: Vec<(&str, &str)> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["pipeline"].as_str().unwrap(), j["stage"].as_str().unwrap()))
+        .collect();
+    assert_eq!(started, [("bound", "dev")], "only the bound pipeline hears of it");
+    let jobs = app.queue.receive(10, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].payload["pipeline"], "bound");
+
+    // Another project, or a definition nobody is bound to: ignored, saying why.
+    let (status, body) =
+        send(&app, azure_devops(current().replace("\"Shop\"", "\"Other\"").into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("pipeline `bound` takes reports of project `Shop` only"), "{reason}");
+    assert!(reason.contains("pipeline `unbound` has no azure_devops.release_definition"), "{reason}");
+    let (status, body) = send(&app, azure_devops(fixture("azure-devops-deployment.json"), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::OK, "a report naming no release definition cannot be tied: {body}");
+    assert!(body["reason"].as_str().unwrap().contains("names no release definition"), "{body}");
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_release_report_naming_builds_carries_the_build_of_the_pipelines_build_definition() {
+    let app = app().await;
+    let report =
+        String::from_utf8(fixture("azure-devops-deployment-artifacts.json")).unwrap().replace("\"Dev\"", "\"Staging\"");
+    let (status, body) = send(&app, azure_devops(report.clone().into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let jobs = app.queue.receive(10, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(jobs[0].payload["pipeline"], "ado");
+    assert_eq!(jobs[0].payload["build_number"], "20250304.3", "{}", jobs[0].payload);
+    // The release deployed a build of another definition only: not this pipeline's image.
+    let foreign =
+        report.replace("\"shop-api-ci\"", "\"billing-ci\"").replace("\"42\"", "\"43\"").replace("c3f9a2d4", "c3f9a2d5");
+    let (status, body) = send(&app, azure_devops(foreign.into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("deployed no build of its build definition"), "{body}");
 }
 
 #[tokio::test]
@@ -661,4 +749,75 @@ async fn a_new_tag_on_a_known_digest_is_a_new_job_and_only_the_same_digest_and_t
     let (again, duplicate) = job_of(&send(&app, push("1.4.2", t - 1)).await.1);
     assert_eq!((again.as_str(), duplicate), (first.as_str(), true), "same digest and tag: one push");
     assert_eq!(promote_everything(&app).await, 1);
+}
+
+fn acr(body: String) -> Request<Body> {
+    Request::post("/hooks/acr")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer acr-secret")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_ignored_push_says_which_filter_refused_it() {
+    let app = app().await;
+    let acr_push = || String::from_utf8(fixture("acr-push.json")).unwrap();
+    let (status, body) = send(&app, acr(acr_push().replace("\"1.8.3\"", "\"2.0.0\""))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("pipeline `acr` does not take tag `2.0.0`") && reason.contains("1.*"), "{reason}");
+    assert!(!reason.contains("no pipeline matches"), "{reason}");
+
+    // Pushed by digest: no tag for the filter to take.
+    let by_digest = acr_push().replace(",\n    \"tag\": \"1.8.3\"", "");
+    assert!(!by_digest.contains("1.8.3"), "the fixture's tag line changed: {by_digest}");
+    let (status, body) = send(&app, acr(by_digest)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("names no tag (pushed by digest)"), "{body}");
+
+    // A generic repository without a host names Docker Hub, which the reason points out.
+    let (status, body) =
+        send(&app, generic(br#"{"repository":"shop/api","tag":"v1"}"#, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("docker.io/shop/api") && reason.contains("must include the registry host"), "{reason}");
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_sender_starts_only_the_registries_and_pipelines_its_source_names() {
+    let scoped = CONFIG
+        .replace(
+            "[sources.acr]\nsecret_env = \"ROUTER_TEST_ACR\"",
+            "[sources.acr]\nsecret_env = \"ROUTER_TEST_ACR\"\nregistries = [\"127.0.0.1:5001\"]",
+        )
+        .replace(
+            "[sources.generic]\nsecret_env = \"ROUTER_TEST_GENERIC\"",
+            "[sources.generic]\nsecret_env = \"ROUTER_TEST_GENERIC\"\npipelines = [\"dist\"]",
+        );
+    assert_ne!(scoped, CONFIG);
+    let app = app_with(&scoped).await;
+    // The ACR secret names a registry outside its list: refused, nothing queued.
+    let (status, body) = send(&app, acr(String::from_utf8(fixture("acr-push.json")).unwrap())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("source `acr` may not start pipelines of registry contosodev.azurecr.io"), "{reason}");
+    assert_eq!(queued(&app).await, 0);
+    // Within its list it works as before.
+    let local = String::from_utf8(fixture("acr-push.json"))
+        .unwrap()
+        .replace("contosodev.azurecr.io", "127.0.0.1:5001")
+        .replace("\"1.8.3\"", "\"v1\"");
+    let (status, body) = send(&app, acr(local)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"][0]["pipeline"], "local");
+    // The generic secret may start `dist` only.
+    let (status, body) = send(&app, generic(GENERIC, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("may not start pipeline `local`"), "{body}");
+    let dist = br#"{"repository":"registry.dev.example.com/shop/api","tag":"v1"}"#;
+    let (status, body) = send(&app, generic(dist, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"][0]["pipeline"], "dist");
 }

@@ -161,6 +161,8 @@ mod tests {
         (Sender::Acr, "acr-push.json"),
         (Sender::AzureDevops, "azure-devops-build.json"),
         (Sender::AzureDevops, "azure-devops-deployment.json"),
+        (Sender::AzureDevops, "azure-devops-deployment-current.json"),
+        (Sender::AzureDevops, "azure-devops-deployment-artifacts.json"),
         (Sender::Dockerhub, "dockerhub-push.json"),
         (Sender::Github, "github-package.json"),
         (Sender::Distribution, "distribution-push.json"),
