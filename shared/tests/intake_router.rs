@@ -821,3 +821,53 @@ async fn a_sender_starts_only_the_registries_and_pipelines_its_source_names() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["jobs"][0]["pipeline"], "dist");
 }
+
+#[tokio::test]
+async fn a_replay_is_refused_however_its_signature_is_spelled_and_across_a_restart() {
+    use ferry_core::intake::replay::SqliteReplayGuard;
+    let dir = tempfile::tempdir().unwrap();
+    let replay_path = dir.path().join("replay.db");
+    let guarded = |app: &App| {
+        let secret = dir.path().join("generic.secret").display().to_string();
+        let text = format!(
+            "[registries.\"127.0.0.1:5001\"]\n[registries.\"127.0.0.1:5002\"]\n[sources.generic]\nsecret_file = {secret:?}\n\
+             [[pipelines]]\nname = \"local\"\nsource = \"127.0.0.1:5001/shop/api\"\n\
+             [[pipelines.stages]]\nname = \"dev\"\ntarget = \"127.0.0.1:5002/shop/api\"\n"
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        let guard = SqliteReplayGuard::open(&replay_path, Intake::replay_window(&config), now_ms).unwrap();
+        let intake =
+            Intake::new(&config, app.queue.clone() as Arc<dyn JobQueue>).unwrap().with_replay_guard(Arc::new(guard));
+        router(Arc::new(intake))
+    };
+    std::fs::write(dir.path().join("generic.secret"), "generic-secret").unwrap();
+    let app = app().await;
+    let ts = now();
+    let signature = generic_signature(b"generic-secret", &ts, GENERIC);
+    let hex = signature.trim_start_matches("sha256=").to_string();
+    let request = |signature: &str| {
+        Request::post("/hooks/generic")
+            .header("content-type", "application/json")
+            .header(TIMESTAMP_HEADER, &ts)
+            .header(SIGNATURE_HEADER, signature)
+            .body(Body::from(GENERIC.to_vec()))
+            .unwrap()
+    };
+    let first = guarded(&app);
+    let status = |router: &axum::Router, signature: String| {
+        let router = router.clone();
+        let request = request(&signature);
+        async move { router.oneshot(request).await.unwrap().status() }
+    };
+    assert_eq!(status(&first, signature.clone()).await, StatusCode::ACCEPTED);
+    for spelling in [hex.to_uppercase(), hex.clone(), format!("SHA256={hex}"), format!("sha256={}", hex.to_uppercase())]
+    {
+        assert_eq!(status(&first, spelling.clone()).await, StatusCode::UNAUTHORIZED, "{spelling} passed as new");
+    }
+    drop(first);
+    // A new process with the same data_dir: the guard read back from replay.db.
+    let second = guarded(&app);
+    assert_eq!(status(&second, hex.to_uppercase()).await, StatusCode::UNAUTHORIZED, "a replay after a restart");
+    assert_eq!(status(&second, signature).await, StatusCode::UNAUTHORIZED, "a replay after a restart");
+}
