@@ -871,3 +871,18 @@ async fn a_replay_is_refused_however_its_signature_is_spelled_and_across_a_resta
     assert_eq!(status(&second, hex.to_uppercase()).await, StatusCode::UNAUTHORIZED, "a replay after a restart");
     assert_eq!(status(&second, signature).await, StatusCode::UNAUTHORIZED, "a replay after a restart");
 }
+
+#[tokio::test]
+async fn an_azure_devops_status_that_is_not_a_known_value_is_400_and_queues_nothing() {
+    let app = app().await;
+    let forged = String::from_utf8(fixture("azure-devops-deployment-current.json"))
+        .unwrap()
+        .replace("\"Dev\"", "\"Staging\"")
+        .replace("\"status\": \"succeeded\"", "\"status\": \"succeeded\\n2026-01-01 INFO approved \\u001b[2J\"");
+    let (status, body) = send(&app, azure_devops(forged.into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("is not one Azure DevOps sends; expected one of succeeded,"), "{error}");
+    assert!(!error.chars().any(char::is_control), "the message quotes the value escaped: {error:?}");
+    assert_eq!(queued(&app).await, 0);
+}
