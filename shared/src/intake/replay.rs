@@ -116,13 +116,16 @@ impl ReplayGuard for MemoryReplayGuard {
 pub struct SqliteReplayGuard {
     memory: MemoryReplayGuard,
     path: PathBuf,
-    writes: Mutex<Option<mpsc::Sender<Write>>>,
+    /// `Sender` is `Sync`: requests send without a lock of their own.
+    writes: mpsc::Sender<Write>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 enum Write {
     Remember(Vec<u8>, i64),
     Forget(Vec<u8>),
+    /// Store what came before, then stop.
+    Stop,
 }
 
 impl SqliteReplayGuard {
@@ -159,28 +162,19 @@ impl SqliteReplayGuard {
             .name("ferry-replay-guard".into())
             .spawn(move || write_behind(conn, receiver, window_ms, &writer_path))
             .map_err(|e| ReplayError::Unavailable(format!("starting the replay guard writer: {e}")))?;
-        Ok(Self {
-            memory,
-            path: path.to_path_buf(),
-            writes: Mutex::new(Some(sender)),
-            writer: Mutex::new(Some(writer)),
-        })
+        Ok(Self { memory, path: path.to_path_buf(), writes: sender, writer: Mutex::new(Some(writer)) })
     }
 
     fn send(&self, write: Write) -> Result<(), ReplayError> {
-        let writes = self.writes.lock().expect("not poisoned");
-        let sent = writes.as_ref().is_some_and(|sender| sender.send(write).is_ok());
-        if sent {
-            Ok(())
-        } else {
-            Err(ReplayError::Unavailable(format!("the writer of {} has stopped", self.path.display())))
-        }
+        self.writes
+            .send(write)
+            .map_err(|_| ReplayError::Unavailable(format!("the writer of {} has stopped", self.path.display())))
     }
 
     /// Stores everything remembered so far and stops the writer (also done on drop).
     pub fn close(&self) {
-        drop(self.writes.lock().expect("not poisoned").take());
         if let Some(writer) = self.writer.lock().expect("not poisoned").take() {
+            let _ = self.writes.send(Write::Stop);
             let _ = writer.join();
         }
     }
@@ -213,9 +207,11 @@ impl ReplayGuard for SqliteReplayGuard {
 
 /// Stores the guard's changes in batches until the channel closes; prunes expired rows as it goes.
 fn write_behind(mut conn: Connection, receiver: mpsc::Receiver<Write>, window_ms: i64, path: &Path) {
-    while let Ok(first) = receiver.recv() {
+    let mut stopping = false;
+    while !stopping && let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         batch.extend(receiver.try_iter());
+        stopping = batch.iter().any(|write| matches!(write, Write::Stop));
         let stored = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
             let mut newest = 0;
@@ -231,6 +227,7 @@ fn write_behind(mut conn: Connection, receiver: mpsc::Receiver<Write>, window_ms
                     Write::Forget(mac) => {
                         tx.execute("DELETE FROM accepted_signatures WHERE mac = ?1", [mac])?;
                     }
+                    Write::Stop => {}
                 }
             }
             if newest > 0 {
