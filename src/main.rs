@@ -16,7 +16,11 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Errors quote payloads and server answers: escape what could drive the terminal,
+            // keeping the lines of a message that has several.
+            let message = format!("{err:#}");
+            let lines: Vec<_> = message.split('\n').map(ferry_core::escape::escape_control).collect();
+            eprintln!("error: {}", lines.join("\n"));
             ExitCode::FAILURE
         }
     }

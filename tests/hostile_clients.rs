@@ -133,7 +133,7 @@ fn data_dir_and_databases_are_private_to_their_owner() {
     let mode = |path: std::path::PathBuf| std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     let data = server.dir().join("data");
     assert_eq!(mode(data.clone()), 0o700, "data_dir");
-    for file in ["queue.db", "ledger.db"] {
+    for file in ["queue.db", "ledger.db", "replay.db"] {
         assert_eq!(mode(data.join(file)), 0o600, "{file}");
     }
 }

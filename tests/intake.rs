@@ -141,3 +141,62 @@ fn config_check_accepts_the_quickstart_and_locates_errors() {
     assert!(error.contains("pipelines[0].stages[1].target"), "names the key: {error}");
     assert!(error.contains("127.0.0.1:6000"), "{error}");
 }
+
+/// Rows in the replay guard's file (WAL: readable while `ferry serve` writes it).
+fn stored_signatures(server: &FerryServer) -> i64 {
+    let path = server.dir().join("data").join("replay.db");
+    let Ok(conn) = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY) else {
+        return 0;
+    };
+    conn.query_row("SELECT count(*) FROM accepted_signatures", [], |row| row.get(0)).unwrap_or(0)
+}
+
+#[test]
+fn a_replayed_generic_signature_is_refused_in_any_spelling_and_after_a_restart() {
+    let port = free_port();
+    let (build, target) = (Registry::plain(), Registry::plain());
+    let secret = "e2e-generic-secret";
+    let config = format!("{}\n[sources.generic]\nsecret_env = \"E2E_GENERIC_SECRET\"\n", config(&build, &target));
+    let mut server =
+        FerryServer::start(port, &config, &[("E2E_DISTRIBUTION_SECRET", SECRET), ("E2E_GENERIC_SECRET", secret)]);
+    let body = format!(r#"{{"repository":"{}/shop/api","tag":"1.0"}}"#, build.host());
+    let timestamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs().to_string();
+    let signature = ferry_core::intake::verify::generic_signature(secret.as_bytes(), &timestamp, body.as_bytes());
+    let url = server.url("/hooks/generic");
+    let send = |signature: &str| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("x-ferry-timestamp", &timestamp)
+                .header("x-ferry-signature", signature)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    };
+    assert_eq!(send(&signature).0, 202);
+    let hex = signature.trim_start_matches("sha256=").to_string();
+    for spelling in [hex.to_uppercase(), hex.clone(), format!("SHA256={hex}"), format!("sha256={}", hex.to_uppercase())]
+    {
+        let (status, reply) = send(&spelling);
+        assert_eq!(status, 401, "{spelling} passed as new: {reply}");
+        assert!(reply.contains("replayed"), "{reply}");
+    }
+
+    // Kill -9 once the signature is stored; the restarted server still refuses it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stored_signatures(&server) == 0 {
+        assert!(Instant::now() < deadline, "the accepted signature never reached replay.db:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.restart();
+    let (status, reply) = send(&signature.to_uppercase().replace("SHA256=", "sha256="));
+    assert_eq!(status, 401, "a replay after a restart passed: {reply}");
+    let (status, reply) = send(&signature);
+    assert_eq!(status, 401, "a replay after a restart passed: {reply}");
+    server.kill();
+}

@@ -379,6 +379,10 @@ fn worker_killed_mid_copy_finishes_after_restart() {
     assert_digest_exact(&dev, "1.0", &digest);
     assert_digest_exact(&dev, "dev", &digest);
 
+    // The tag appears before the worker logs its result (and log lines are buffered briefly).
+    wait_until("the restarted server logs the promotion", Duration::from_secs(30), &server, || {
+        server.log().split("restarted by the test").nth(1)?.contains(": promoted sha256:").then_some(())
+    });
     let log = server.log();
     let after_restart = log.split("restarted by the test").nth(1).unwrap_or_default();
     assert!(
@@ -646,26 +650,102 @@ source = "{source}/{REPO}"
 const ADO_PASSWORD: &str = "promotion-e2e-ado-password";
 const NOTIFY_SECRET: &str = "promotion-e2e-notify-secret";
 
-/// Posts an Azure DevOps release `deployment-completed` event for `environment`.
+/// The release definition the test pipeline's stages are deployed by.
+const RELEASE_DEFINITION: &str = "shop-api-cd";
+/// Binds the test pipeline to [`RELEASE_DEFINITION`] (TOML, before its stages).
+const RELEASE_BINDING: &str = "[pipelines.azure_devops]\nrelease_definition = \"shop-api-cd\"\nproject = \"Shop\"\n";
+
+/// Posts an Azure DevOps release `deployment-completed` event for `environment` of
+/// [`RELEASE_DEFINITION`] in project Shop.
 fn report_deployment(server: &FerryServer, environment: &str, status: &str) -> u16 {
+    report_release_deployment(server, RELEASE_DEFINITION, environment, status, json!([])).0
+}
+
+/// Posts a deployment-completed event in the current shape (`resource.deployment`) for
+/// `environment` of `definition` in project Shop, naming `artifacts`; status and reply.
+fn report_release_deployment(
+    server: &FerryServer,
+    definition: &str,
+    environment: &str,
+    status: &str,
+    artifacts: Value,
+) -> (u16, Value) {
     let body = json!({
         "id": format!("evt-{environment}-{status}-{}", SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()),
-        "eventType": "ms.vss-release.deployment-completed-event",
+        "eventType": "ms.azure-devops-release.deployment-completed-event",
         "publisherId": "rm",
-        "resource": { "environment": { "name": environment, "status": status, "release": { "id": 12, "name": "Release-12" } } }
+        "resource": { "deployment": {
+            "status": status,
+            "environment": { "name": environment },
+            "release": {
+                "id": 12, "name": "Release-12",
+                "releaseDefinition": { "id": 7, "name": definition },
+                "project": { "name": "Shop" },
+                "artifacts": artifacts
+            }
+        } }
     });
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
-        reqwest::Client::new()
+        let response = reqwest::Client::new()
             .post(server.url("/hooks/azure-devops"))
             .basic_auth("ferry", Some(ADO_PASSWORD))
             .json(&body)
             .send()
             .await
-            .unwrap()
-            .status()
-            .as_u16()
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     })
+}
+
+#[test]
+fn a_release_report_opens_only_the_gate_of_the_pipeline_bound_to_it_and_only_for_its_build() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    // Two teams promote the same source; both have a `dev` stage; only shop-api is bound to
+    // the release definition `shop-api-cd`.
+    let other_team = format!(
+        "[[pipelines]]\nname = \"team-b\"\nsource = \"{}/{REPO}\"\n[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/team-b/api\"\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/team-b/api\"\ngate = \"after\"\n",
+        build.host(),
+        dev.host(),
+        prod.host()
+    );
+    let stages = format!(
+        "{RELEASE_BINDING}[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"after\"\n",
+        dev.host(),
+        prod.host()
+    );
+    let server = start_ferry_with_stages(port, build.host(), &[dev.host(), prod.host()], &stages, &other_team);
+    let digest = push(&build, "1.0", &[100_000]);
+    wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
+    wait_until("team-b's dev has 1.0", Duration::from_secs(60), &server, || {
+        dev.client().manifest("team-b/api", "1.0").map(|_| ())
+    });
+    wait_for_pending(&server, "prod", &digest);
+
+    // A release of another definition concerns neither pipeline.
+    let (code, reply) = report_release_deployment(&server, "someone-elses-cd", "Dev", "succeeded", json!([]));
+    assert_eq!(code, 200, "{reply}");
+    let reason = reply["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("team-b") && reason.contains("no azure_devops.release_definition"), "{reply}");
+
+    // A report about a build that never reached dev cannot be tied to 1.0: prod stays shut.
+    let other_build = json!([{ "type": "Build", "definitionReference": {
+        "definition": { "id": "42", "name": "shop-api-ci" }, "version": { "id": "9", "name": "20250101.9" } } }]);
+    let (code, reply) = report_release_deployment(&server, RELEASE_DEFINITION, "Dev", "succeeded", other_build);
+    assert_eq!(code, 202, "{reply}");
+    assert_eq!(reply["jobs"].as_array().map(Vec::len), Some(1), "only shop-api's dev: {reply}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(prod.client().manifest(REPO, "1.0").is_none(), "a report about another build opened the gate");
+
+    // The bound release, naming no build: shop-api's prod opens, team-b's stays shut.
+    let (code, reply) = report_release_deployment(&server, RELEASE_DEFINITION, "Dev", "succeeded", json!([]));
+    assert_eq!(code, 202, "{reply}");
+    wait_for_tag(&server, &prod, "prod", &digest, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(prod.client().manifest("team-b/api", "1.0").is_none(), "shop-api's release opened team-b's gate");
 }
 
 #[test]
@@ -674,7 +754,7 @@ fn after_gate_waits_until_the_previous_stage_reports_deployed() {
     let build = notifying_build_registry(port);
     let (dev, prod) = (Registry::plain(), Registry::plain());
     let stages = format!(
-        "[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"after\"\n",
+        "{RELEASE_BINDING}[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"after\"\n",
         dev.host(),
         prod.host()
     );

@@ -26,7 +26,10 @@ pub fn intake(sender: Sender, data: &[u8]) {
         }
         Parsed::Build(build) => assert!(!build.build_id.is_empty(), "{build:?}"),
         Parsed::Deployment(deployment) => {
-            assert!(!deployment.environment.is_empty() && !deployment.status.is_empty(), "{deployment:?}");
+            assert!(!deployment.environment.is_empty(), "{deployment:?}");
+            // Only documented statuses get through, spelled as documented.
+            let known = intake::azure_devops::DEPLOYMENT_STATUSES;
+            assert!(known.contains(&deployment.status.as_str()), "{deployment:?}");
         }
         Parsed::Ignored(_) => {}
     }

@@ -128,6 +128,11 @@ pub struct SourceConfig {
     pub header: Option<String>,
     /// Azure DevOps basic auth: the username; the secret is the password.
     pub username: Option<String>,
+    /// The registries (hosts, as in `[registries]`) whose pipelines this sender may start;
+    /// default: every configured registry.
+    pub registries: Option<Vec<String>>,
+    /// The pipelines (by name) this sender may start or report on; default: every pipeline.
+    pub pipelines: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -139,18 +144,24 @@ pub struct Pipeline {
     /// Tag patterns that promote (`*` matches any run of characters); default: every tag.
     #[serde(default)]
     pub tags: Vec<String>,
-    /// Promote what an Azure DevOps build produced (`build.complete` events).
+    /// Azure DevOps: the build definition whose `build.complete` promotes into this pipeline,
+    /// and the release definition whose deployment reports concern its stages.
     pub azure_devops: Option<AzureDevopsBuild>,
     pub stages: Vec<Stage>,
 }
 
-/// The build ↔ image link: which build definition pushes this pipeline's source repository,
-/// and the tag it pushes.
+/// The pipeline's Azure DevOps bindings: which build definition pushes this pipeline's source
+/// repository (and the tag it pushes), and which release definition deploys its stages.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzureDevopsBuild {
-    /// Build definition name or id.
-    pub build_definition: String,
+    /// Build definition name or id: its `build.complete` events promote into this pipeline.
+    pub build_definition: Option<String>,
+    /// Release definition name or id: only its deployment-completed events report on this
+    /// pipeline's stages (a pipeline without one takes no release reports).
+    pub release_definition: Option<String>,
+    /// Azure DevOps project name: when set, only events from this project (exact name) count.
+    pub project: Option<String>,
     /// Tag template; `{build.id}` and `{build.number}` are replaced.
     #[serde(default = "default_build_tag")]
     pub tag: Spanned<String>,
@@ -363,6 +374,25 @@ impl Config {
                 ));
             }
         }
+        for (name, source) in &config.sources {
+            let s = source.get_ref();
+            for registry in s.registries.iter().flatten() {
+                if !config.registries.contains_key(registry) {
+                    return Err(at(
+                        source.span(),
+                        format!("sources.{name}.registries: `{registry}` is not a configured registry"),
+                    ));
+                }
+            }
+            for pipeline in s.pipelines.iter().flatten() {
+                if config.pipeline(pipeline).is_none() {
+                    return Err(at(
+                        source.span(),
+                        format!("sources.{name}.pipelines: no pipeline is named `{pipeline}`"),
+                    ));
+                }
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, pipeline) in config.pipelines.iter().enumerate() {
             let key = format!("pipelines[{i}]");
@@ -376,6 +406,12 @@ impl Config {
                 .map_err(|e| at(pipeline.source.span(), format!("{key}.source: {e}")))?;
             config.check_registry(&source, &key, "source").map_err(|m| at(pipeline.source.span(), m))?;
             if let Some(ado) = &pipeline.azure_devops {
+                if ado.build_definition.is_none() && ado.release_definition.is_none() {
+                    return Err(at(
+                        pipeline.name.span(),
+                        format!("{key}.azure_devops: set `build_definition`, `release_definition`, or both"),
+                    ));
+                }
                 let sample = render_build_tag(ado.tag.get_ref(), "4711", Some("20250304.3"));
                 if sample.parse::<crate::registry::Tag>().is_err() {
                     return Err(at(
@@ -643,6 +679,33 @@ tags = ["v*"]
             "target = \"127.0.0.1:5002/shop/api\"\n  soak_minutes = 307445734561825861",
         );
         assert!(Config::parse(&long, "f").unwrap_err().to_string().contains("longer than a year"));
+    }
+
+    #[test]
+    fn source_scopes_name_configured_registries_and_pipelines() {
+        let scoped = GOOD.replace(
+            "secret_env = \"FERRY_GENERIC_SECRET\"",
+            "secret_env = \"FERRY_GENERIC_SECRET\"\nregistries = [\"127.0.0.1:5001\"]\npipelines = [\"shop-api\"]",
+        );
+        let config = Config::parse(&scoped, "f").unwrap();
+        assert_eq!(config.sources["generic"].get_ref().pipelines.as_deref(), Some(&["shop-api".to_string()][..]));
+        let typo = scoped.replace("[\"shop-api\"]", "[\"shop-apj\"]");
+        assert!(Config::parse(&typo, "f").unwrap_err().to_string().contains("no pipeline is named `shop-apj`"));
+        let unknown = scoped.replace("[\"127.0.0.1:5001\"]", "[\"evil.example.com\"]");
+        assert!(Config::parse(&unknown, "f").unwrap_err().to_string().contains("not a configured registry"));
+    }
+
+    #[test]
+    fn an_azure_devops_table_binds_a_build_or_a_release_definition() {
+        let with = |table: &str| {
+            GOOD.replace("tags = [\"v*\"]", &format!("tags = [\"v*\"]\n  [pipelines.azure_devops]\n{table}"))
+        };
+        let release = Config::parse(&with("  release_definition = \"7\"\n  project = \"Shop\"\n"), "f").unwrap();
+        let ado = release.pipelines[0].azure_devops.as_ref().unwrap();
+        assert_eq!((ado.release_definition.as_deref(), ado.project.as_deref()), (Some("7"), Some("Shop")));
+        assert!(ado.build_definition.is_none());
+        let empty = Config::parse(&with("  project = \"Shop\"\n"), "f").unwrap_err().to_string();
+        assert!(empty.contains("set `build_definition`, `release_definition`, or both"), "{empty}");
     }
 
     #[test]

@@ -39,9 +39,12 @@ impl PromotionJob {
         }
     }
 
-    /// The queue entry, deduplicated by [`dedup_key`].
+    /// The queue entry, deduplicated by [`dedup_key`]. A tag-only request the sender gave no
+    /// push identity for merges only with a job that has not been worked on yet: once that one
+    /// is resolved, the same tag again is a new push.
     pub fn to_new_job(&self) -> NewJob {
-        self.to_new_job_keyed(dedup_key(self))
+        let job = self.to_new_job_keyed(dedup_key(self));
+        if self.request.digest.is_none() && self.request.delivery_id.is_none() { job.while_pending() } else { job }
     }
 
     /// The queue entry under an explicit dedup key (e.g. a continuation after approval, which
@@ -58,6 +61,10 @@ pub struct DeploymentJob {
     pub pipeline: String,
     pub stage: String,
     pub report: DeploymentCompleted,
+    /// The build number of this pipeline's build the release deployed, when the event names
+    /// it: the report then concerns only the digest that build produced in this stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_number: Option<String>,
 }
 
 /// Everything the queue carries, tagged by `kind`.
@@ -84,12 +91,18 @@ impl QueuedJob {
     }
 }
 
-/// Same digest (or, without one, same tag and delivery) for the same stage → one job.
+/// What makes two deliveries one push, for one stage:
+/// - with a digest: the same digest *and* tag (a new tag on a known digest is new information);
+/// - tag only, with the sender's push identity (delivery id, Docker Hub callback URL, Harbor
+///   timestamp …): the same tag and identity;
+/// - tag only without identity: the same tag, and only while that job is still pending (see
+///   [`PromotionJob::to_new_job`]).
 pub fn dedup_key(job: &PromotionJob) -> String {
-    let what = match (&job.request.digest, &job.request.tag) {
-        (Some(digest), _) => digest.to_string(),
-        (None, Some(tag)) => format!("tag:{tag}#{}", job.request.delivery_id.as_deref().unwrap_or("")),
-        (None, None) => "none".into(),
+    let tag = job.request.tag.as_deref().unwrap_or("");
+    let what = match (&job.request.digest, &job.request.delivery_id) {
+        (Some(digest), _) => format!("{digest}:{tag}"),
+        (None, Some(delivery)) => format!("tag:{tag}#{delivery}"),
+        (None, None) => format!("tag:{tag}#pending"),
     };
     format!("{}/{}/{}/{what}", job.pipeline, job.stage, job.source)
 }

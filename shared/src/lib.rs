@@ -2,6 +2,7 @@ pub mod api;
 pub mod config;
 pub mod deploy;
 pub mod error;
+pub mod escape;
 pub mod http;
 pub mod intake;
 pub mod job;

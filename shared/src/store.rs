@@ -30,7 +30,13 @@ pub fn open(path: &Path, kind: &StoreKind) -> Result<Connection, String> {
     let fail = |doing: &str, e: rusqlite::Error| {
         format!("cannot open {} database {}: {doing} failed: {e}{}", kind.name, path.display(), hint(kind, &e))
     };
-    make_private(path).map_err(|e| format!("cannot open {} database {}: {e}", kind.name, path.display()))?;
+    match make_private(path) {
+        // A missing directory: SQLite's own error below says so, with the hint.
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot open {} database {}: {e}", kind.name, path.display()));
+        }
+        _ => {}
+    }
     let conn = Connection::open(path).map_err(|e| fail("open", e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("setting busy_timeout", e))?;
     let journal_mode: String = conn
@@ -61,7 +67,7 @@ pub fn open(path: &Path, kind: &StoreKind) -> Result<Connection, String> {
 /// Creates `path` readable and writable by its owner only (0600), or takes group and other
 /// permissions away from an existing one: the queue and ledger hold who promoted what, and the
 /// WAL and shared-memory files SQLite creates beside it copy its permissions.
-fn make_private(path: &Path) -> std::io::Result<()> {
+pub fn make_private(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};

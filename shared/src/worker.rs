@@ -693,12 +693,34 @@ impl Worker {
 
     async fn deployment_reported(&self, job: &DeploymentJob) -> Result<Outcome, WorkError> {
         let current = self.ledger.environment(&job.pipeline, &job.stage).await?;
+        // A report naming a build concerns the digest that build produced in this stage; one
+        // that cannot be tied to a digest here opens nothing, so it is not recorded.
+        let digest = match &job.build_number {
+            None => None,
+            Some(build) => {
+                let history = self.ledger.history(&job.pipeline, Some(&job.stage), 200).await?;
+                let produced = history.into_iter().find(|r| {
+                    r.build_number.as_deref() == Some(build.as_str()) && r.state == PromotionState::Succeeded
+                });
+                let Some(produced) = produced else {
+                    let why = format!(
+                        "{} {}: deployment report about build {} ignored: no promotion of that build in this stage",
+                        job.pipeline,
+                        job.stage,
+                        crate::escape::escape_control(build)
+                    );
+                    tracing::warn!("{why}");
+                    return Ok(Outcome::Done(why));
+                };
+                Some(produced.digest)
+            }
+        };
         self.ledger
             .record_deployment(DeploymentRecord {
                 pipeline: job.pipeline.clone(),
                 stage: job.stage.clone(),
                 status: job.report.status.clone(),
-                digest: None,
+                digest: digest.clone(),
                 reporter: "azure-devops".into(),
                 detail: job.report.release.clone(),
                 at_ms: now_ms(),
@@ -708,7 +730,8 @@ impl Worker {
             // A later stage waiting for this one to be deployed may go now.
             for record in self.ledger.parked(Some(&job.pipeline)).await? {
                 let waits_on_this = record.state == PromotionState::AwaitingGate
-                    && current.as_ref().is_some_and(|c| c.current.digest == record.digest);
+                    && current.as_ref().is_some_and(|c| c.current.digest == record.digest)
+                    && digest.as_ref().is_none_or(|d| *d == record.digest);
                 if waits_on_this {
                     self.wake(&record, "gate-passed").await?;
                 }

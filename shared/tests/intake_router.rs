@@ -94,6 +94,8 @@ source = "127.0.0.1:5001/shop/web"
   [pipelines.azure_devops]
   build_definition = "shop-api-ci"
   tag = "build-{build.id}"
+  release_definition = "shop-api-cd"
+  project = "Shop"
   [[pipelines.stages]]
   name = "staging"
   target = "127.0.0.1:5002/shop/web"
@@ -435,15 +437,101 @@ async fn azure_devops_build_promotes_the_image_its_build_tagged() {
     assert_eq!(payload["request"]["repository"], "shop/web");
 }
 
+/// The classic deployment fixture, its environment naming the release definition as the
+/// REST API's `ReleaseEnvironment` does.
+fn classic_deployment_of(definition: &str) -> Vec<u8> {
+    String::from_utf8(fixture("azure-devops-deployment.json"))
+        .unwrap()
+        .replace(
+            "\"rank\": 2,",
+            &format!("\"rank\": 2, \"releaseDefinition\": {{ \"id\": 7, \"name\": \"{definition}\" }},"),
+        )
+        .into_bytes()
+}
+
 #[tokio::test]
 async fn azure_devops_deployment_is_queued_as_a_report_for_its_stage() {
     let app = app().await;
-    let (status, body) = send(&app, azure_devops(fixture("azure-devops-deployment.json"), Some(ADO_BASIC))).await;
+    let (status, body) = send(&app, azure_devops(classic_deployment_of("shop-api-cd"), Some(ADO_BASIC))).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["jobs"][0]["stage"], "staging");
     let jobs = app.queue.receive(10, std::time::Duration::from_secs(60)).await.unwrap();
     assert_eq!(jobs[0].payload["kind"], "deployment");
     assert_eq!(jobs[0].payload["report"]["status"], "succeeded");
+
+    // The current shape (`resource.deployment`) is accepted the same way.
+    let current =
+        String::from_utf8(fixture("azure-devops-deployment-current.json")).unwrap().replace("\"Dev\"", "\"Staging\"");
+    let (status, body) = send(&app, azure_devops(current.into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"][0]["stage"], "staging");
+}
+
+#[tokio::test]
+async fn a_release_report_concerns_only_the_pipeline_bound_to_its_definition_and_project() {
+    // Two pipelines with a `dev` stage; only `bound` is bound to release definition 7.
+    let extra = r#"
+[[pipelines]]
+name = "bound"
+source = "127.0.0.1:5001/team-a/api"
+  [pipelines.azure_devops]
+  release_definition = "7"
+  project = "Shop"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/team-a/api"
+
+[[pipelines]]
+name = "unbound"
+source = "127.0.0.1:5001/team-b/api"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "127.0.0.1:5002/team-b/api"
+"#;
+    let app = app_with(&format!("{CONFIG}{extra}")).await;
+    let current = || String::from_utf8(fixture("azure-devops-deployment-current.json")).unwrap();
+    let (status, body) = send(&app, azure_devops(current().into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let started: Vec<(&str, &str)> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| (j["pipeline"].as_str().unwrap(), j["stage"].as_str().unwrap()))
+        .collect();
+    assert_eq!(started, [("bound", "dev")], "only the bound pipeline hears of it");
+    let jobs = app.queue.receive(10, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].payload["pipeline"], "bound");
+
+    // Another project, or a definition nobody is bound to: ignored, saying why.
+    let (status, body) =
+        send(&app, azure_devops(current().replace("\"Shop\"", "\"Other\"").into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("pipeline `bound` takes reports of project `Shop` only"), "{reason}");
+    assert!(reason.contains("pipeline `unbound` has no azure_devops.release_definition"), "{reason}");
+    let (status, body) = send(&app, azure_devops(fixture("azure-devops-deployment.json"), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::OK, "a report naming no release definition cannot be tied: {body}");
+    assert!(body["reason"].as_str().unwrap().contains("names no release definition"), "{body}");
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_release_report_naming_builds_carries_the_build_of_the_pipelines_build_definition() {
+    let app = app().await;
+    let report =
+        String::from_utf8(fixture("azure-devops-deployment-artifacts.json")).unwrap().replace("\"Dev\"", "\"Staging\"");
+    let (status, body) = send(&app, azure_devops(report.clone().into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let jobs = app.queue.receive(10, std::time::Duration::from_secs(60)).await.unwrap();
+    assert_eq!(jobs[0].payload["pipeline"], "ado");
+    assert_eq!(jobs[0].payload["build_number"], "20250304.3", "{}", jobs[0].payload);
+    // The release deployed a build of another definition only: not this pipeline's image.
+    let foreign =
+        report.replace("\"shop-api-ci\"", "\"billing-ci\"").replace("\"42\"", "\"43\"").replace("c3f9a2d4", "c3f9a2d5");
+    let (status, body) = send(&app, azure_devops(foreign.into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("deployed no build of its build definition"), "{body}");
 }
 
 #[tokio::test]
@@ -574,5 +662,227 @@ async fn a_registry_host_that_is_not_configured_is_never_queued() {
         .body(Body::from(acr))
         .unwrap();
     assert_eq!(send(&app, request).await.0, StatusCode::OK);
+    assert_eq!(queued(&app).await, 0);
+}
+
+/// Receives every queued job and acks it, as the worker does once a promotion is done.
+async fn promote_everything(app: &App) -> usize {
+    let deliveries = app.queue.receive(100, std::time::Duration::from_secs(60)).await.unwrap();
+    for delivery in &deliveries {
+        app.queue.ack(&delivery.receipt).await.unwrap();
+    }
+    deliveries.len()
+}
+
+fn job_of(body: &serde_json::Value) -> (String, bool) {
+    let job = &body["jobs"][0];
+    (job["id"].as_str().unwrap().to_string(), job["duplicate"].as_bool().unwrap())
+}
+
+#[tokio::test]
+async fn a_tag_pushed_again_after_its_promotion_is_a_new_job() {
+    let app = app().await;
+    // Docker Hub: the callback URL names the push; a redelivery carries the same one.
+    let hub = |callback: &str| {
+        let body = String::from_utf8(fixture("dockerhub-push.json"))
+            .unwrap()
+            .replace("3c0ffee1d2e4a5b6c7d8e9f0a1b2c3d4", callback);
+        Request::post("/hooks/dockerhub/hub-token-0123456789")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let (first, duplicate) = job_of(&send(&app, hub("push-one")).await.1);
+    assert!(!duplicate);
+    assert_eq!(promote_everything(&app).await, 1);
+    let (again, duplicate) = job_of(&send(&app, hub("push-one")).await.1);
+    assert_eq!((again.as_str(), duplicate), (first.as_str(), true), "a redelivery of the same push");
+    let (second, duplicate) = job_of(&send(&app, hub("push-two")).await.1);
+    assert!(!duplicate && second != first, "the tag pushed again was swallowed");
+    assert_eq!(promote_everything(&app).await, 1);
+
+    // Quay names no push at all: the same tag merges only while its job is not worked on yet.
+    let quay = || {
+        let body = br#"{"repository":"contoso/api","docker_url":"quay.io/contoso/api","updated_tags":["latest"]}"#;
+        Request::post("/hooks/quay/quay-token-0123456789")
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_vec()))
+            .unwrap()
+    };
+    let (first, _) = job_of(&send(&app, quay()).await.1);
+    let (pending, duplicate) = job_of(&send(&app, quay()).await.1);
+    assert_eq!((pending.as_str(), duplicate), (first.as_str(), true), "not resolved yet: one job");
+    assert_eq!(promote_everything(&app).await, 1);
+    let (second, duplicate) = job_of(&send(&app, quay()).await.1);
+    assert!(!duplicate && second != first, "Quay's second push of `latest` was swallowed");
+
+    // A generic tag-only push: its `id` names the push when given, else the same rule as Quay.
+    let tag_only = |id: &str| format!(r#"{{"repository":"127.0.0.1:5001/shop/api","tag":"latest"{id}}}"#);
+    let earlier = (now().parse::<u64>().unwrap() - 2).to_string();
+    let (first, _) = job_of(&send(&app, generic(tag_only("").as_bytes(), "generic-secret", &earlier)).await.1);
+    promote_everything(&app).await;
+    let (second, duplicate) = job_of(&send(&app, generic(tag_only("").as_bytes(), "generic-secret", &now())).await.1);
+    assert!(!duplicate && second != first, "the generic re-push was swallowed");
+    promote_everything(&app).await;
+    let with_id = tag_only(r#","id":"ci-run-7""#);
+    let (first, _) = job_of(&send(&app, generic(with_id.as_bytes(), "generic-secret", &now())).await.1);
+    promote_everything(&app).await;
+    let ts = (now().parse::<u64>().unwrap() - 1).to_string();
+    let (again, duplicate) = job_of(&send(&app, generic(with_id.as_bytes(), "generic-secret", &ts)).await.1);
+    assert_eq!((again.as_str(), duplicate), (first.as_str(), true), "a resend of run 7 is run 7");
+}
+
+#[tokio::test]
+async fn a_new_tag_on_a_known_digest_is_a_new_job_and_only_the_same_digest_and_tag_is_a_duplicate() {
+    let app = app().await;
+    let push = |tag: &str, ts: u64| {
+        let body = format!(
+            r#"{{"repository":"127.0.0.1:5001/shop/api","tag":"{tag}","digest":"sha256:05b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f"}}"#
+        );
+        generic(body.as_bytes(), "generic-secret", &ts.to_string())
+    };
+    let t: u64 = now().parse().unwrap();
+    let (first, _) = job_of(&send(&app, push("1.4.2", t)).await.1);
+    assert_eq!(promote_everything(&app).await, 1);
+    let (stable, duplicate) = job_of(&send(&app, push("stable", t)).await.1);
+    assert!(!duplicate && stable != first, "`stable` on the promoted digest was swallowed");
+    let (again, duplicate) = job_of(&send(&app, push("1.4.2", t - 1)).await.1);
+    assert_eq!((again.as_str(), duplicate), (first.as_str(), true), "same digest and tag: one push");
+    assert_eq!(promote_everything(&app).await, 1);
+}
+
+fn acr(body: String) -> Request<Body> {
+    Request::post("/hooks/acr")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer acr-secret")
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_ignored_push_says_which_filter_refused_it() {
+    let app = app().await;
+    let acr_push = || String::from_utf8(fixture("acr-push.json")).unwrap();
+    let (status, body) = send(&app, acr(acr_push().replace("\"1.8.3\"", "\"2.0.0\""))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("pipeline `acr` does not take tag `2.0.0`") && reason.contains("1.*"), "{reason}");
+    assert!(!reason.contains("no pipeline matches"), "{reason}");
+
+    // Pushed by digest: no tag for the filter to take.
+    let by_digest = acr_push().replace(",\n    \"tag\": \"1.8.3\"", "");
+    assert!(!by_digest.contains("1.8.3"), "the fixture's tag line changed: {by_digest}");
+    let (status, body) = send(&app, acr(by_digest)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("names no tag (pushed by digest)"), "{body}");
+
+    // A generic repository without a host names Docker Hub, which the reason points out.
+    let (status, body) =
+        send(&app, generic(br#"{"repository":"shop/api","tag":"v1"}"#, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("docker.io/shop/api") && reason.contains("must include the registry host"), "{reason}");
+    assert_eq!(queued(&app).await, 0);
+}
+
+#[tokio::test]
+async fn a_sender_starts_only_the_registries_and_pipelines_its_source_names() {
+    let scoped = CONFIG
+        .replace(
+            "[sources.acr]\nsecret_env = \"ROUTER_TEST_ACR\"",
+            "[sources.acr]\nsecret_env = \"ROUTER_TEST_ACR\"\nregistries = [\"127.0.0.1:5001\"]",
+        )
+        .replace(
+            "[sources.generic]\nsecret_env = \"ROUTER_TEST_GENERIC\"",
+            "[sources.generic]\nsecret_env = \"ROUTER_TEST_GENERIC\"\npipelines = [\"dist\"]",
+        );
+    assert_ne!(scoped, CONFIG);
+    let app = app_with(&scoped).await;
+    // The ACR secret names a registry outside its list: refused, nothing queued.
+    let (status, body) = send(&app, acr(String::from_utf8(fixture("acr-push.json")).unwrap())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("source `acr` may not start pipelines of registry contosodev.azurecr.io"), "{reason}");
+    assert_eq!(queued(&app).await, 0);
+    // Within its list it works as before.
+    let local = String::from_utf8(fixture("acr-push.json"))
+        .unwrap()
+        .replace("contosodev.azurecr.io", "127.0.0.1:5001")
+        .replace("\"1.8.3\"", "\"v1\"");
+    let (status, body) = send(&app, acr(local)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"][0]["pipeline"], "local");
+    // The generic secret may start `dist` only.
+    let (status, body) = send(&app, generic(GENERIC, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["reason"].as_str().unwrap().contains("may not start pipeline `local`"), "{body}");
+    let dist = br#"{"repository":"registry.dev.example.com/shop/api","tag":"v1"}"#;
+    let (status, body) = send(&app, generic(dist, "generic-secret", &now())).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["jobs"][0]["pipeline"], "dist");
+}
+
+#[tokio::test]
+async fn a_replay_is_refused_however_its_signature_is_spelled_and_across_a_restart() {
+    use ferry_core::intake::replay::SqliteReplayGuard;
+    let dir = tempfile::tempdir().unwrap();
+    let replay_path = dir.path().join("replay.db");
+    let guarded = |app: &App| {
+        let secret = dir.path().join("generic.secret").display().to_string();
+        let text = format!(
+            "[registries.\"127.0.0.1:5001\"]\n[registries.\"127.0.0.1:5002\"]\n[sources.generic]\nsecret_file = {secret:?}\n\
+             [[pipelines]]\nname = \"local\"\nsource = \"127.0.0.1:5001/shop/api\"\n\
+             [[pipelines.stages]]\nname = \"dev\"\ntarget = \"127.0.0.1:5002/shop/api\"\n"
+        );
+        let config = Config::parse(&text, "t.toml").unwrap();
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+        let guard = SqliteReplayGuard::open(&replay_path, Intake::replay_window(&config), now_ms).unwrap();
+        let intake =
+            Intake::new(&config, app.queue.clone() as Arc<dyn JobQueue>).unwrap().with_replay_guard(Arc::new(guard));
+        router(Arc::new(intake))
+    };
+    std::fs::write(dir.path().join("generic.secret"), "generic-secret").unwrap();
+    let app = app().await;
+    let ts = now();
+    let signature = generic_signature(b"generic-secret", &ts, GENERIC);
+    let hex = signature.trim_start_matches("sha256=").to_string();
+    let request = |signature: &str| {
+        Request::post("/hooks/generic")
+            .header("content-type", "application/json")
+            .header(TIMESTAMP_HEADER, &ts)
+            .header(SIGNATURE_HEADER, signature)
+            .body(Body::from(GENERIC.to_vec()))
+            .unwrap()
+    };
+    let first = guarded(&app);
+    let status = |router: &axum::Router, signature: String| {
+        let router = router.clone();
+        let request = request(&signature);
+        async move { router.oneshot(request).await.unwrap().status() }
+    };
+    assert_eq!(status(&first, signature.clone()).await, StatusCode::ACCEPTED);
+    for spelling in [hex.to_uppercase(), hex.clone(), format!("SHA256={hex}"), format!("sha256={}", hex.to_uppercase())]
+    {
+        assert_eq!(status(&first, spelling.clone()).await, StatusCode::UNAUTHORIZED, "{spelling} passed as new");
+    }
+    drop(first);
+    // A new process with the same data_dir: the guard read back from replay.db.
+    let second = guarded(&app);
+    assert_eq!(status(&second, hex.to_uppercase()).await, StatusCode::UNAUTHORIZED, "a replay after a restart");
+    assert_eq!(status(&second, signature).await, StatusCode::UNAUTHORIZED, "a replay after a restart");
+}
+
+#[tokio::test]
+async fn an_azure_devops_status_that_is_not_a_known_value_is_400_and_queues_nothing() {
+    let app = app().await;
+    let forged = String::from_utf8(fixture("azure-devops-deployment-current.json"))
+        .unwrap()
+        .replace("\"Dev\"", "\"Staging\"")
+        .replace("\"status\": \"succeeded\"", "\"status\": \"succeeded\\n2026-01-01 INFO approved \\u001b[2J\"");
+    let (status, body) = send(&app, azure_devops(forged.into_bytes(), Some(ADO_BASIC))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("is not one Azure DevOps sends; expected one of succeeded,"), "{error}");
+    assert!(!error.chars().any(char::is_control), "the message quotes the value escaped: {error:?}");
     assert_eq!(queued(&app).await, 0);
 }

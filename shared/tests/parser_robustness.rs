@@ -61,6 +61,12 @@ const KEYS: &[&str] = &[
     "pushed_at",
     "registry_package",
     "release",
+    "releaseDefinition",
+    "deployment",
+    "artifacts",
+    "definitionReference",
+    "version",
+    "project",
     "repo_full_name",
     "repo_name",
     "repository",
@@ -397,7 +403,9 @@ fn assert_valid(sender: Sender, input: &[u8], parsed: &Parsed) {
         }
         Parsed::Build(build) => assert!(!build.build_id.is_empty(), "{}", context(&build)),
         Parsed::Deployment(d) => {
-            assert!(!d.environment.is_empty() && !d.status.is_empty(), "{}", context(&d));
+            assert!(!d.environment.is_empty(), "{}", context(&d));
+            let known = ferry_core::intake::azure_devops::DEPLOYMENT_STATUSES;
+            assert!(known.contains(&d.status.as_str()), "undocumented status: {}", context(&d));
         }
         Parsed::Ignored(_) => {}
     }

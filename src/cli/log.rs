@@ -10,8 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
+use ferry_core::escape::escape_control;
 use tracing::{Level, Metadata};
+use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::FormatFields;
 
 /// How far behind the log of a quiet server can be.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -19,6 +22,19 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 const WAKE_AT: usize = 64 * 1024;
 /// Buffered bytes past which a logging thread writes the buffer out itself.
 const MAX_BUFFERED: usize = 4 * 1024 * 1024;
+
+/// How log fields are written: as the default formatter does (`name=value`, the message bare),
+/// with control characters escaped. Fields carry text from webhooks and registries (a tag, an
+/// Azure DevOps status, a registry's error): a newline there must not start a forged log line,
+/// nor an ANSI sequence repaint the operator's terminal.
+pub fn escaped_fields() -> impl for<'w> FormatFields<'w> + Send + Sync + 'static {
+    tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let text = format!("{value:?}");
+        let text = escape_control(&text);
+        if field.name() == "message" { write!(writer, "{text}") } else { write!(writer, "{field}={text}") }
+    })
+    .delimited(" ")
+}
 
 /// The [`MakeWriter`] of the server's log.
 #[derive(Clone)]
@@ -186,6 +202,26 @@ mod tests {
         fn text(&self) -> String {
             String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
         }
+    }
+
+    #[test]
+    fn control_characters_in_log_fields_and_messages_are_escaped() {
+        let output = Captured::default();
+        let captured = output.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || captured.clone())
+            .with_ansi(false)
+            .fmt_fields(escaped_fields())
+            .finish();
+        let forged = "succeeded\n2026-01-01T00:00:00Z  INFO forged line \u{1b}[2J";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(status = %forged, tag = forged, "report from {}", forged);
+        });
+        let text = output.text();
+        assert_eq!(text.lines().count(), 1, "one event, one line: {text:?}");
+        assert!(!text.contains('\u{1b}'), "{text:?}");
+        assert!(text.contains("status=succeeded\\n2026-01-01T00:00:00Z  INFO forged line \\u{1b}[2J"), "{text:?}");
+        assert!(text.contains("report from succeeded\\n"), "{text:?}");
     }
 
     fn log(writer: &BatchedWriter<Captured>, line: &str) {

@@ -106,7 +106,11 @@ pub fn init_tracing(verbose: u8, server: bool) -> Option<log::FlushGuard<std::io
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_target(false)
+        .fmt_fields(log::escaped_fields());
     if !server {
         builder.with_writer(std::io::stderr).init();
         return None;

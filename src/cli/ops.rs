@@ -2,12 +2,14 @@
 //! They talk to a running `ferry serve` over HTTP (`--server`), or open the local database
 //! directly (`--config`).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use ferry_core::config::Config;
+use ferry_core::escape::escape_control;
 use ferry_core::ops::Operations;
 use ferry_core::worker::Worker;
 use serde_json::{Value, json};
@@ -144,7 +146,7 @@ impl Backend {
         let status = response.status();
         let value: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let message = value.get("error").and_then(Value::as_str).unwrap_or("no error message");
+            let message = escape_control(value.get("error").and_then(Value::as_str).unwrap_or("no error message"));
             bail!("{base}: {status}: {message}");
         }
         Ok(value)
@@ -175,11 +177,11 @@ pub async fn status(c: &Connection, args: StatusArgs) -> anyhow::Result<()> {
             let running = if current.is_null() {
                 "—".to_string()
             } else {
-                let mut line = short_digest(s(&current["digest"]));
-                if let Some(tag) = current["tag"].as_str() {
+                let mut line = short_digest(&s(&current["digest"]));
+                if let Some(tag) = opt(&current["tag"]) {
                     line.push_str(&format!("  {tag}"));
                 }
-                if let Some(build) = current["build_number"].as_str() {
+                if let Some(build) = opt(&current["build_number"]) {
                     line.push_str(&format!("  build {build}"));
                 }
                 line.push_str(&format!("  since {}", format_ms(current["since_ms"].as_i64().unwrap_or(0))));
@@ -189,7 +191,7 @@ pub async fn status(c: &Connection, args: StatusArgs) -> anyhow::Result<()> {
             for pending in stage["pending"].as_array().into_iter().flatten() {
                 let why =
                     pending["gates"].as_array().and_then(|g| g.last()).map(|g| s(&g["detail"])).unwrap_or_default();
-                println!("    waiting: {} {}  {why}", s(&pending["id"]), short_digest(s(&pending["digest"])));
+                println!("    waiting: {} {}  {why}", s(&pending["id"]), short_digest(&s(&pending["digest"])));
             }
         }
     }
@@ -202,7 +204,7 @@ pub async fn promote(c: &Connection, args: PromoteArgs) -> anyhow::Result<()> {
     let job = match &backend {
         Backend::Http { .. } => {
             let body = json!({ "pipeline": args.pipeline, "reference": args.reference, "to": args.to });
-            s(&backend.http(reqwest::Method::POST, "/api/promote", Some(body)).await?["job"]).to_string()
+            s(&backend.http(reqwest::Method::POST, "/api/promote", Some(body)).await?["job"]).into_owned()
         }
         Backend::Local { ops, .. } => ops
             .promote(&args.pipeline, &args.reference, &args.to, Some(&user))
@@ -282,19 +284,24 @@ pub async fn history(c: &Connection, args: HistoryArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for record in value.as_array().into_iter().flatten() {
-        let who = record["triggered_by"].as_str().map(|b| format!(" by {b}")).unwrap_or_default();
-        let error = record["error"].as_str().map(|e| format!("  ({e})")).unwrap_or_default();
-        println!(
-            "{}  {:<8} {:<18} {}  {}  {}{who}{error}",
-            format_ms(record["created_at_ms"].as_i64().unwrap_or(0)),
-            s(&record["stage"]),
-            s(&record["state"]),
-            short_digest(s(&record["digest"])),
-            record["tag"].as_str().unwrap_or("-"),
-            s(&record["trigger"]),
-        );
+        println!("{}", history_line(record));
     }
     Ok(())
+}
+
+/// One promotion record as `ferry history` prints it, every text field escaped.
+fn history_line(record: &Value) -> String {
+    let who = opt(&record["triggered_by"]).map(|b| format!(" by {b}")).unwrap_or_default();
+    let error = opt(&record["error"]).map(|e| format!("  ({e})")).unwrap_or_default();
+    format!(
+        "{}  {:<8} {:<18} {}  {}  {}{who}{error}",
+        format_ms(record["created_at_ms"].as_i64().unwrap_or(0)),
+        s(&record["stage"]),
+        s(&record["state"]),
+        short_digest(&s(&record["digest"])),
+        opt(&record["tag"]).unwrap_or(Cow::Borrowed("-")),
+        s(&record["trigger"]),
+    )
 }
 
 pub async fn dlq(c: &Connection, command: DlqCommand) -> anyhow::Result<()> {
@@ -338,8 +345,15 @@ pub async fn dlq(c: &Connection, command: DlqCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn s(value: &Value) -> &str {
-    value.as_str().unwrap_or("")
+/// A text field of an answer, as it may be shown on a terminal: the server's answers carry
+/// webhook payloads and operator input, so control characters are escaped.
+fn s(value: &Value) -> Cow<'_, str> {
+    escape_control(value.as_str().unwrap_or(""))
+}
+
+/// Like [`s`], `None` when the field is absent or not text.
+fn opt(value: &Value) -> Option<Cow<'_, str>> {
+    value.as_str().map(escape_control)
 }
 
 fn short_digest(digest: &str) -> String {
@@ -381,5 +395,21 @@ mod tests {
     fn digests_are_shortened_for_tables() {
         assert_eq!(short_digest("sha256:0123456789abcdef0123"), "sha256:0123456789ab…");
         assert_eq!(short_digest("x"), "x");
+    }
+
+    #[test]
+    fn history_lines_escape_what_could_drive_the_terminal() {
+        let record = json!({
+            "created_at_ms": 0, "stage": "prod", "state": "rejected", "trigger": "webhook",
+            "digest": "sha256:05b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f",
+            "triggered_by": "mallory\u{1b}]0;owned\u{7}",
+            "error": "rejected by alice: bad\u{1b}[2J\u{1b}[H\rfake line\nsecond",
+        });
+        let line = history_line(&record);
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("bad\\u{1b}[2J\\u{1b}[H\\rfake line\\nsecond"), "{line}");
+        assert!(line.contains("by mallory\\u{1b}]0;owned\\u{7}"), "{line}");
+        // Plain text is shown as it is.
+        assert!(line.contains("prod") && line.contains("sha256:05b3abf2579a…"), "{line}");
     }
 }

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use ferry_core::config::Config;
 use ferry_core::http::{Intake, router};
+use ferry_core::intake::replay::SqliteReplayGuard;
 use ferry_core::ledger::{Ledger, SqliteLedger};
 use ferry_core::ops::Operations;
 use ferry_core::queue::{JobQueue, SqliteQueue, SqliteQueueOptions};
@@ -62,7 +63,13 @@ pub fn open_stores(config: &Config) -> anyhow::Result<Stores> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&args.config)?);
     let stores = open_stores(&config)?;
-    let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?;
+    // Accepted signatures survive a restart for their window (replay.db beside the queue).
+    let replay_path = config.server.data_dir.join("replay.db");
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
+    let replay = SqliteReplayGuard::open(&replay_path, Intake::replay_window(&config), now_ms)?;
+    let intake =
+        Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?.with_replay_guard(Arc::new(replay));
     let worker =
         Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone()).map_err(anyhow::Error::msg)?);
     let intake_app = router(Arc::new(intake));

@@ -6,6 +6,7 @@ use super::{Parsed, PayloadError, PromotionRequest, Sender, non_empty, repositor
 
 #[derive(Deserialize)]
 struct Event {
+    callback_url: Option<String>,
     push_data: Option<PushData>,
     repository: Option<Repository>,
 }
@@ -34,8 +35,10 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
     let Some(tag) = tag_field(Sender::Dockerhub, push.tag)? else {
         return Ok(Parsed::Ignored("Docker Hub push without a tag".into()));
     };
-    // Docker Hub has no delivery id; the push time tells two pushes of one tag apart.
+    // Docker Hub has no delivery id. Its callback URL is made for one push (and a redelivery
+    // carries the same one); the push time stands in when there is none.
     let pushed_at = push.pushed_at.map(|v| v.to_string()).filter(|v| v != "null");
+    let push_identity = non_empty(event.callback_url).or(pushed_at);
     Ok(Parsed::Requests(vec![PromotionRequest {
         sender: Sender::Dockerhub,
         registry: Some(crate::registry::reference::DOCKER_HUB.into()),
@@ -43,7 +46,7 @@ pub fn parse(body: &[u8]) -> Result<Parsed, PayloadError> {
         tag: Some(tag),
         digest: None,
         build: None,
-        delivery_id: pushed_at,
+        delivery_id: push_identity,
     }]))
 }
 
@@ -59,7 +62,13 @@ mod tests {
         assert_eq!(r[0].registry.as_deref(), Some("docker.io"));
         assert_eq!(r[0].tag.as_deref(), Some("1.8.3"));
         assert_eq!(r[0].digest, None);
-        assert_eq!(r[0].delivery_id.as_deref(), Some("1741083330"));
+        assert_eq!(
+            r[0].delivery_id.as_deref(),
+            Some("https://registry.hub.docker.com/u/contoso/api/hook/3c0ffee1d2e4a5b6c7d8e9f0a1b2c3d4/")
+        );
+        let no_callback = br#"{"push_data":{"tag":"v1","pushed_at":1741083330},"repository":{"repo_name":"a/b"}}"#;
+        let Parsed::Requests(r) = parse(no_callback).unwrap() else { panic!() };
+        assert_eq!(r[0].delivery_id.as_deref(), Some("1741083330"), "the push time tells pushes apart");
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod generic;
 pub mod github;
 pub mod harbor;
 pub mod quay;
+pub mod replay;
+pub mod routing;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
@@ -161,6 +163,8 @@ mod tests {
         (Sender::Acr, "acr-push.json"),
         (Sender::AzureDevops, "azure-devops-build.json"),
         (Sender::AzureDevops, "azure-devops-deployment.json"),
+        (Sender::AzureDevops, "azure-devops-deployment-current.json"),
+        (Sender::AzureDevops, "azure-devops-deployment-artifacts.json"),
         (Sender::Dockerhub, "dockerhub-push.json"),
         (Sender::Github, "github-package.json"),
         (Sender::Distribution, "distribution-push.json"),

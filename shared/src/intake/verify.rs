@@ -25,18 +25,26 @@ pub fn github_signature_valid(secret: &[u8], body: &[u8], header: &str) -> bool 
     mac.verify_slice(&signature).is_ok()
 }
 
-/// Ferry's generic signature: hex HMAC-SHA256 over `"{timestamp}.{body}"`, optionally `sha256=`-prefixed.
+/// Ferry's generic signature: hex HMAC-SHA256 over `"{timestamp}.{body}"`, optionally
+/// `sha256=`-prefixed (either case), hex in either case.
 pub fn generic_signature_valid(secret: &[u8], timestamp: &str, body: &[u8], header: &str) -> bool {
+    generic_signature_mac(secret, timestamp, body, header).is_some()
+}
+
+/// The decoded MAC of a valid generic signature: what the replay guard remembers, so that one
+/// signature spelled differently (prefix, case) is still one signature.
+pub fn generic_signature_mac(secret: &[u8], timestamp: &str, body: &[u8], header: &str) -> Option<Vec<u8>> {
     let hex_sig = header.trim();
-    let hex_sig = hex_sig.strip_prefix("sha256=").unwrap_or(hex_sig);
-    let Ok(signature) = hex::decode(hex_sig) else {
-        return false;
+    let hex_sig = match hex_sig.get(..7) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("sha256=") => &hex_sig[7..],
+        _ => hex_sig,
     };
+    let signature = hex::decode(hex_sig).ok()?;
     let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(timestamp.as_bytes());
     mac.update(b".");
     mac.update(body);
-    mac.verify_slice(&signature).is_ok()
+    mac.verify_slice(&signature).is_ok().then_some(signature)
 }
 
 /// Signs like a generic sender does (for clients, tests and benchmarks).
@@ -69,6 +77,18 @@ mod tests {
         assert!(generic_signature_valid(b"s", "1700000000", b"{}", sig.trim_start_matches("sha256=")));
         assert!(!generic_signature_valid(b"s", "1700000001", b"{}", &sig));
         assert!(!generic_signature_valid(b"s", "1700000000", b"{ }", &sig));
+    }
+
+    #[test]
+    fn every_spelling_of_one_generic_signature_decodes_to_the_same_mac() {
+        let sig = generic_signature(b"s", "1700000000", b"{}");
+        let hex = sig.trim_start_matches("sha256=");
+        let mac = generic_signature_mac(b"s", "1700000000", b"{}", &sig).unwrap();
+        for spelling in
+            [hex.to_string(), hex.to_uppercase(), format!("SHA256={hex}"), format!("sha256={}", hex.to_uppercase())]
+        {
+            assert_eq!(generic_signature_mac(b"s", "1700000000", b"{}", &spelling).as_ref(), Some(&mac), "{spelling}");
+        }
     }
 
     #[test]

@@ -24,12 +24,23 @@ pub struct NewJob {
     pub dedup_key: String,
     /// Serialized once, by whoever builds the job: the queue stores these bytes as they are.
     pub payload: Box<serde_json::value::RawValue>,
+    /// The key merges only with a job that is still ready or in flight, not with one done
+    /// within the dedup window: for requests whose sender gives no way to tell a redelivery from
+    /// a new event (a tag pushed again), the window would swallow the new event.
+    #[serde(default)]
+    pub while_pending_only: bool,
 }
 
 impl NewJob {
     pub fn new(dedup_key: String, payload: &impl serde::Serialize) -> Self {
         let payload = serde_json::value::to_raw_value(payload).expect("a job payload serializes to JSON");
-        Self { dedup_key, payload }
+        Self { dedup_key, payload, while_pending_only: false }
+    }
+
+    /// This job merges only with a pending job of the same key (see `while_pending_only`).
+    pub fn while_pending(mut self) -> Self {
+        self.while_pending_only = true;
+        self
     }
 }
 

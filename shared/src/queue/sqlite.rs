@@ -405,7 +405,9 @@ fn enqueue(
     for (job, answer) in jobs.iter().zip(&mut answers) {
         // Earlier requests of the same batch are in `keys` too: a duplicate within one batch
         // meets the job its first copy added.
-        if let Some(id) = keys.find(conn, &job.dedup_key, batch.window_start())? {
+        // `i64::MAX`: no finished job is recent enough, only a ready or in-flight one matches.
+        let window_start = if job.while_pending_only { i64::MAX } else { batch.window_start() };
+        if let Some(id) = keys.find(conn, &job.dedup_key, window_start)? {
             *answer = Enqueued { id, duplicate: true };
             continue;
         }
@@ -1317,6 +1319,26 @@ mod tests {
         receive_one(&queue).await;
         let in_flight = enqueue_one(&queue, "k").await;
         assert_eq!((in_flight.id.as_str(), in_flight.duplicate), (first.id.as_str(), true));
+    }
+
+    #[tokio::test]
+    async fn a_while_pending_key_merges_only_with_a_ready_or_in_flight_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        let pending = || queue.enqueue(vec![job("t").while_pending()]);
+        let first = pending().await.unwrap().remove(0);
+        let ready = pending().await.unwrap().remove(0);
+        assert_eq!((ready.id.as_str(), ready.duplicate), (first.id.as_str(), true));
+        let delivery = receive_one(&queue).await;
+        let in_flight = pending().await.unwrap().remove(0);
+        assert_eq!((in_flight.id.as_str(), in_flight.duplicate), (first.id.as_str(), true));
+
+        // Done a moment ago, well within the dedup window: the same key is a new job.
+        queue.ack(&delivery.receipt).await.unwrap();
+        let after = pending().await.unwrap().remove(0);
+        assert!(!after.duplicate, "a finished job swallowed a new one");
+        assert_ne!(after.id, first.id);
+        assert_eq!(receive_one(&queue).await.id, after.id);
     }
 
     #[tokio::test]
