@@ -9,7 +9,8 @@
 #   4. `ferry rollback shop-api prod` → prod runs 1.0.0 again
 #
 # Everything keeps running afterwards; `run.sh stop` stops it. Each start begins with empty
-# registries and an empty ledger (in .quickstart/).
+# registries and an empty ledger (in .quickstart/). On a fresh machine it first installs what it
+# runs and is missing (docker-registry, skopeo, python3, curl from Debian), saying so.
 #
 #   examples/quickstart/run.sh          start (or restart) and demo
 #   examples/quickstart/run.sh stop     stop everything it started
@@ -61,12 +62,11 @@ if [ "${1:-}" = "stop" ]; then
   exit 0
 fi
 
-for tool in docker-registry skopeo python3 curl; do
-  command -v "$tool" >/dev/null || {
-    echo "error: $tool is missing; install it with: apt-get install -y docker-registry skopeo python3 curl" >&2
-    exit 1
-  }
-done
+# A fresh machine: install what the demo runs (same logic as scripts/test).
+# shellcheck source=../../scripts/lib/install.sh
+. "$repo/scripts/lib/install.sh"
+install_debian "the quickstart runs them" docker-registry skopeo python3 curl
+require_tools docker-registry skopeo python3 curl
 
 stop
 rm -rf "$state"

@@ -11,15 +11,19 @@
 pub mod cli;
 pub mod fault;
 pub mod layout;
+pub mod moto;
 pub mod registry;
 pub mod serve;
+pub mod terraform;
 pub mod tools;
 
 pub use cli::{CopyReport, FerryCommand, FerryRun, ferry, ferry_copy};
 pub use fault::{Fault, FaultyProxy};
 pub use layout::{Descriptor, Image, ImageIndex, OciLayout, docker_archive_config_digest};
+pub use moto::MotoServer;
 pub use registry::{Credentials, Manifest, Referrer, Registry, RegistryClient, media_type};
 pub use serve::FerryServer;
+pub use terraform::TerraformWorkspace;
 
 use sha2::{Digest as _, Sha256};
 

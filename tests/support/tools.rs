@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 pub const INSTALL_REGISTRY_TOOLS: &str = "apt-get install -y docker-registry skopeo umoci";
 
+/// The AWS tools of the serverless tests (scripts/test installs them when missing).
+pub const INSTALL_AWS_TOOLS: &str = "pip install \"moto[server]\" cfn-lint checkov cargo-lambda";
+
 /// Absolute path of `tool` on `PATH`, or a panic naming the install command.
 pub fn require(tool: &str, install: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -42,5 +45,30 @@ pub fn gnu_time() -> PathBuf {
     panic!(
         "\n\n/usr/bin/time (GNU time) is required to measure ferry's peak memory.\n\
          Install it with:\n\n    apt-get install -y time\n"
+    )
+}
+
+/// `moto_server`: real AWS APIs (SQS, DynamoDB, …) on 127.0.0.1.
+pub fn moto_server() -> PathBuf {
+    require("moto_server", INSTALL_AWS_TOOLS)
+}
+
+/// `cfn-lint`, the CloudFormation linter (understands the SAM transform).
+pub fn cfn_lint() -> PathBuf {
+    require("cfn-lint", INSTALL_AWS_TOOLS)
+}
+
+/// `checkov`, the IaC policy scanner.
+pub fn checkov() -> PathBuf {
+    require("checkov", INSTALL_AWS_TOOLS)
+}
+
+/// `terraform` (neither Debian nor PyPI ships it: the machine image carries it, with a
+/// filesystem mirror of the hashicorp/aws provider).
+pub fn terraform() -> PathBuf {
+    require(
+        "terraform",
+        "a terraform >= 1.5 binary from HashiCorp on PATH (e.g. /usr/local/bin/terraform), \
+         and the hashicorp/aws provider in a filesystem mirror (see tests/support/terraform.rs)",
     )
 }
