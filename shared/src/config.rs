@@ -347,6 +347,21 @@ impl Config {
         Self::parse(&text, &path.display().to_string())
     }
 
+    /// The configuration of a process without a command line (a Lambda function): the TOML text
+    /// in `FERRY_CONFIG`, or the file `FERRY_CONFIG_FILE` names.
+    pub fn from_environment() -> Result<Self, ConfigError> {
+        if let Ok(text) = std::env::var("FERRY_CONFIG") {
+            return Self::parse(&text, "FERRY_CONFIG");
+        }
+        match std::env::var("FERRY_CONFIG_FILE") {
+            Ok(path) => Self::load(Path::new(&path)),
+            Err(_) => Err(ConfigError::File {
+                path: "FERRY_CONFIG".into(),
+                message: "set FERRY_CONFIG to the configuration (TOML) or FERRY_CONFIG_FILE to its path".into(),
+            }),
+        }
+    }
+
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
         let at = |span: std::ops::Range<usize>, message: String| {
             let (line, column) = line_column(text, span.start);

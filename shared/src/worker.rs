@@ -47,6 +47,23 @@ pub enum Outcome {
     Failed { error: WorkError, promotion: Option<String> },
 }
 
+/// What became of one delivery, for a shell that reports to its event source (the SQS Lambda
+/// reports a message that stays queued as a batch item failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handled {
+    pub settlement: Settlement,
+    /// The queue took the settlement (ack, nack or dead-letter).
+    pub settled: bool,
+}
+
+impl Handled {
+    /// The job must stay in the queue and come back: a retry, or a settlement the queue did not
+    /// take (its lease ran out meanwhile).
+    pub fn stays_queued(&self) -> bool {
+        matches!(self.settlement, Settlement::Retry { .. }) || !self.settled
+    }
+}
+
 /// How Ferry reaches the configured registries (and no others).
 pub struct RegistrySettings {
     client: ClientOptions,
@@ -212,14 +229,13 @@ impl Worker {
     }
 
     /// Processes one delivery and settles it with the queue.
-    pub async fn handle(&self, delivery: Delivery) {
+    pub async fn handle(&self, delivery: Delivery) -> Handled {
         let job: QueuedJob = match serde_json::from_value(delivery.payload.clone()) {
             Ok(job) => job,
             Err(e) => {
-                let error = format!("unreadable job payload: {e}");
-                tracing::error!(job.id = %delivery.id, %error);
-                let _ = self.queue.nack(&delivery.receipt, &error, Duration::ZERO).await;
-                return;
+                let error = WorkError::permanent(format!("unreadable job payload: {e}"));
+                let span = tracing::error_span!("job", job.id = %delivery.id);
+                return self.settle(delivery, Outcome::Failed { error, promotion: None }).instrument(span).await;
             }
         };
         let (pipeline, stage) = job.pipeline_and_stage();
@@ -244,10 +260,13 @@ impl Worker {
         };
         let outcome = self.process(&job, &delivery.id, delivery.receive_count).instrument(span.clone()).await;
         heartbeat.abort();
-        self.settle(delivery, outcome).instrument(span).await;
+        self.settle(delivery, outcome).instrument(span).await
     }
 
-    async fn settle(&self, delivery: Delivery, outcome: Outcome) {
+    /// Applies [`settlement`] to a finished delivery: ack, nack with backoff, or dead-letter.
+    async fn settle(&self, delivery: Delivery, outcome: Outcome) -> Handled {
+        let settings = RetrySettings::from_config(&self.config.worker);
+        let decided = settlement(&outcome, delivery.receive_count, settings);
         let settled = match &outcome {
             Outcome::Done(what) => {
                 tracing::info!("{what}");
@@ -258,8 +277,7 @@ impl Worker {
                 self.queue.ack(&delivery.receipt).await
             }
             Outcome::Failed { error, promotion } => {
-                let settings = RetrySettings::from_config(&self.config.worker);
-                match settlement(&outcome, delivery.receive_count, settings) {
+                match decided {
                     Settlement::Retry { after } => {
                         tracing::warn!(%error, class = %error.class, ?after, "attempt failed; will retry");
                         self.queue.nack(&delivery.receipt, &error.message, after).await
@@ -275,11 +293,12 @@ impl Worker {
                 }
             }
         };
-        if let Err(e) = settled {
+        if let Err(e) = &settled {
             // Typically the lease ran out (the process stalled): the queue redelivers the job,
             // or dead-letters it if it has been delivered too often.
             tracing::warn!(error = %e, "could not settle the job");
         }
+        Handled { settlement: decided, settled: settled.is_ok() }
     }
 
     /// The one core every shell calls: `job_id` is the queue's id of the job (an SQS message id
