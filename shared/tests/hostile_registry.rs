@@ -154,44 +154,54 @@ impl Pki {
         )
         .unwrap();
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        openssl(dir.path(), &[&["req", "-x509", "-nodes", "-days", "2"][..], &ec, &[
-            "-keyout",
-            &d("ca.key"),
-            "-out",
-            &d("ca.pem"),
-            "-subj",
-            "/CN=Ferry Hostile Test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ]]);
-        openssl(dir.path(), &[&["req", "-new", "-nodes"][..], &ec, &[
-            "-keyout",
-            &d("server.key"),
-            "-out",
-            &d("server.csr"),
-            "-subj",
-            "/CN=localhost",
-        ]]);
-        openssl(dir.path(), &[&[
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-set_serial",
-            "2",
-            "-in",
-            &d("server.csr"),
-            "-CA",
-            &d("ca.pem"),
-            "-CAkey",
-            &d("ca.key"),
-            "-out",
-            &d("server.pem"),
-            "-extfile",
-            &d("server.ext"),
-        ][..]]);
+        openssl(
+            dir.path(),
+            &[
+                &["req", "-x509", "-nodes", "-days", "2"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    &d("ca.key"),
+                    "-out",
+                    &d("ca.pem"),
+                    "-subj",
+                    "/CN=Ferry Hostile Test CA",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ],
+        );
+        openssl(
+            dir.path(),
+            &[
+                &["req", "-new", "-nodes"][..],
+                &ec,
+                &["-keyout", &d("server.key"), "-out", &d("server.csr"), "-subj", "/CN=localhost"],
+            ],
+        );
+        openssl(
+            dir.path(),
+            &[&[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-set_serial",
+                "2",
+                "-in",
+                &d("server.csr"),
+                "-CA",
+                &d("ca.pem"),
+                "-CAkey",
+                &d("ca.key"),
+                "-out",
+                &d("server.pem"),
+                "-extfile",
+                &d("server.ext"),
+            ][..]],
+        );
         let read = |name: &str| std::fs::read(dir.path().join(name)).unwrap();
         Pki { ca_pem: read("ca.pem"), cert_pem: read("server.pem"), key_pem: read("server.key"), _dir: dir }
     }
@@ -199,12 +209,13 @@ impl Pki {
     fn acceptor(&self) -> TlsAcceptor {
         let certs = CertificateDer::pem_slice_iter(&self.cert_pem).collect::<Result<Vec<_>, _>>().unwrap();
         let key = PrivateKeyDer::from_pem_slice(&self.key_pem).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
         TlsAcceptor::from(Arc::new(config))
     }
 }
@@ -233,13 +244,18 @@ fn client(host: &str, options: &ClientOptions) -> Arc<RegistryClient> {
 }
 
 async fn bounded<T>(what: &str, work: impl Future<Output = T>) -> T {
-    tokio::time::timeout(ENDS_WITHIN, work).await.unwrap_or_else(|_| panic!("{what} did not end within {ENDS_WITHIN:?}"))
+    tokio::time::timeout(ENDS_WITHIN, work)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not end within {ENDS_WITHIN:?}"))
 }
 
 fn bearer_challenge(realm: &str) -> Response {
     (
         StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, format!(r#"Bearer realm="{realm}",service="hostile",scope="repository:shop/api:pull""#))],
+        [(
+            header::WWW_AUTHENTICATE,
+            format!(r#"Bearer realm="{realm}",service="hostile",scope="repository:shop/api:pull""#),
+        )],
     )
         .into_response()
 }
@@ -298,7 +314,11 @@ fn trickle(total: usize, every: Duration, content_type: &str) -> Response {
         tokio::time::sleep(every).await;
         Some((Ok::<_, std::io::Error>(bytes::Bytes::from_static(b" ")), sent + 1))
     });
-    ([(header::CONTENT_TYPE, content_type.to_string())], [(header::CONTENT_LENGTH, total.to_string())], Body::from_stream(stream))
+    (
+        [(header::CONTENT_TYPE, content_type.to_string())],
+        [(header::CONTENT_LENGTH, total.to_string())],
+        Body::from_stream(stream),
+    )
         .into_response()
 }
 
@@ -497,7 +517,7 @@ async fn redirects_go_only_to_https_and_without_credentials_or_referer() {
     let client = client(&host, &options);
 
     // To plain http on another origin: refused, never contacted.
-    let err = bounded("a blob", client.get_blob("plain", &digest)).await.err().expect("refused");
+    let err = bounded("a blob", client.get_blob("plain", &digest)).await.expect_err("refused");
     let text = err.to_string();
     assert!(matches!(err, CopyError::Refused { .. }) && text.contains("redirect") && text.contains("https"), "{text}");
     assert_eq!(plain.seen.connections(), 0, "followed a redirect to plain http");
@@ -523,7 +543,10 @@ async fn endless_referrers_pages_stop_at_the_cap() {
     let err = bounded("referrers", client(&host, &options_for(&host)).referrers("a", &subject)).await.unwrap_err();
 
     let text = err.to_string();
-    assert!(matches!(err, CopyError::Refused { .. }) && text.contains(&format!("{MAX_REFERRER_PAGES} pages")), "{text}");
+    assert!(
+        matches!(err, CopyError::Refused { .. }) && text.contains(&format!("{MAX_REFERRER_PAGES} pages")),
+        "{text}"
+    );
     let pages = registry.seen.requests().iter().filter(|(line, h)| line.starts_with("GET") && has(h, BASIC)).count();
     assert_eq!(pages, MAX_REFERRER_PAGES);
 }
@@ -585,10 +608,14 @@ async fn a_trickled_manifest_fails_at_the_request_deadline() {
 async fn a_trickled_token_fails_at_the_request_deadline() {
     let app = Router::new()
         .route("/token", get(|| async { trickle(100_000, Duration::from_millis(100), "application/json") }))
-        .route("/v2/shop/api/manifests/{reference}", get(|request: Request| async move {
-            let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
-            bearer_challenge(&format!("http://{host}/token"))
-        }));
+        .route(
+            "/v2/shop/api/manifests/{reference}",
+            get(|request: Request| async move {
+                let host =
+                    request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_string();
+                bearer_challenge(&format!("http://{host}/token"))
+            }),
+        );
     let registry = serve(app, None).await;
     let host = registry.host();
 

@@ -63,7 +63,9 @@ pub struct CopyArgs {
     #[arg(long, value_name = "PATH")]
     authfile: Option<PathBuf>,
 
-    /// Trust this PEM CA certificate (bundle) for TLS registries, besides the system's. Repeatable.
+    /// Trust this PEM CA certificate (bundle), besides the system's, for every registry this copy
+    /// talks to (source and target). Repeatable. (`ferry serve` trusts a `ca_cert` for its own
+    /// registry only.)
     #[arg(long, value_name = "PATH")]
     ca_cert: Vec<PathBuf>,
 

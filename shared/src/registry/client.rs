@@ -8,7 +8,7 @@
 //!
 //! A registry is trusted with its own credentials and nothing more: they go only to its origin
 //! (scheme, host, port) and to a token service known for it; `Location`, `Link` and redirects
-//! are followed only where that holds (see SECURITY.md).
+//! are followed only where that holds (README: "A registry is trusted with its own credentials").
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
