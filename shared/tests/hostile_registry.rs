@@ -661,3 +661,70 @@ async fn a_trickled_blob_fails_below_the_minimum_throughput() {
     let text = err.to_string();
     assert!(text.contains(&format!("{host}/shop/api")) && text.contains(image.layer_digest.as_str()), "{text}");
 }
+
+#[tokio::test]
+async fn a_target_that_stops_reading_an_upload_fails_below_the_minimum_throughput() {
+    // Larger than what loopback socket buffers hold, so a target that stops reading stops the flow.
+    let image = image(64 << 20);
+    let (manifest, config, layer) = (image.manifest.clone(), image.config.clone(), image.layer_digest.clone());
+    let source = serve(
+        Router::new()
+            .route("/v2/shop/api/manifests/{reference}", get(move || async move { manifest_response(&manifest) }))
+            .route(
+                "/v2/shop/api/blobs/{digest}",
+                get(move |axum::extract::Path(digest): axum::extract::Path<String>| {
+                    let (config, layer) = (config.clone(), layer.clone());
+                    async move {
+                        if digest != layer.as_str() {
+                            return config.into_response();
+                        }
+                        let chunks = futures_util::stream::iter(
+                            (0..64).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![7u8; 1 << 20]))),
+                        );
+                        ([(header::CONTENT_LENGTH, (64 << 20).to_string())], Body::from_stream(chunks)).into_response()
+                    }
+                }),
+            ),
+        None,
+    )
+    .await;
+    let target = serve(
+        Router::new()
+            .route("/v2/prod/api/blobs/{digest}", axum::routing::head(|| async { StatusCode::NOT_FOUND }))
+            .route(
+                "/v2/prod/api/blobs/uploads/",
+                post(|| async { (StatusCode::ACCEPTED, [(header::LOCATION, "/v2/prod/api/blobs/uploads/s1")]) }),
+            )
+            .route(
+                "/v2/prod/api/blobs/uploads/s1",
+                axum::routing::put(|body: Body| async move {
+                    let mut stream = body.into_data_stream();
+                    let mut received = 0;
+                    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+                        received += chunk.len();
+                        if received > 1 << 20 {
+                            // Takes a little, then never reads again (and never answers).
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    StatusCode::CREATED
+                }),
+            ),
+        None,
+    )
+    .await;
+    let mut options = short_deadlines(&source.host());
+    options.plain_http.push(target.host());
+    let access = Access { client: options, ..Access::default() };
+    let from: Location = format!("{}/shop/api:1.0", source.host()).parse().unwrap();
+    let to: Location = format!("{}/prod/api:1.0", target.host()).parse().unwrap();
+    let copy_options = CopyOptions { referrers: false, ..CopyOptions::default() };
+
+    let err = bounded("a stalled upload", copy(&from, &to, &access, &copy_options, Arc::new(Progress::default())))
+        .await
+        .unwrap_err();
+
+    let text = err.to_string();
+    assert!(matches!(&err, CopyError::Stalled { registry, .. } if *registry == target.host()), "{err:?}");
+    assert!(text.contains("uploading blob") && text.contains(image.layer_digest.as_str()), "{text}");
+}
