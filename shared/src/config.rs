@@ -91,6 +91,12 @@ pub struct Registry {
     /// the realm receives the registry's credentials. Docker Hub's `auth.docker.io` is built in.
     #[serde(default, deserialize_with = "https_url")]
     pub token_realm: Option<url::Url>,
+    /// Total time for one manifest, token or referrers request, body included (default 60).
+    pub request_deadline_secs: Option<u64>,
+    /// A blob transfer fails when fewer than `blob_min_kib` KiB move in `blob_window_secs`
+    /// seconds (defaults 64 and 60).
+    pub blob_min_kib: Option<u64>,
+    pub blob_window_secs: Option<u64>,
 }
 
 fn https_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<url::Url>, D::Error> {

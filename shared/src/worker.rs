@@ -24,7 +24,7 @@ use crate::ledger::{
 };
 use crate::queue::{Delivery, JobQueue};
 use crate::registry::auth::{Credential, Secret};
-use crate::registry::client::{ClientOptions, HttpClients, RegistryClient, pull_scope};
+use crate::registry::client::{ClientOptions, Deadlines, HttpClients, RegistryClient, pull_scope};
 use crate::registry::reference::ImageRef;
 use crate::registry::{Access, CopyError, CopyOptions, Digest, Location, Progress, RegistryRef, Tag, copy};
 
@@ -71,6 +71,18 @@ impl RegistrySettings {
             if let Some(realm) = &registry.token_realm {
                 client.token_realms.insert(api_host(host).to_string(), realm.clone());
             }
+            let defaults = Deadlines::default();
+            let deadlines = Deadlines {
+                request: registry.request_deadline_secs.map(Duration::from_secs).unwrap_or(defaults.request),
+                blob_min_bytes: registry.blob_min_kib.map(|kib| kib << 10).unwrap_or(defaults.blob_min_bytes),
+                blob_window: registry.blob_window_secs.map(Duration::from_secs).unwrap_or(defaults.blob_window),
+            };
+            if deadlines.request.is_zero() || deadlines.blob_window.is_zero() {
+                return Err(format!(
+                    "registries.\"{host}\": request_deadline_secs and blob_window_secs must be at least 1"
+                ));
+            }
+            client.registry_deadlines.insert(api_host(host).to_string(), deadlines);
             match (&registry.username_env, &registry.password_env) {
                 (Some(user_var), Some(pass_var)) => {
                     let username = std::env::var(user_var)

@@ -108,6 +108,8 @@ pub struct ClientOptions {
     pub token_realms: BTreeMap<String, Url>,
     pub retry: RetryPolicy,
     pub deadlines: Deadlines,
+    /// Deadlines for one registry, by API host, instead of `deadlines`.
+    pub registry_deadlines: BTreeMap<String, Deadlines>,
     pub user_agent: String,
 }
 
@@ -120,6 +122,7 @@ impl Default for ClientOptions {
             token_realms: BTreeMap::new(),
             retry: RetryPolicy::default(),
             deadlines: Deadlines::default(),
+            registry_deadlines: BTreeMap::new(),
             user_agent: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
@@ -292,7 +295,7 @@ impl RegistryClient {
             credential,
             token_realm: options.token_realms.get(host).cloned(),
             retry: options.retry,
-            deadlines: options.deadlines,
+            deadlines: options.registry_deadlines.get(host).copied().unwrap_or(options.deadlines),
             scheme: Mutex::new(AuthScheme::Unknown),
             tokens: Mutex::new(HashMap::new()),
         }))
