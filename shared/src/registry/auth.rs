@@ -109,7 +109,7 @@ pub enum RealmRefusal {
     )]
     ForeignPlain { realm: String, registry: String },
     #[error(
-        "refused the token realm `{realm}`: it is on another host than the registry; if that is really this registry's token service, set token_realm = \"{realm}\" under [registries.\"{registry}\"] (Ferry sends credentials only to the registry's own origin and to a token service configured for it)"
+        "refused the token realm `{realm}`: it is on another host than the registry; if that is really this registry's token service, set token_realm = \"{realm}\" under [registries.\"{registry}\"] (`ferry copy`: --token-realm {registry}={realm}; Ferry sends credentials only to the registry's own origin and to a token service configured for it)"
     )]
     Unknown { realm: String, registry: String },
 }
