@@ -110,11 +110,36 @@ pub struct Registry {
     /// Speak plain HTTP to this registry (never the default).
     #[serde(default)]
     pub plain_http: bool,
-    /// PEM CA certificate to trust for this registry's TLS.
+    /// PEM CA certificate to trust for this registry's TLS (for this registry only).
     pub ca_cert: Option<PathBuf>,
     /// Environment variables holding the username and password (or token).
     pub username_env: Option<String>,
     pub password_env: Option<String>,
+    /// The registry's token service when it lives on another host (an https URL, compared with
+    /// the challenge's realm without its query). Ferry refuses any other foreign realm, since
+    /// the realm receives the registry's credentials. Docker Hub's `auth.docker.io` is built in.
+    #[serde(default, deserialize_with = "https_url")]
+    pub token_realm: Option<url::Url>,
+    /// Total time for one manifest, token or referrers request, body included (default 60).
+    pub request_deadline_secs: Option<u64>,
+    /// A blob transfer fails when fewer than `blob_min_kib` KiB move in `blob_window_secs`
+    /// seconds (defaults 64 and 60).
+    pub blob_min_kib: Option<u64>,
+    pub blob_window_secs: Option<u64>,
+}
+
+fn https_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<url::Url>, D::Error> {
+    use serde::de::Error as _;
+    let Some(text) = Option::<String>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let url = url::Url::parse(&text).map_err(|e| D::Error::custom(format!("`{text}` is not a URL: {e}")))?;
+    if url.scheme() != "https" {
+        return Err(D::Error::custom(format!(
+            "`{text}` is not https: the token service receives the registry's credentials, so it must be https"
+        )));
+    }
+    Ok(Some(url))
 }
 
 /// Where a secret comes from: an environment variable, or a file (e.g. a mounted secret).
@@ -664,6 +689,20 @@ tags = ["v*"]
         let sender = GOOD.replace("[sources.generic]", "[sources.gitlab]");
         let err = Config::parse(&sender, "f").unwrap_err().to_string();
         assert!(err.contains("sources.gitlab: unknown sender"), "{err}");
+    }
+
+    #[test]
+    fn token_realm_must_be_an_https_url() {
+        let with = |value: &str| {
+            GOOD.replacen("plain_http = true\n", &format!("plain_http = true\ntoken_realm = {value}\n"), 1)
+        };
+        let config = Config::parse(&with(r#""https://auth.example.com/token""#), "f").unwrap();
+        let realm = config.registries["127.0.0.1:5001"].token_realm.as_ref().map(url::Url::as_str);
+        assert_eq!(realm, Some("https://auth.example.com/token"));
+        let err = Config::parse(&with(r#""http://auth.example.com/token""#), "f").unwrap_err().to_string();
+        assert!(err.contains("f:7:") && err.contains("not https"), "{err}");
+        let err = Config::parse(&with(r#""auth.example.com""#), "f").unwrap_err().to_string();
+        assert!(err.contains("not a URL"), "{err}");
     }
 
     #[test]

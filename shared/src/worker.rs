@@ -25,7 +25,7 @@ use crate::ledger::{
 };
 use crate::queue::{Delivery, JobQueue};
 use crate::registry::auth::{Credential, Secret};
-use crate::registry::client::{ClientOptions, RegistryClient, http_client, pull_scope};
+use crate::registry::client::{ClientOptions, Deadlines, HttpClients, RegistryClient, pull_scope};
 use crate::registry::reference::ImageRef;
 use crate::registry::{Access, CopyError, CopyOptions, Digest, Location, Progress, RegistryRef, Tag, copy};
 use crate::settle::{RetrySettings, Settlement, settlement};
@@ -68,7 +68,8 @@ impl Handled {
 pub struct RegistrySettings {
     client: ClientOptions,
     credentials: HashMap<String, Credential>,
-    http: reqwest::Client,
+    /// One trust store per registry that names a `ca_cert`, one shared by the others.
+    http: HttpClients,
 }
 
 impl RegistrySettings {
@@ -80,11 +81,28 @@ impl RegistrySettings {
                 client.plain_http.push(api_host(host).to_string());
             }
             if let Some(path) = &registry.ca_cert {
-                client.ca_certs_pem.push(
+                // Trusted for this registry alone: a private CA must not vouch for other hosts.
+                client.registry_ca_certs.insert(
+                    api_host(host).to_string(),
                     std::fs::read(path)
                         .map_err(|e| format!("registries.\"{host}\".ca_cert: cannot read {}: {e}", path.display()))?,
                 );
             }
+            if let Some(realm) = &registry.token_realm {
+                client.token_realms.insert(api_host(host).to_string(), realm.clone());
+            }
+            let defaults = Deadlines::default();
+            let deadlines = Deadlines {
+                request: registry.request_deadline_secs.map(Duration::from_secs).unwrap_or(defaults.request),
+                blob_min_bytes: registry.blob_min_kib.map(|kib| kib << 10).unwrap_or(defaults.blob_min_bytes),
+                blob_window: registry.blob_window_secs.map(Duration::from_secs).unwrap_or(defaults.blob_window),
+            };
+            if deadlines.request.is_zero() || deadlines.blob_window.is_zero() {
+                return Err(format!(
+                    "registries.\"{host}\": request_deadline_secs and blob_window_secs must be at least 1"
+                ));
+            }
+            client.registry_deadlines.insert(api_host(host).to_string(), deadlines);
             match (&registry.username_env, &registry.password_env) {
                 (Some(user_var), Some(pass_var)) => {
                     let username = std::env::var(user_var)
@@ -97,7 +115,7 @@ impl RegistrySettings {
                 _ => return Err(format!("registries.\"{host}\": set both username_env and password_env, or neither")),
             }
         }
-        let http = http_client(&client).map_err(|e| e.to_string())?;
+        let http = HttpClients::new(&client).map_err(|e| e.to_string())?;
         Ok(RegistrySettings { client, credentials, http })
     }
 
@@ -112,7 +130,7 @@ impl RegistrySettings {
 
     fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, CopyError> {
         RegistryClient::new(
-            self.http.clone(),
+            self.http.for_registry(api_host(registry)),
             api_host(registry),
             &self.client,
             self.credentials.get(registry).cloned(),

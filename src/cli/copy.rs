@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use ferry_core::registry::auth::{Credential, DockerConfig};
 use ferry_core::registry::client::{ClientOptions, RetryPolicy};
+use ferry_core::registry::reference::{DOCKER_HUB, DOCKER_HUB_API};
 use ferry_core::registry::{Access, CopyOptions, CopyReport, Location, Progress, copy};
 
 /// Copy an image digest-exact from SRC to DST
@@ -63,9 +64,18 @@ pub struct CopyArgs {
     #[arg(long, value_name = "PATH")]
     authfile: Option<PathBuf>,
 
-    /// Trust this PEM CA certificate (bundle) for TLS registries, besides the system's. Repeatable.
+    /// Trust this PEM CA certificate (bundle), besides the system's, for every registry this copy
+    /// talks to (source and target). Repeatable. (`ferry serve` trusts a `ca_cert` for its own
+    /// registry only.)
     #[arg(long, value_name = "PATH")]
     ca_cert: Vec<PathBuf>,
+
+    /// Accept this https token service for a registry whose bearer challenge sends Ferry to
+    /// another host (Docker Hub's is built in), e.g.
+    /// `registry.gitlab.com=https://gitlab.com/jwt/auth`. Any other foreign realm is refused,
+    /// since the realm receives the registry's credentials. Repeatable.
+    #[arg(long, value_name = "REGISTRY=URL", value_parser = parse_token_realm)]
+    token_realm: Vec<(String, reqwest::Url)>,
 
     /// Do not copy referrers (signatures, SBOMs, attestations).
     #[arg(long)]
@@ -105,6 +115,7 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
             plain_http: args.plain_http.clone(),
             ca_certs_pem,
             retry: RetryPolicy { retries: args.retries, ..RetryPolicy::default() },
+            token_realms: args.token_realm.iter().cloned().collect(),
             ..ClientOptions::default()
         },
         source_credential: args
@@ -142,6 +153,17 @@ pub async fn run(args: CopyArgs) -> anyhow::Result<()> {
         println!("{}", summary(&report));
     }
     Ok(())
+}
+
+/// `REGISTRY=URL` of `--token-realm`, keyed by the host the registry API is served from.
+fn parse_token_realm(value: &str) -> Result<(String, reqwest::Url), String> {
+    let (registry, realm) = value.split_once('=').ok_or_else(|| format!("`{value}`: expected REGISTRY=URL"))?;
+    let realm = reqwest::Url::parse(realm).map_err(|e| format!("`{realm}` is not a URL: {e}"))?;
+    if realm.scheme() != "https" {
+        return Err(format!("`{realm}` is not https: the token service receives the registry's credentials"));
+    }
+    let host = if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry };
+    Ok((host.to_string(), realm))
 }
 
 fn summary(r: &CopyReport) -> String {
@@ -186,6 +208,15 @@ async fn show_progress(progress: Arc<Progress>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_realms_are_https_and_keyed_by_api_host() {
+        let (host, realm) = parse_token_realm("registry.gitlab.com=https://gitlab.com/jwt/auth").unwrap();
+        assert_eq!((host.as_str(), realm.as_str()), ("registry.gitlab.com", "https://gitlab.com/jwt/auth"));
+        assert_eq!(parse_token_realm("docker.io=https://auth.example.com/t").unwrap().0, DOCKER_HUB_API);
+        assert!(parse_token_realm("r.io=http://auth.example.com/t").unwrap_err().contains("not https"));
+        assert!(parse_token_realm("https://auth.example.com/t").is_err());
+    }
 
     #[test]
     fn bytes_read_as_people_write_them() {

@@ -200,7 +200,9 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
         Err(e) => return bad_gateway(format!("reading request body: {e}")),
     };
     let mut headers = parts.headers.clone();
-    for name in [header::HOST, header::CONTENT_LENGTH, header::CONNECTION, header::TRANSFER_ENCODING] {
+    // `Host` is kept, as a reverse proxy does: the registry builds absolute upload `Location`s
+    // from it, and Ferry follows a `Location` only on the origin it talks to (the proxy).
+    for name in [header::CONTENT_LENGTH, header::CONNECTION, header::TRANSFER_ENCODING] {
         headers.remove(name);
     }
     let path_and_query = parts.uri.path_and_query().map_or_else(|| path.clone(), |p| p.as_str().to_string());

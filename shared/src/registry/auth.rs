@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
+use url::Url;
 
 use super::error::CopyError;
 
@@ -87,6 +88,64 @@ impl Challenge {
             scope: params.get("scope").cloned(),
         })
     }
+}
+
+/// Token services that belong to a registry although they live on another host: Docker Hub
+/// sends clients to `auth.docker.io`. Any other foreign realm must be configured.
+const BUILT_IN_REALMS: &[(&[&str], &str)] =
+    &[(&["docker.io", "registry-1.docker.io", "index.docker.io"], "https://auth.docker.io")];
+
+/// Why a `WWW-Authenticate: Bearer realm=…` was not followed. Ferry sends the registry's
+/// credentials to the realm, so a realm the registry may name freely would let any registry
+/// collect them (or have them sent in cleartext).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RealmRefusal {
+    #[error(
+        "refused the token realm `{realm}`: it is plain http while the registry speaks https, and Ferry does not send credentials in cleartext; if the registry has an https token service, set token_realm = \"https://…\" under [registries.\"{registry}\"]"
+    )]
+    Downgrade { realm: String, registry: String },
+    #[error(
+        "refused the token realm `{realm}`: it is on another host than the registry and not https; Ferry sends credentials only to the registry's own origin or to an https token service configured for it (token_realm = \"https://…\" under [registries.\"{registry}\"])"
+    )]
+    ForeignPlain { realm: String, registry: String },
+    #[error(
+        "refused the token realm `{realm}`: it is on another host than the registry; if that is really this registry's token service, set token_realm = \"{realm}\" under [registries.\"{registry}\"] (`ferry copy`: --token-realm {registry}={realm}; Ferry sends credentials only to the registry's own origin and to a token service configured for it)"
+    )]
+    Unknown { realm: String, registry: String },
+}
+
+/// Decides whether Ferry may fetch tokens (with the registry's credentials) at `realm` for the
+/// registry reached at `registry` (`https://host[:port]/`), called `name` in the config.
+/// Allowed: the registry's own origin (scheme, host and port), or an https realm that is built
+/// in for that registry (Docker Hub) or configured as its `token_realm` (same origin and path).
+pub fn check_token_realm(
+    registry: &Url,
+    name: &str,
+    realm: &Url,
+    configured: Option<&Url>,
+) -> Result<(), RealmRefusal> {
+    let refusal_fields = || (realm.as_str().to_string(), name.to_string());
+    if registry.scheme() == "https" && realm.scheme() != "https" {
+        let (realm, registry) = refusal_fields();
+        return Err(RealmRefusal::Downgrade { realm, registry });
+    }
+    if realm.origin() == registry.origin() {
+        return Ok(());
+    }
+    if realm.scheme() != "https" {
+        let (realm, registry) = refusal_fields();
+        return Err(RealmRefusal::ForeignPlain { realm, registry });
+    }
+    let host = registry.host_str().unwrap_or_default();
+    let built_in = BUILT_IN_REALMS.iter().any(|(hosts, origin)| {
+        hosts.contains(&host) && Url::parse(origin).is_ok_and(|known| known.origin() == realm.origin())
+    });
+    let configured = configured.is_some_and(|known| known.origin() == realm.origin() && known.path() == realm.path());
+    if built_in || configured {
+        return Ok(());
+    }
+    let (realm, registry) = refusal_fields();
+    Err(RealmRefusal::Unknown { realm, registry })
 }
 
 /// `key="value", key2=value2`: quoted values may hold commas (scopes do: `pull,push`).
@@ -233,6 +292,46 @@ mod tests {
         assert_eq!(Challenge::parse(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
         assert_eq!(Challenge::parse("Negotiate abc"), None);
         assert_eq!(Challenge::parse(r#"Bearer service="x""#), None, "a bearer challenge needs a realm");
+    }
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn token_realms_are_trusted_only_on_the_registry_origin_or_when_known() {
+        let https = url("https://registry.example.com/");
+        let plain = url("http://127.0.0.1:5000/");
+        let name = "registry.example.com";
+        // The registry's own origin: fine, whatever the path.
+        assert_eq!(check_token_realm(&https, name, &url("https://registry.example.com/token"), None), Ok(()));
+        assert_eq!(check_token_realm(&plain, "127.0.0.1:5000", &url("http://127.0.0.1:5000/token"), None), Ok(()));
+        // Another port is another origin.
+        assert!(matches!(
+            check_token_realm(&plain, "127.0.0.1:5000", &url("http://127.0.0.1:5001/token"), None),
+            Err(RealmRefusal::ForeignPlain { .. })
+        ));
+        // https registry, http realm: a downgrade, even on the same host, even if configured.
+        let downgrade = url("http://registry.example.com/token");
+        assert!(matches!(check_token_realm(&https, name, &downgrade, None), Err(RealmRefusal::Downgrade { .. })));
+        assert!(matches!(
+            check_token_realm(&https, name, &downgrade, Some(&downgrade)),
+            Err(RealmRefusal::Downgrade { .. })
+        ));
+        // A foreign https realm: refused unless configured (origin and path must match).
+        let foreign = url("https://auth.example.com/token");
+        let err = check_token_realm(&https, name, &foreign, None).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("https://auth.example.com/token") && text.contains("token_realm"), "{text}");
+        assert!(text.contains(r#"[registries."registry.example.com"]"#), "{text}");
+        assert_eq!(check_token_realm(&https, name, &foreign, Some(&url("https://auth.example.com/token"))), Ok(()));
+        assert!(check_token_realm(&https, name, &foreign, Some(&url("https://auth.example.com/other"))).is_err());
+        assert!(check_token_realm(&https, name, &foreign, Some(&url("https://auth.example.com:8443/token"))).is_err());
+        // Docker Hub's token service is built in, for Docker Hub only.
+        let hub = url("https://registry-1.docker.io/");
+        assert_eq!(check_token_realm(&hub, "docker.io", &url("https://auth.docker.io/token"), None), Ok(()));
+        assert!(check_token_realm(&https, name, &url("https://auth.docker.io/token"), None).is_err());
+        assert!(check_token_realm(&hub, "docker.io", &url("http://auth.docker.io/token"), None).is_err());
     }
 
     #[test]

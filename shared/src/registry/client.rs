@@ -2,23 +2,27 @@
 //! concurrent transfers, retries with backoff, and blob uploads streamed in one PUT.
 //!
 //! Ferry speaks the distribution API over its own `reqwest` client instead of `oci-client`,
-//! because a copy needs things that crate does not offer: one HTTP client with custom CAs shared by
-//! every registry, tokens covering two repositories (cross-repository mount), streamed uploads
-//! that do not turn every read into a PATCH, and response headers (`OCI-Subject`, `Retry-After`).
+//! because a copy needs things that crate does not offer: a trust store per registry, tokens
+//! covering two repositories (cross-repository mount), streamed uploads that do not turn every
+//! read into a PATCH, and response headers (`OCI-Subject`, `Retry-After`).
+//!
+//! A registry is trusted with its own credentials and nothing more: they go only to its origin
+//! (scheme, host, port) and to a token service known for it; `Location`, `Link` and redirects
+//! are followed only where that holds (README: "A registry is trusted with its own credentials").
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use url::Url;
 
-use super::auth::{Challenge, Credential};
-use super::error::{CopyError, RemoteError};
+use super::auth::{Challenge, Credential, check_token_realm};
+use super::error::{CopyError, RefusedRedirect, RemoteError};
 use super::manifest::{ACCEPT_MANIFESTS, Descriptor, ImageIndex, MAX_MANIFEST_BYTES, Manifest};
 use super::reference::Digest;
 
@@ -45,9 +49,10 @@ impl RetryPolicy {
         }
         let exp = self.base_delay.saturating_mul(1 << attempt.saturating_sub(1).min(16));
         let capped = exp.min(self.max_delay);
-        // Up to 25% jitter so concurrent transfers do not retry in lockstep.
-        let nanos = Instant::now().elapsed().subsec_nanos() as u64 ^ (attempt as u64 * 0x9E37_79B9);
-        capped + capped.mul_f64((nanos % 1000) as f64 / 4000.0)
+        // Up to 25% jitter so concurrent transfers do not retry in lockstep; a v4 UUID is a
+        // ready random source (uuid's fast-rng), no extra crate needed.
+        let random = uuid::Uuid::new_v4().as_u64_pair().0;
+        capped + capped.mul_f64((random % 1000) as f64 / 4000.0)
     }
 
     /// Runs `op` until it succeeds, fails permanently, or the retries are spent.
@@ -71,12 +76,40 @@ impl RetryPolicy {
     }
 }
 
+/// How long a registry may take, so that one slow (or hostile) registry cannot hold a worker
+/// slot for ever. A read timeout alone does not do it: every trickled byte restarts it.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// Total time for one manifest, token, referrers page or other small request, body included.
+    pub request: Duration,
+    /// A blob transfer fails when fewer than `blob_min_bytes` move in any `blob_window`.
+    pub blob_min_bytes: u64,
+    pub blob_window: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        // Generous for a 4 MiB manifest on a poor link, yet a trickle fails within minutes.
+        // 64 KiB a minute (about 1 KiB/s) is far below any working link.
+        Deadlines { request: Duration::from_secs(60), blob_min_bytes: 64 << 10, blob_window: Duration::from_secs(60) }
+    }
+}
+
 /// Settings shared by every registry a command talks to.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     pub plain_http: Vec<String>,
+    /// PEM CAs trusted for every registry (`ferry copy --ca-cert`: the user's explicit choice).
     pub ca_certs_pem: Vec<Vec<u8>>,
+    /// PEM CAs trusted for one registry only, by API host (`[registries."host"] ca_cert`).
+    pub registry_ca_certs: BTreeMap<String, Vec<u8>>,
+    /// Token services on another host that belong to a registry, by API host
+    /// (`[registries."host"] token_realm`).
+    pub token_realms: BTreeMap<String, Url>,
     pub retry: RetryPolicy,
+    pub deadlines: Deadlines,
+    /// Deadlines for one registry, by API host, instead of `deadlines`.
+    pub registry_deadlines: BTreeMap<String, Deadlines>,
     pub user_agent: String,
 }
 
@@ -85,18 +118,51 @@ impl Default for ClientOptions {
         ClientOptions {
             plain_http: Vec::new(),
             ca_certs_pem: Vec::new(),
+            registry_ca_certs: BTreeMap::new(),
+            token_realms: BTreeMap::new(),
             retry: RetryPolicy::default(),
+            deadlines: Deadlines::default(),
+            registry_deadlines: BTreeMap::new(),
             user_agent: concat!("ferry/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
 }
 
-/// Builds the one HTTP client every registry shares (connection pools, TLS roots).
-pub fn http_client(options: &ClientOptions) -> Result<reqwest::Client, CopyError> {
+/// Redirects followed in a row before giving up.
+const MAX_REDIRECTS: usize = 5;
+
+/// Redirects (blob downloads sent to object storage) go only to https, or stay on the same
+/// plain-http origin (loopback test registries). reqwest drops `Authorization` whenever the
+/// origin changes, and the client sends no `Referer`, so credentials and the registry URL stay
+/// behind.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let next = attempt.url();
+        let to = next.origin().ascii_serialization();
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(RefusedRedirect { to, reason: "too many redirects in a row" });
+        }
+        let first = attempt.previous().first();
+        let same_plain_origin = first.is_some_and(|f| f.scheme() == "http" && f.origin() == next.origin());
+        if next.scheme() == "https" || same_plain_origin {
+            attempt.follow()
+        } else {
+            attempt.error(RefusedRedirect { to, reason: "Ferry follows redirects only to https" })
+        }
+    })
+}
+
+fn build_client(options: &ClientOptions, own_ca: Option<(&str, &[u8])>) -> Result<reqwest::Client, CopyError> {
     let mut certs = Vec::new();
     for pem in &options.ca_certs_pem {
         let bundle = reqwest::Certificate::from_pem_bundle(pem)
             .map_err(|e| CopyError::Invalid(format!("CA certificate is not valid PEM: {e}")))?;
+        certs.extend(bundle);
+    }
+    if let Some((host, pem)) = own_ca {
+        let bundle = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+            CopyError::Invalid(format!("registries.\"{host}\".ca_cert: CA certificate is not valid PEM: {e}"))
+        })?;
         certs.extend(bundle);
     }
     reqwest::Client::builder()
@@ -106,10 +172,40 @@ pub fn http_client(options: &ClientOptions) -> Result<reqwest::Client, CopyError
         .read_timeout(Duration::from_secs(120))
         .tcp_nodelay(true)
         .pool_max_idle_per_host(32)
-        .redirect(reqwest::redirect::Policy::limited(5))
+        .redirect(redirect_policy())
+        .referer(false)
         .tls_certs_merge(certs)
         .build()
         .map_err(|e| CopyError::Invalid(format!("cannot build the HTTP client: {e}")))
+}
+
+/// Builds the HTTP client shared by every registry without a CA of its own (connection pools,
+/// system TLS roots plus `ca_certs_pem`).
+pub fn http_client(options: &ClientOptions) -> Result<reqwest::Client, CopyError> {
+    build_client(options, None)
+}
+
+/// The HTTP clients of a command or worker: one per registry that names its own CA, so that
+/// CA is trusted for that registry only, and one shared by every other registry.
+#[derive(Clone, Debug)]
+pub struct HttpClients {
+    shared: reqwest::Client,
+    own: HashMap<String, reqwest::Client>,
+}
+
+impl HttpClients {
+    pub fn new(options: &ClientOptions) -> Result<Self, CopyError> {
+        let mut own = HashMap::new();
+        for (host, pem) in &options.registry_ca_certs {
+            own.insert(host.clone(), build_client(options, Some((host, pem)))?);
+        }
+        Ok(HttpClients { shared: http_client(options)?, own })
+    }
+
+    /// The client for the registry at `api_host`.
+    pub fn for_registry(&self, api_host: &str) -> reqwest::Client {
+        self.own.get(api_host).unwrap_or(&self.shared).clone()
+    }
 }
 
 /// Access to a registry for one set of scopes, e.g. `repository:shop/api:pull`.
@@ -122,6 +218,12 @@ pub fn pull_scope(repository: &str) -> String {
 pub fn push_scope(repository: &str) -> String {
     format!("repository:{repository}:pull,push")
 }
+
+/// Caps on one referrers listing. Real images have a handful of referrers (signatures, SBOMs,
+/// attestations) on one page; the caps stop a hostile or broken registry that pages for ever
+/// from growing memory and time without bound, far above anything legitimate.
+pub const MAX_REFERRER_PAGES: usize = 64;
+pub const MAX_REFERRERS: usize = 10_000;
 
 #[derive(Debug)]
 enum AuthScheme {
@@ -167,7 +269,10 @@ pub struct RegistryClient {
     host: String,
     base: Url,
     credential: Option<Credential>,
+    /// A token service on another host configured for this registry (`token_realm`).
+    token_realm: Option<Url>,
     retry: RetryPolicy,
+    deadlines: Deadlines,
     scheme: Mutex<AuthScheme>,
     /// Tokens by scope set; the mutex also makes concurrent transfers share one token fetch.
     tokens: Mutex<HashMap<String, CachedToken>>,
@@ -188,7 +293,9 @@ impl RegistryClient {
             host: host.to_string(),
             base,
             credential,
+            token_realm: options.token_realms.get(host).cloned(),
             retry: options.retry,
+            deadlines: options.registry_deadlines.get(host).copied().unwrap_or(options.deadlines),
             scheme: Mutex::new(AuthScheme::Unknown),
             tokens: Mutex::new(HashMap::new()),
         }))
@@ -202,8 +309,48 @@ impl RegistryClient {
         &self.retry
     }
 
+    pub fn deadlines(&self) -> &Deadlines {
+        &self.deadlines
+    }
+
     fn url(&self, path: &str) -> Url {
         self.base.join(path).expect("registry API paths are valid URL paths")
+    }
+
+    /// Resolves a URL the registry handed out (`Location`, `Link`) against `against`, and
+    /// accepts it only on the registry's own origin: anything else would receive the
+    /// registry's credentials (and, for an upload, the blob).
+    fn own_url(&self, against: &Url, link: &str, what: &str, header: &str) -> Result<Url, CopyError> {
+        let url = against
+            .join(link)
+            .map_err(|e| CopyError::Invalid(format!("{}: {what}: unusable {header} `{link}`: {e}", self.host)))?;
+        self.check_origin(&url, what, header)?;
+        Ok(url)
+    }
+
+    fn check_origin(&self, url: &Url, what: &str, header: &str) -> Result<(), CopyError> {
+        if url.origin() == self.base.origin() {
+            return Ok(());
+        }
+        Err(CopyError::Refused {
+            registry: self.host.clone(),
+            detail: format!(
+                "{what}: refused to follow the registry's {header} to {}: Ferry sends requests (and credentials) \
+                 only to the registry's own origin {}",
+                url.origin().ascii_serialization(),
+                self.base.origin().ascii_serialization()
+            ),
+        })
+    }
+
+    /// A reqwest failure of a request that ran under `deadline`.
+    fn request_error(&self, what: &str, deadline: Option<Duration>, err: &reqwest::Error) -> CopyError {
+        match deadline {
+            Some(limit) if err.is_timeout() => {
+                CopyError::Deadline { registry: self.host.clone(), what: what.to_string(), limit }
+            }
+            _ => CopyError::transport(&self.host, err),
+        }
     }
 
     /// The `Authorization` value for `scope`, fetching a token when the registry wants one.
@@ -230,6 +377,10 @@ impl RegistryClient {
         let auth_error =
             |detail: String| CopyError::Auth { registry: self.host.clone(), scope: scope.join(" "), detail };
         let realm_url = Url::parse(realm).map_err(|e| auth_error(format!("invalid token realm `{realm}`: {e}")))?;
+        // Checked when the challenge was learnt; checked again right before credentials go out.
+        check_token_realm(&self.base, &self.host, &realm_url, self.token_realm.as_ref())
+            .map_err(|refusal| CopyError::Refused { registry: self.host.clone(), detail: refusal.to_string() })?;
+        let deadline = self.deadlines.request;
         let mut params: Vec<(&str, &str)> = Vec::new();
         if let Some(service) = service {
             params.push(("service", service));
@@ -241,10 +392,10 @@ impl RegistryClient {
             Some(Credential::IdentityToken(token)) => {
                 params.extend([("grant_type", "refresh_token"), ("client_id", "ferry")]);
                 params.push(("refresh_token", token.expose()));
-                self.http.post(realm_url).form(&params)
+                self.http.post(realm_url).form(&params).timeout(deadline)
             }
             credential => {
-                let mut request = self.http.get(realm_url).query(&params);
+                let mut request = self.http.get(realm_url).query(&params).timeout(deadline);
                 if let Some(basic) = credential.as_ref().and_then(Credential::basic_header) {
                     request = request.header(AUTHORIZATION, basic);
                 }
@@ -259,7 +410,7 @@ impl RegistryClient {
                     .expect("token requests have no streaming body")
                     .send()
                     .await
-                    .map_err(|e| CopyError::transport(&self.host, &e))?;
+                    .map_err(|e| self.request_error("token request", Some(deadline), &e))?;
                 if response.status().is_server_error() || response.status() == StatusCode::TOO_MANY_REQUESTS {
                     return Err(self.status_error("token request", response).await);
                 }
@@ -268,7 +419,7 @@ impl RegistryClient {
             .await?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.bytes().await.unwrap_or_default();
+            let body = read_limited(response, 64 << 10).await.unwrap_or_default();
             let remote = RemoteError::parse_envelope(&body);
             let detail = remote.first().map(|e| format!("{} ({})", e.code, e.message));
             return Err(auth_error(format!(
@@ -276,8 +427,11 @@ impl RegistryClient {
                 detail.map(|d| format!(": {d}")).unwrap_or_default()
             )));
         }
+        let body = read_limited(response, 1 << 20)
+            .await
+            .map_err(|e| self.request_error("token request", Some(deadline), &e))?;
         let body: TokenResponse =
-            response.json().await.map_err(|e| auth_error(format!("unreadable token response: {e}")))?;
+            serde_json::from_slice(&body).map_err(|e| auth_error(format!("unreadable token response: {e}")))?;
         let value = body
             .token
             .or(body.access_token)
@@ -309,6 +463,12 @@ impl RegistryClient {
                 *self.scheme.lock().await = AuthScheme::Basic;
             }
             Some(Challenge::Bearer { realm, service, .. }) => {
+                let realm_url =
+                    Url::parse(&realm).map_err(|e| auth_error(&format!("invalid token realm `{realm}`: {e}")))?;
+                // Refused before anything is sent there: the realm gets the credentials.
+                check_token_realm(&self.base, &self.host, &realm_url, self.token_realm.as_ref()).map_err(
+                    |refusal| CopyError::Refused { registry: self.host.clone(), detail: refusal.to_string() },
+                )?;
                 *self.scheme.lock().await = AuthScheme::Bearer { realm, service };
                 self.tokens.lock().await.remove(&scope.join(" "));
             }
@@ -319,23 +479,42 @@ impl RegistryClient {
         Ok(())
     }
 
-    /// Sends a request without a streaming body: authenticates (answering at most two
-    /// challenges), and retries transport errors, 5xx and 429 with backoff.
+    /// Sends a request without a streaming body under the total request deadline (body
+    /// included): authenticates (answering at most two challenges), and retries transport
+    /// errors, 5xx and 429 with backoff.
     pub async fn send(
         &self,
         scope: &Scope,
         what: &str,
         build: impl Fn(&reqwest::Client) -> RequestBuilder,
     ) -> Result<Response, CopyError> {
+        self.send_within(scope, what, Some(self.deadlines.request), build).await
+    }
+
+    /// [`Self::send`] with a chosen total deadline (`None` for blob downloads, which are
+    /// held to a minimum throughput instead).
+    async fn send_within(
+        &self,
+        scope: &Scope,
+        what: &str,
+        deadline: Option<Duration>,
+        build: impl Fn(&reqwest::Client) -> RequestBuilder,
+    ) -> Result<Response, CopyError> {
         self.retry
             .run(what, || async {
                 let mut challenges = 0;
                 loop {
-                    let mut request = build(&self.http);
-                    if let Some(auth) = self.authorization(scope).await? {
-                        request = request.header(AUTHORIZATION, auth);
+                    let mut request = build(&self.http).build().map_err(|e| CopyError::transport(&self.host, &e))?;
+                    // Every request carrying this registry's credentials goes to its origin.
+                    self.check_origin(request.url(), what, "URL")?;
+                    if deadline.is_some() {
+                        *request.timeout_mut() = deadline;
                     }
-                    let response = request.send().await.map_err(|e| CopyError::transport(&self.host, &e))?;
+                    if let Some(auth) = self.authorization(scope).await? {
+                        request.headers_mut().insert(AUTHORIZATION, sensitive_header(&auth)?);
+                    }
+                    let response =
+                        self.http.execute(request).await.map_err(|e| self.request_error(what, deadline, &e))?;
                     let status = response.status();
                     if status == StatusCode::UNAUTHORIZED {
                         challenges += 1;
@@ -398,6 +577,7 @@ impl RegistryClient {
         let scope = vec![pull_scope(repository)];
         let url = self.url(&format!("v2/{repository}/manifests/{reference}"));
         let what = format!("GET manifest {repository}:{reference}");
+        let deadline = self.deadlines.request;
         let response = self.send(&scope, &what, |http| http.get(url.clone()).header(ACCEPT, ACCEPT_MANIFESTS)).await?;
         match response.status() {
             s if s.is_success() => {}
@@ -408,8 +588,9 @@ impl RegistryClient {
         }
         let content_type = header_str(response.headers(), CONTENT_TYPE.as_str());
         let claimed = header_str(response.headers(), "docker-content-digest");
-        let bytes =
-            read_limited(response, MAX_MANIFEST_BYTES).await.map_err(|e| CopyError::transport(&self.host, &e))?;
+        let bytes = read_limited(response, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| self.request_error(&what, Some(deadline), &e))?;
         if bytes.len() >= MAX_MANIFEST_BYTES {
             return Err(CopyError::Invalid(format!(
                 "{}/{repository}:{reference}: manifest larger than {MAX_MANIFEST_BYTES} bytes",
@@ -506,12 +687,13 @@ impl RegistryClient {
         }
     }
 
-    /// Opens a blob for streaming (redirects to storage are followed).
+    /// Opens a blob for streaming (redirects to https storage are followed, without
+    /// credentials). No total deadline: the copy holds blobs to a minimum throughput.
     pub async fn get_blob(&self, repository: &str, digest: &Digest) -> Result<Response, CopyError> {
         let scope = vec![pull_scope(repository)];
         let url = self.url(&format!("v2/{repository}/blobs/{digest}"));
         let what = format!("GET blob {repository}@{digest}");
-        let response = self.send(&scope, &what, |http| http.get(url.clone())).await?;
+        let response = self.send_within(&scope, &what, None, |http| http.get(url.clone())).await?;
         match response.status() {
             s if s.is_success() => Ok(response),
             StatusCode::NOT_FOUND => Err(self.not_found(repository, digest.as_str(), response).await),
@@ -555,14 +737,15 @@ impl RegistryClient {
         body: reqwest::Body,
     ) -> Result<(), CopyError> {
         let scope = vec![push_scope(repository)];
+        let what = format!("PUT blob {repository}@{digest}");
         let mut url = session;
+        self.check_origin(&url, &what, "upload Location")?;
         url.query_pairs_mut().append_pair("digest", digest.as_str());
         let mut request =
             self.http.put(url).header(CONTENT_TYPE, "application/octet-stream").header(CONTENT_LENGTH, size).body(body);
         if let Some(auth) = self.authorization(&scope).await? {
-            request = request.header(AUTHORIZATION, auth);
+            request = request.header(AUTHORIZATION, sensitive_header(&auth)?);
         }
-        let what = format!("PUT blob {repository}@{digest}");
         let response = request.send().await.map_err(|e| CopyError::transport(&self.host, &e))?;
         if response.status() == StatusCode::UNAUTHORIZED {
             // The token expired during a long upload: forget it so the retry fetches a new one.
@@ -586,8 +769,20 @@ impl RegistryClient {
         let scope = vec![pull_scope(repository)];
         let mut next = Some(self.url(&format!("v2/{repository}/referrers/{digest}")));
         let mut all = Vec::new();
+        let mut pages = HashSet::new();
         let what = format!("GET referrers {repository}@{digest}");
+        let refused = |detail: String| CopyError::Refused { registry: self.host.clone(), detail };
         while let Some(url) = next.take() {
+            if pages.len() >= MAX_REFERRER_PAGES {
+                return Err(refused(format!(
+                    "{what}: gave up after {MAX_REFERRER_PAGES} pages of referrers (Ferry's limit); the registry keeps sending `Link: rel=\"next\"`"
+                )));
+            }
+            if !pages.insert(url.clone()) {
+                return Err(refused(format!(
+                    "{what}: the registry sent a referrers page it had already sent (`Link: rel=\"next\"` loops); stopped"
+                )));
+            }
             let response = self
                 .send(&scope, &what, |http| http.get(url.clone()).header(ACCEPT, super::manifest::OCI_INDEX))
                 .await?;
@@ -597,13 +792,22 @@ impl RegistryClient {
                 s if s.is_success() => {}
                 _ => return Err(self.status_error(&what, response).await),
             }
-            next = next_link(response.headers()).and_then(|link| url.join(&link).ok());
-            let body =
-                read_limited(response, MAX_MANIFEST_BYTES).await.map_err(|e| CopyError::transport(&self.host, &e))?;
+            next = match next_link(response.headers()) {
+                Some(link) => Some(self.own_url(&url, &link, &what, "referrers `Link: rel=\"next\"`")?),
+                None => None,
+            };
+            let body = read_limited(response, MAX_MANIFEST_BYTES)
+                .await
+                .map_err(|e| self.request_error(&what, Some(self.deadlines.request), &e))?;
             let index: ImageIndex = serde_json::from_slice(&body).map_err(|e| {
                 CopyError::Invalid(format!("{}: unreadable referrers list for {repository}@{digest}: {e}", self.host))
             })?;
             all.extend(index.manifests);
+            if all.len() > MAX_REFERRERS {
+                return Err(refused(format!(
+                    "{what}: more than {MAX_REFERRERS} referrers (Ferry's limit); not copying an unbounded list"
+                )));
+            }
         }
         Ok(Some(all))
     }
@@ -612,11 +816,17 @@ impl RegistryClient {
         let location = header_str(response.headers(), LOCATION.as_str()).ok_or_else(|| {
             CopyError::Invalid(format!("{}: {what}: the registry sent no Location header", self.host))
         })?;
-        // Relative locations resolve against the registry itself.
-        self.base
-            .join(&location)
-            .map_err(|e| CopyError::Invalid(format!("{}: {what}: unusable Location `{location}`: {e}", self.host)))
+        // Relative locations resolve against the registry itself; others must stay on it.
+        self.own_url(&self.base, &location, what, "upload Location")
     }
+}
+
+/// An `Authorization` value, marked sensitive so it never shows in debug output.
+fn sensitive_header(value: &str) -> Result<HeaderValue, CopyError> {
+    let mut header = HeaderValue::from_str(value)
+        .map_err(|_| CopyError::Invalid("the token service issued a token that is not a valid header value".into()))?;
+    header.set_sensitive(true);
+    Ok(header)
 }
 
 fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
@@ -660,6 +870,17 @@ mod tests {
         assert!(policy.delay(10, None) <= Duration::from_millis(1250));
         assert_eq!(policy.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(3));
         assert_eq!(policy.delay(1, Some(Duration::from_secs(3600))), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn backoff_jitter_spreads_concurrent_retries() {
+        let policy =
+            RetryPolicy { retries: 5, base_delay: Duration::from_millis(1000), max_delay: Duration::from_secs(10) };
+        let delays: Vec<Duration> = (0..200).map(|_| policy.delay(1, None)).collect();
+        let (min, max) = (delays.iter().min().unwrap(), delays.iter().max().unwrap());
+        assert!(*min >= Duration::from_millis(1000) && *max <= Duration::from_millis(1250), "{min:?}..{max:?}");
+        // Jitter of up to 25%: 200 transfers retrying together spread over most of that range.
+        assert!(*max - *min >= Duration::from_millis(150), "retries bunch up: {min:?}..{max:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,11 +19,12 @@ use serde::Serialize;
 use super::BlobStream;
 use super::archive::DockerArchive;
 use super::auth::{Credential, DockerConfig};
-use super::client::{ClientOptions, RegistryClient, UploadStart, http_client, push_scope};
+use super::client::{ClientOptions, HttpClients, RegistryClient, UploadStart, push_scope};
 use super::error::CopyError;
 use super::layout::OciLayout;
 use super::manifest::{Descriptor, ImageIndex, Manifest, OCI_INDEX};
 use super::reference::{Digest, Location, RegistryRef, Tag};
+use super::throughput::{StalledSide, TransferMeter};
 
 /// How a copy behaves.
 #[derive(Clone, Debug)]
@@ -115,11 +116,11 @@ pub async fn copy(
     progress: Arc<Progress>,
 ) -> Result<CopyReport, CopyError> {
     let started = Instant::now();
-    let http = http_client(&access.client)?;
+    let http = HttpClients::new(&access.client)?;
     let source_client = |r: &RegistryRef| {
         let credential =
             access.source_credential.clone().or_else(|| access.docker_config.credential_for(&r.registry).cloned());
-        RegistryClient::new(http.clone(), r.api_host(), &access.client, credential)
+        RegistryClient::new(http.for_registry(r.api_host()), r.api_host(), &access.client, credential)
     };
     let target_credential = |r: &RegistryRef| {
         access.target_credential.clone().or_else(|| access.docker_config.credential_for(&r.registry).cloned())
@@ -164,7 +165,7 @@ pub async fn copy(
                 {
                     c
                 }
-                _ => RegistryClient::new(http.clone(), r.api_host(), &access.client, credential)?,
+                _ => RegistryClient::new(http.for_registry(r.api_host()), r.api_host(), &access.client, credential)?,
             };
             // A target written without a tag takes the source's tag.
             let tag = r.image.tag.clone().or_else(|| src_tag.clone());
@@ -420,19 +421,28 @@ impl Engine {
                                 UploadStart::Mounted => unreachable!("no mount was asked for"),
                             },
                         };
-                        let (stream, size) = self.open_blob(blob).await?;
                         // The body streams from the source: when the upload fails, find out
                         // which side broke, so the error names the right registry.
                         let source_failure = Arc::new(std::sync::Mutex::new(None::<String>));
-                        let failure_slot = source_failure.clone();
-                        let stream = stream
-                            .inspect_err(move |e| *failure_slot.lock().expect("not poisoned") = Some(e.to_string()))
-                            .boxed();
-                        let body = reqwest::Body::wrap_stream(self.counted(stream));
-                        let result = client.finish_upload(repository, url, &blob.digest, size, body).await;
+                        let meter = Arc::new(TransferMeter::default());
+                        let transfer = async {
+                            let (stream, size) = self.open_blob(blob).await?;
+                            let failure_slot = source_failure.clone();
+                            let stream = stream
+                                .inspect_err(move |e| *failure_slot.lock().expect("not poisoned") = Some(e.to_string()))
+                                .boxed();
+                            let body = reqwest::Body::wrap_stream(meter.meter(self.counted(stream)));
+                            client.finish_upload(repository, url, &blob.digest, size, body).await.map(|()| size)
+                        };
+                        let deadlines = client.deadlines();
+                        let result = match meter.guard(transfer, deadlines.blob_min_bytes, deadlines.blob_window).await
+                        {
+                            Ok(result) => result,
+                            Err(side) => return Err(self.stalled(blob, side, client.host())),
+                        };
                         let source_failure = source_failure.lock().expect("not poisoned").take();
                         match result {
-                            Ok(()) => Ok(BlobOutcome::Copied(size)),
+                            Ok(size) => Ok(BlobOutcome::Copied(size)),
                             Err(err) => Err(self.blame(blob, err, source_failure)),
                         }
                     })
@@ -442,20 +452,39 @@ impl Engine {
                 if layout.has_blob(&blob.digest).await {
                     return Ok(BlobOutcome::Skipped);
                 }
-                let retry = match &self.src {
-                    Source::Registry { client, .. } => *client.retry(),
+                let (retry, deadlines) = match &self.src {
+                    Source::Registry { client, .. } => (*client.retry(), *client.deadlines()),
                     _ => Default::default(),
                 };
                 retry
                     .run("blob transfer", || async {
-                        let (stream, _) = self.open_blob(blob).await?;
-                        let written =
-                            layout.write_blob(&blob.digest, self.counted(stream), &self.src.describe()).await?;
-                        Ok(BlobOutcome::Copied(written))
+                        let meter = Arc::new(TransferMeter::default());
+                        let transfer = async {
+                            let (stream, _) = self.open_blob(blob).await?;
+                            let stream = meter.meter(self.counted(stream));
+                            layout.write_blob(&blob.digest, stream, &self.src.describe()).await
+                        };
+                        match meter.guard(transfer, deadlines.blob_min_bytes, deadlines.blob_window).await {
+                            Ok(written) => Ok(BlobOutcome::Copied(written?)),
+                            Err(side) => Err(self.stalled(blob, side, &layout.dir().display().to_string())),
+                        }
                     })
                     .await
             }
         }
+    }
+
+    /// A blob transfer that fell below the minimum throughput, blamed on the side it waited on.
+    fn stalled(&self, blob: &Descriptor, side: StalledSide, target: &str) -> CopyError {
+        let deadlines = match (&self.src, &self.dst) {
+            (Source::Registry { client, .. }, _) | (_, Target::Registry { client, .. }) => *client.deadlines(),
+            _ => Default::default(),
+        };
+        let (registry, what) = match side {
+            StalledSide::Source => (self.src.describe(), format!("reading blob {}", blob.digest)),
+            StalledSide::Target => (target.to_string(), format!("uploading blob {}", blob.digest)),
+        };
+        CopyError::Stalled { registry, what, min_bytes: deadlines.blob_min_bytes, window: deadlines.blob_window }
     }
 
     /// Attributes a failed upload: a broken source stream is the source's (retryable) error, a
@@ -465,7 +494,7 @@ impl Engine {
             return CopyError::Transport {
                 registry: self.src.describe(),
                 detail: format!("reading blob {}: {detail}", blob.digest),
-                hint: "",
+                hint: String::new(),
             };
         }
         match err {

@@ -62,7 +62,25 @@ pub enum CopyError {
     Auth { registry: String, scope: String, detail: String },
 
     #[error("cannot reach {registry}: {detail}{hint}")]
-    Transport { registry: String, detail: String, hint: &'static str },
+    Transport { registry: String, detail: String, hint: String },
+
+    /// The registry tried to steer Ferry (and its credentials) somewhere it may not go: a token
+    /// realm, upload `Location`, referrers `Link` or redirect outside the registry's origin.
+    #[error("{registry}: {detail}")]
+    Refused { registry: String, detail: String },
+
+    /// A request with a total deadline (manifests, tokens, referrers) did not finish in time,
+    /// e.g. a body trickled byte by byte.
+    #[error(
+        "{registry}: {what} did not finish within {limit:?}; the registry answers too slowly (or trickles its answer)"
+    )]
+    Deadline { registry: String, what: String, limit: Duration },
+
+    /// A blob transfer moved too few bytes in a window.
+    #[error(
+        "{registry}: {what} stalled: fewer than {min_bytes} bytes moved in {window:?}; the registry is too slow (or trickles the blob)"
+    )]
+    Stalled { registry: String, what: String, min_bytes: u64, window: Duration },
 
     #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
     DigestMismatch { what: String, expected: Digest, actual: Digest },
@@ -108,24 +126,48 @@ impl CopyError {
         let mut detail = err.without_url_ref().to_string();
         let mut source = std::error::Error::source(err);
         while let Some(cause) = source {
+            if let Some(refused) = cause.downcast_ref::<RefusedRedirect>() {
+                return CopyError::Refused { registry: registry.to_string(), detail: refused.to_string() };
+            }
             detail.push_str(": ");
             detail.push_str(&cause.to_string());
             source = cause.source();
         }
         let lower = detail.to_lowercase();
         let hint = if lower.contains("certificate") || lower.contains("unknownissuer") {
-            " (for a registry with a private CA pass --ca-cert FILE)"
+            format!(
+                " (the registry's TLS certificate is not trusted; if {registry} uses a private CA, trust it for this \
+                 registry: `ca_cert = \"FILE\"` under [registries.\"{registry}\"] in the Ferry config, or \
+                 `ferry copy --ca-cert FILE`)"
+            )
         } else if lower.contains("corrupt message")
             || lower.contains("invalidcontenttype")
             || lower.contains("wrong version number")
         {
-            " (TLS handshake failed: if this registry speaks plain HTTP, pass --plain-http HOST)"
+            " (TLS handshake failed: if this registry speaks plain HTTP, pass --plain-http HOST)".to_string()
         } else {
-            ""
+            String::new()
         };
         CopyError::Transport { registry: registry.to_string(), detail, hint }
     }
 }
+
+/// Why Ferry's redirect policy stopped a redirect; carried inside the reqwest error so that
+/// [`CopyError::transport`] turns it into [`CopyError::Refused`] (not retried).
+#[derive(Debug)]
+pub struct RefusedRedirect {
+    /// Scheme, host and port of where the redirect pointed (no path: it may carry a signature).
+    pub to: String,
+    pub reason: &'static str,
+}
+
+impl fmt::Display for RefusedRedirect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "refused a redirect to {}: {}", self.to, self.reason)
+    }
+}
+
+impl std::error::Error for RefusedRedirect {}
 
 trait WithoutUrlRef {
     fn without_url_ref(&self) -> String;

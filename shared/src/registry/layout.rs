@@ -142,7 +142,7 @@ impl OciLayout {
                 let chunk = chunk.map_err(|e| CopyError::Transport {
                     registry: source_name.to_string(),
                     detail: format!("reading blob {digest}: {e}"),
-                    hint: "",
+                    hint: String::new(),
                 })?;
                 hasher.update(&chunk);
                 written += chunk.len() as u64;

@@ -8,6 +8,7 @@ pub mod error;
 pub mod layout;
 pub mod manifest;
 pub mod reference;
+pub mod throughput;
 
 pub use copy::{Access, CopyOptions, CopyReport, Progress, copy};
 pub use error::CopyError;

@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 
 /// Docker Hub's canonical name in references, and the host its API actually lives on.
 pub const DOCKER_HUB: &str = "docker.io";
-const DOCKER_HUB_API: &str = "registry-1.docker.io";
+pub const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ReferenceError {
