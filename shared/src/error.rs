@@ -103,6 +103,8 @@ impl From<CopyError> for WorkError {
             // A blob that arrived damaged, or a digest read back wrong, may be a broken transfer:
             // a few retries, then the dead letters. A wrong image never stays at a target.
             CopyError::DigestMismatch { .. } | CopyError::CorruptBlob { .. } => ErrorClass::Transient,
+            // A slow registry may be quick again later; the copy engine does not retry these.
+            CopyError::Deadline { .. } | CopyError::Stalled { .. } => ErrorClass::Transient,
             _ => ErrorClass::Permanent,
         };
         let message = match &error {
@@ -111,7 +113,7 @@ impl From<CopyError> for WorkError {
                  under [registries.\"{registry}\"] to credentials with pull (source) or push (target) rights"
             ),
             CopyError::Transport { registry, detail, hint } if !hint.is_empty() => {
-                let fix = if hint.contains("--ca-cert") {
+                let fix = if hint.contains("ca_cert") || hint.contains("--ca-cert") {
                     format!("set ca_cert under [registries.\"{registry}\"] to the registry's CA")
                 } else {
                     format!("if {registry} speaks plain HTTP, set plain_http = true under [registries.\"{registry}\"]")
@@ -181,7 +183,7 @@ mod tests {
         let tls = WorkError::from(CopyError::Transport {
             registry: "r.io".into(),
             detail: "invalid peer certificate: UnknownIssuer".into(),
-            hint: " (for a registry with a private CA pass --ca-cert FILE)",
+            hint: " (for a registry with a private CA pass --ca-cert FILE)".into(),
         });
         assert_eq!(tls.class, ErrorClass::Permanent);
         assert!(tls.message.contains("ca_cert") && !tls.message.contains("--ca-cert"), "{}", tls.message);
