@@ -114,7 +114,10 @@ impl From<CopyError> for WorkError {
             ),
             CopyError::Transport { registry, detail, hint } if !hint.is_empty() => {
                 let fix = if hint.contains("ca_cert") || hint.contains("--ca-cert") {
-                    format!("set ca_cert under [registries.\"{registry}\"] to the registry's CA")
+                    format!(
+                        "the registry's TLS certificate is not trusted; if {registry} uses a private CA, set \
+                         `ca_cert = \"FILE\"` under [registries.\"{registry}\"]"
+                    )
                 } else {
                     format!("if {registry} speaks plain HTTP, set plain_http = true under [registries.\"{registry}\"]")
                 };
