@@ -247,7 +247,7 @@ impl Intake {
                     .clone()
                     .unwrap_or_else(|| format!("{}:{}", report.release.as_deref().unwrap_or(""), report.status));
                 let dedup_key = format!("deployment/{}/{stage}/{event}", pipeline.name);
-                jobs.push((NewJob::new(dedup_key, &job), job));
+                jobs.push((NewJob::new(dedup_key, &job).in_stage(&pipeline.name, stage), job));
             }
         }
         jobs
@@ -301,7 +301,8 @@ struct QueuedReply<'a> {
     id: &'a str,
     pipeline: &'a str,
     stage: &'a str,
-    duplicate: bool,
+    /// `null` when the queue cannot tell (SQS).
+    duplicate: Option<bool>,
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
@@ -396,7 +397,7 @@ async fn hook(
                         QueuedJob::Promote(_) => "promotion",
                         QueuedJob::Deployment(_) => "deployment report",
                     };
-                    tracing::info!(job.id = %e.id, pipeline, stage, duplicate = e.duplicate, sender = sender.as_str(), "{kind} queued");
+                    tracing::info!(job.id = %e.id, pipeline, stage, duplicate = ?e.duplicate, sender = sender.as_str(), "{kind} queued");
                     QueuedReply { id: &e.id, pipeline, stage, duplicate: e.duplicate }
                 })
                 .collect();

@@ -1,4 +1,5 @@
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod deploy;
 pub mod http;
@@ -9,5 +10,6 @@ pub mod ops;
 pub mod queue;
 pub mod registry;
 pub mod smooth;
+#[cfg(feature = "sqlite")]
 pub mod store;
 pub mod worker;

@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use ferry_core::backend::Stores;
 use ferry_core::config::Config;
 use ferry_core::http::{Intake, router};
-use ferry_core::ledger::{Ledger, SqliteLedger};
 use ferry_core::ops::Operations;
-use ferry_core::queue::{JobQueue, SqliteQueue, SqliteQueueOptions};
 use ferry_core::registry::auth::Secret;
 use ferry_core::worker::Worker;
 
@@ -21,7 +20,8 @@ use ferry_core::worker::Worker;
 /// /hooks/github, /hooks/distribution, /hooks/harbor, /hooks/quay/{token}, /hooks/generic),
 /// GET /healthz and, with `server.operator_token_env`, the operations API (/api/*); and runs the
 /// promotion worker. A webhook is answered 202 only once its jobs are committed to the embedded
-/// queue; queue and ledger are SQLite files in `server.data_dir`.
+/// queue; queue and ledger are SQLite files in `server.data_dir` unless `[queue]`/`[ledger]`
+/// name SQS and DynamoDB.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML); see examples/quickstart/ferry.toml.
@@ -38,29 +38,14 @@ pub struct ServeArgs {
     no_worker: bool,
 }
 
-/// The queue and ledger files of a configuration, opened.
-pub struct Stores {
-    pub queue: Arc<dyn JobQueue>,
-    pub ledger: Arc<dyn Ledger>,
-}
-
-pub fn open_stores(config: &Config) -> anyhow::Result<Stores> {
-    let dir = &config.server.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating data_dir {}", dir.display()))?;
-    let queue_path = dir.join("queue.db");
-    let options =
-        SqliteQueueOptions { max_receives: config.worker.max_attempts.max(1), ..SqliteQueueOptions::default() };
-    let queue = SqliteQueue::open(&queue_path, options)
-        .with_context(|| format!("opening the queue {}", queue_path.display()))?;
-    let ledger_path = dir.join("ledger.db");
-    let ledger =
-        SqliteLedger::open(&ledger_path).with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
-    Ok(Stores { queue: Arc::new(queue), ledger: Arc::new(ledger) })
+/// The queue and ledger that the configuration names (`[queue]`, `[ledger]`), opened.
+pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+    Ok(ferry_core::backend::open(config).await?)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&args.config)?);
-    let stores = open_stores(&config)?;
+    let stores = open_stores(&config).await?;
     let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?;
     let worker =
         Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone()).map_err(anyhow::Error::msg)?);

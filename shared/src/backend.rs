@@ -1,0 +1,135 @@
+//! The one place that turns `[queue]` and `[ledger]` into open stores: `ferry serve`, the
+//! operator commands with `--config` and the Lambda functions all call [`open`].
+//!
+//! SQLite needs the `sqlite` feature, SQS and DynamoDB the `aws` feature; a configuration naming
+//! a backend this build lacks is refused with the feature to enable. AWS clients take the
+//! standard AWS configuration (region, credential chain, `AWS_ENDPOINT_URL` for a local endpoint).
+
+use std::sync::Arc;
+
+use crate::config::{Config, LedgerBackend, QueueBackend};
+use crate::ledger::Ledger;
+use crate::queue::JobQueue;
+
+/// A configuration's queue and ledger, opened.
+pub struct Stores {
+    pub queue: Arc<dyn JobQueue>,
+    pub ledger: Arc<dyn Ledger>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The configuration names a backend that this build was compiled without.
+    #[error("{key}: kind = \"{kind}\" needs a ferry built with the `{feature}` feature")]
+    NotBuilt { key: &'static str, kind: &'static str, feature: &'static str },
+    /// The store exists in the configuration but cannot be opened; the message says why.
+    #[error("{key}: {message}")]
+    Open { key: &'static str, message: String },
+}
+
+/// Opens the queue and the ledger that `config` names. AWS settings are loaded once and
+/// shared by both clients.
+pub async fn open(config: &Config) -> Result<Stores, BackendError> {
+    #[cfg(feature = "aws")]
+    let aws = aws::Settings::default();
+    let queue: Arc<dyn JobQueue> = match &config.queue {
+        QueueBackend::Sqlite => sqlite_queue(config)?,
+        #[cfg(feature = "aws")]
+        QueueBackend::Sqs { url } => aws.queue(url, config.worker.max_attempts.max(1)).await?,
+        #[cfg(not(feature = "aws"))]
+        QueueBackend::Sqs { .. } => return Err(BackendError::NotBuilt { key: "queue", kind: "sqs", feature: "aws" }),
+    };
+    let ledger: Arc<dyn Ledger> = match &config.ledger {
+        LedgerBackend::Sqlite => sqlite_ledger(config)?,
+        #[cfg(feature = "aws")]
+        LedgerBackend::Dynamodb { table } => aws.ledger(table).await?,
+        #[cfg(not(feature = "aws"))]
+        LedgerBackend::Dynamodb { .. } => {
+            return Err(BackendError::NotBuilt { key: "ledger", kind: "dynamodb", feature: "aws" });
+        }
+    };
+    Ok(Stores { queue, ledger })
+}
+
+#[cfg(feature = "sqlite")]
+fn data_dir(config: &Config, key: &'static str) -> Result<std::path::PathBuf, BackendError> {
+    let dir = &config.server.data_dir;
+    std::fs::create_dir_all(dir).map_err(|e| BackendError::Open {
+        key,
+        message: format!("cannot create server.data_dir {}: {e}", dir.display()),
+    })?;
+    Ok(dir.clone())
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_queue(config: &Config) -> Result<Arc<dyn JobQueue>, BackendError> {
+    use crate::queue::{SqliteQueue, SqliteQueueOptions};
+    let path = data_dir(config, "queue")?.join("queue.db");
+    let options =
+        SqliteQueueOptions { max_receives: config.worker.max_attempts.max(1), ..SqliteQueueOptions::default() };
+    let queue =
+        SqliteQueue::open(&path, options).map_err(|e| BackendError::Open { key: "queue", message: e.to_string() })?;
+    Ok(Arc::new(queue))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn sqlite_queue(_: &Config) -> Result<Arc<dyn JobQueue>, BackendError> {
+    Err(BackendError::NotBuilt { key: "queue", kind: "sqlite", feature: "sqlite" })
+}
+
+#[cfg(feature = "sqlite")]
+fn sqlite_ledger(config: &Config) -> Result<Arc<dyn Ledger>, BackendError> {
+    let path = data_dir(config, "ledger")?.join("ledger.db");
+    let ledger = crate::ledger::SqliteLedger::open(&path)
+        .map_err(|e| BackendError::Open { key: "ledger", message: e.to_string() })?;
+    Ok(Arc::new(ledger))
+}
+
+#[cfg(not(feature = "sqlite"))]
+fn sqlite_ledger(_: &Config) -> Result<Arc<dyn Ledger>, BackendError> {
+    Err(BackendError::NotBuilt { key: "ledger", kind: "sqlite", feature: "sqlite" })
+}
+
+#[cfg(feature = "aws")]
+mod aws {
+    use std::sync::Arc;
+
+    use tokio::sync::OnceCell;
+
+    use super::BackendError;
+    use crate::ledger::{DynamoLedger, Ledger};
+    use crate::queue::{JobQueue, SqsQueue};
+
+    /// The standard AWS configuration, loaded on first use.
+    #[derive(Default)]
+    pub(super) struct Settings(OnceCell<aws_config::SdkConfig>);
+
+    impl Settings {
+        async fn load(&self, key: &'static str) -> Result<&aws_config::SdkConfig, BackendError> {
+            let sdk = self.0.get_or_init(|| aws_config::defaults(aws_config::BehaviorVersion::latest()).load()).await;
+            if sdk.region().is_none() {
+                return Err(BackendError::Open {
+                    key,
+                    message: "no AWS region configured: set AWS_REGION (or a region in ~/.aws/config)".into(),
+                });
+            }
+            Ok(sdk)
+        }
+
+        pub(super) async fn queue(&self, url: &str, max_receives: u32) -> Result<Arc<dyn JobQueue>, BackendError> {
+            let client = aws_sdk_sqs::Client::new(self.load("queue").await?);
+            let queue = SqsQueue::open(client, url, max_receives)
+                .await
+                .map_err(|e| BackendError::Open { key: "queue", message: e.to_string() })?;
+            Ok(Arc::new(queue))
+        }
+
+        pub(super) async fn ledger(&self, table: &str) -> Result<Arc<dyn Ledger>, BackendError> {
+            let client = aws_sdk_dynamodb::Client::new(self.load("ledger").await?);
+            let ledger = DynamoLedger::open(client, table)
+                .await
+                .map_err(|e| BackendError::Open { key: "ledger", message: e.to_string() })?;
+            Ok(Arc::new(ledger))
+        }
+    }
+}
