@@ -175,21 +175,22 @@ impl SqsQueue {
     /// A receipt this process knows to have lost its lease is stale.
     fn check_current(&self, receipt: &str) -> Result<Option<Lease>, QueueError> {
         match self.lease(receipt) {
-            Some(lease) if lease.until <= Instant::now() => {
-                self.forget(receipt);
-                Err(QueueError::StaleReceipt(receipt.to_string()))
-            }
+            // Kept (until pruned), so every later use of this receipt is refused too.
+            Some(lease) if lease.until <= Instant::now() => Err(QueueError::StaleReceipt(receipt.to_string())),
             lease => Ok(lease),
         }
     }
 
     async fn enqueue_jobs(&self, jobs: Vec<NewJob>) -> Result<Vec<Enqueued>, QueueError> {
+        // Checked before anything is sent, so a refused batch leaves nothing behind.
+        if let Some(index) = jobs.iter().position(|job| job.dedup_key.is_empty()) {
+            return Err(QueueError::Invalid(format!(
+                "job {index} of the batch has an empty dedup_key; every job needs one"
+            )));
+        }
         let mut answers: Vec<Enqueued> = Vec::with_capacity(jobs.len());
         let mut sent: HashMap<String, String> = HashMap::new();
         for job in jobs {
-            if job.dedup_key.is_empty() {
-                return Err(QueueError::Invalid("a job needs a non-empty dedup key".into()));
-            }
             if let Some(id) = sent.get(&job.dedup_key) {
                 answers.push(Enqueued { id: id.clone(), duplicate: Some(true) });
                 continue;
