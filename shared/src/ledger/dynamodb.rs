@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, KeyType, Put, TransactWriteItem};
 
@@ -102,13 +102,15 @@ impl DynamoLedger {
         let mut items = Vec::new();
         let mut start: Option<Item> = None;
         while items.len() < limit {
-            let output = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(pk))
-                .expression_attribute_values(":prefix", s(prefix))
+            let mut request = self.client.query().table_name(&self.table).expression_attribute_values(":pk", s(pk));
+            request = if prefix.is_empty() {
+                request.key_condition_expression("pk = :pk")
+            } else {
+                request
+                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                    .expression_attribute_values(":prefix", s(prefix))
+            };
+            let output = request
                 .scan_index_forward(!newest_first)
                 .consistent_read(true)
                 .limit(page_size(limit - items.len()))
@@ -537,10 +539,22 @@ fn refused_error(refused: Refused) -> LedgerError {
 
 fn unavailable<E, R>(doing: &str, error: SdkError<E, R>) -> LedgerError
 where
-    E: std::error::Error + Send + Sync + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
-    LedgerError::Unavailable(format!("{doing}: {}", DisplayErrorContext(&error)))
+    LedgerError::Unavailable(format!("{doing}: {}", describe(&error)))
+}
+
+/// The service's own code and message when it answered, the whole error chain otherwise.
+fn describe<E, R>(error: &SdkError<E, R>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match (error, error.code()) {
+        (SdkError::ServiceError(_), Some(code)) => format!("{code}: {}", error.message().unwrap_or("(no message)")),
+        _ => DisplayErrorContext(error).to_string(),
+    }
 }
 
 fn contended(what: &str) -> LedgerError {

@@ -457,7 +457,12 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 {
-    let message = format!("{doing}: {}", DisplayErrorContext(&error));
+    let message = match (&error, error.code()) {
+        (SdkError::ServiceError(_), Some(code)) => {
+            format!("{doing}: {code}: {}", error.message().unwrap_or("(no message)"))
+        }
+        _ => format!("{doing}: {}", DisplayErrorContext(&error)),
+    };
     let code = error.code().unwrap_or_default().to_string();
     let detail = error.message().unwrap_or_default().to_ascii_lowercase();
     match &error {
