@@ -309,3 +309,36 @@ async fn deployments_are_newest_first(backend: Backend) {
     assert_eq!(newest, vec![report("succeeded", 3_000), report("canceled", 2_000)]);
     assert!(ledger.deployments(PIPELINE, "dev", 10).await.unwrap().is_empty());
 }
+
+mod dynamodb_only {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    use ferry_core::ledger::{DynamoLedger, LedgerError};
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_table_with_other_keys_is_refused_with_the_schema_to_use() {
+        let moto = super::moto::Moto::start();
+        let client = moto.dynamodb();
+        client
+            .create_table()
+            .table_name("not-ferrys")
+            .attribute_definitions(
+                AttributeDefinition::builder()
+                    .attribute_name("id")
+                    .attribute_type(ScalarAttributeType::S)
+                    .build()
+                    .unwrap(),
+            )
+            .key_schema(KeySchemaElement::builder().attribute_name("id").key_type(KeyType::Hash).build().unwrap())
+            .billing_mode(BillingMode::PayPerRequest)
+            .send()
+            .await
+            .unwrap();
+        let error = DynamoLedger::open(client.clone(), "not-ferrys").await.err().expect("refused");
+        assert!(
+            matches!(error, LedgerError::Unavailable(ref m) if m.contains("hash key `pk` (S) and range key `sk` (S)")),
+            "{error}"
+        );
+        let missing = DynamoLedger::open(client, "no-such-table").await.err().expect("refused");
+        assert!(matches!(missing, LedgerError::Unavailable(ref m) if m.contains("no-such-table")), "{missing}");
+    }
+}

@@ -247,3 +247,138 @@ async fn empty_dedup_key_is_refused(backend: Backend) {
     assert!(matches!(result, Err(QueueError::Invalid(_))), "{result:?}");
     assert!(nothing_ready(queue).await, "part of a refused batch was queued");
 }
+
+/// What only the SQS queue has: a redrive policy, groups, and an AWS account to be wrong about.
+mod sqs_only {
+    use super::*;
+    use aws_sdk_sqs::types::QueueAttributeName;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_queue_without_redrive_policy_is_refused_with_what_to_set() {
+        let moto = moto::Moto::start();
+        let url = moto
+            .sqs()
+            .create_queue()
+            .queue_name(format!("bare-{}.fifo", uuid::Uuid::new_v4().simple()))
+            .attributes(QueueAttributeName::FifoQueue, "true")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let error = SqsQueue::open(moto.sqs(), &url, MAX_RECEIVES).await.err().expect("refused");
+        assert!(matches!(error, QueueError::Unavailable(ref m) if m.contains("no redrive policy")), "{error}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_missing_queue_is_unavailable_not_invalid() {
+        let moto = moto::Moto::start();
+        let url = format!("{}/000000000000/nowhere.fifo", moto.endpoint);
+        let error = SqsQueue::open(moto.sqs(), &url, MAX_RECEIVES).await.err().expect("refused");
+        assert!(matches!(error, QueueError::Unavailable(ref m) if m.contains("nowhere.fifo")), "{error}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_dead_letter_queue_is_the_one_the_redrive_policy_names() {
+        let moto = moto::Moto::start();
+        let url = moto.fifo_queue_with_dlq(SAFETY_NET).await;
+        let queue = SqsQueue::open(moto.sqs(), &url, MAX_RECEIVES).await.unwrap();
+        let expected = url.replace(".fifo", "-dlq.fifo");
+        assert_eq!(queue.dead_letter_url(), expected);
+    }
+
+    /// A worker that dies on every delivery never nacks: the redrive policy moves the job after
+    /// `maxReceiveCount` receives. It is listed with an error saying so, and can be redriven.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn jobs_moved_by_the_redrive_policy_are_listed_and_redriven() {
+        let moto = moto::Moto::start();
+        let url = moto.fifo_queue_with_dlq(1).await;
+        let queue = SqsQueue::open(moto.sqs(), &url, MAX_RECEIVES).await.unwrap();
+        let id = queue.enqueue(vec![job("crash", "dev", 5)]).await.unwrap().remove(0).id;
+        let first = next(&queue, Duration::from_secs(1)).await;
+        assert_eq!(first.id, id);
+        // Visible again after 1 s; the next receive exceeds maxReceiveCount = 1: SQS moves it.
+        let deadline = Instant::now() + PATIENCE;
+        let letters = loop {
+            assert!(queue.receive(1, HOLD).await.unwrap().is_empty(), "delivered past maxReceiveCount");
+            let letters = queue.dead_letters().await.unwrap();
+            if !letters.is_empty() {
+                break letters;
+            }
+            assert!(Instant::now() < deadline, "the redrive policy never moved the job");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].id, id);
+        assert!(letters[0].last_error.contains("redrive policy"), "{}", letters[0].last_error);
+        assert_eq!(letters[0].payload["n"], 5);
+        assert!(queue.redrive(&id).await.unwrap());
+        let again = next(&queue, HOLD).await;
+        assert_eq!((again.id.as_str(), again.payload["n"].as_u64()), (id.as_str(), Some(5)));
+        queue.ack(&again.receipt).await.unwrap();
+    }
+
+    /// Jobs of one pipeline stage are handed out one at a time, in order: SQS FIFO holds the rest
+    /// of a group while one of its messages is in flight. Other stages are not held up.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn one_stage_works_on_one_job_at_a_time() {
+        let moto = moto::Moto::start();
+        let url = moto.fifo_queue_with_dlq(SAFETY_NET).await;
+        let queue = SqsQueue::open(moto.sqs(), &url, MAX_RECEIVES).await.unwrap();
+        queue.enqueue(vec![job("p1", "prod", 1), job("p2", "prod", 2), job("d1", "dev", 3)]).await.unwrap();
+        let first = queue.receive(10, HOLD).await.unwrap();
+        let stages: Vec<u64> = first.iter().filter_map(|d| d.payload["n"].as_u64()).collect();
+        // moto hands out a whole group's messages together; AWS returns them together too (in
+        // order), but then holds the group until they are settled. Either way, in order:
+        let prod: Vec<u64> = stages.iter().copied().filter(|n| *n != 3).collect();
+        assert!(prod == [1] || prod == [1, 2], "prod jobs out of order: {stages:?}");
+        assert!(stages.contains(&3), "another stage was held up: {stages:?}");
+        for delivery in first {
+            queue.ack(&delivery.receipt).await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_lambda_record_can_be_settled_like_a_delivery() {
+        let moto = moto::Moto::start();
+        let url = moto.fifo_queue_with_dlq(SAFETY_NET).await;
+        let queue = SqsQueue::open(moto.sqs(), &url, 1).await.unwrap();
+        queue.enqueue(vec![job("lambda", "dev", 9)]).await.unwrap();
+        // The event source mapping received it, not this process.
+        let message = moto
+            .sqs()
+            .receive_message()
+            .queue_url(&url)
+            .visibility_timeout(60)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .messages
+            .unwrap()
+            .remove(0);
+        let group =
+            message.attributes().and_then(|a| a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::MessageGroupId));
+        assert_eq!(group.map(String::as_str), Some("conformance/dev"), "MessageGroupId is pipeline/stage");
+        let delivery = queue.adopt(
+            ferry_core::queue::ReceivedMessage {
+                message_id: message.message_id().unwrap(),
+                receipt_handle: message.receipt_handle().unwrap(),
+                body: message.body().unwrap(),
+                receive_count: 1,
+                group: Some("conformance/dev"),
+                job_id: None,
+            },
+            HOLD,
+        );
+        assert_eq!(delivery.payload["n"], 9);
+        // max_receives = 1: this nack dead-letters it, with the error.
+        queue.nack(&delivery.receipt, "copy failed: 500 from target", Duration::ZERO).await.unwrap();
+        let letters = queue.dead_letters().await.unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(
+            (letters[0].id.as_str(), letters[0].last_error.as_str()),
+            (delivery.id.as_str(), "copy failed: 500 from target")
+        );
+    }
+}
