@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use crate::config::{Config, LedgerBackend, QueueBackend};
+use crate::intake::replay::SeenSignatures;
 use crate::ledger::Ledger;
 use crate::queue::JobQueue;
 
@@ -15,6 +16,10 @@ use crate::queue::JobQueue;
 pub struct Stores {
     pub queue: Arc<dyn JobQueue>,
     pub ledger: Arc<dyn Ledger>,
+    /// Generic-sender signatures shared by every instance (the DynamoDB table); `None` with a
+    /// SQLite ledger, where one process's own guard suffices. Hand it to
+    /// [`crate::http::Intake::with_shared_replay_guard`].
+    pub seen_signatures: Option<Arc<dyn SeenSignatures>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,16 +44,19 @@ pub async fn open(config: &Config) -> Result<Stores, BackendError> {
         #[cfg(not(feature = "aws"))]
         QueueBackend::Sqs { .. } => return Err(BackendError::NotBuilt { key: "queue", kind: "sqs", feature: "aws" }),
     };
-    let ledger: Arc<dyn Ledger> = match &config.ledger {
-        LedgerBackend::Sqlite => sqlite_ledger(config)?,
+    let (ledger, seen_signatures): (Arc<dyn Ledger>, Option<Arc<dyn SeenSignatures>>) = match &config.ledger {
+        LedgerBackend::Sqlite => (sqlite_ledger(config)?, None),
         #[cfg(feature = "aws")]
-        LedgerBackend::Dynamodb { table } => aws.ledger(table).await?,
+        LedgerBackend::Dynamodb { table } => {
+            let ledger = aws.ledger(table).await?;
+            (ledger.clone(), Some(ledger))
+        }
         #[cfg(not(feature = "aws"))]
         LedgerBackend::Dynamodb { .. } => {
             return Err(BackendError::NotBuilt { key: "ledger", kind: "dynamodb", feature: "aws" });
         }
     };
-    Ok(Stores { queue, ledger })
+    Ok(Stores { queue, ledger, seen_signatures })
 }
 
 #[cfg(feature = "sqlite")]
@@ -97,7 +105,7 @@ mod aws {
     use tokio::sync::OnceCell;
 
     use super::BackendError;
-    use crate::ledger::{DynamoLedger, Ledger};
+    use crate::ledger::DynamoLedger;
     use crate::queue::{JobQueue, SqsQueue};
 
     /// The standard AWS configuration, loaded on first use.
@@ -124,7 +132,7 @@ mod aws {
             Ok(Arc::new(queue))
         }
 
-        pub(super) async fn ledger(&self, table: &str) -> Result<Arc<dyn Ledger>, BackendError> {
+        pub(super) async fn ledger(&self, table: &str) -> Result<Arc<DynamoLedger>, BackendError> {
             let client = aws_sdk_dynamodb::Client::new(self.load("ledger").await?);
             let ledger = DynamoLedger::open(client, table)
                 .await

@@ -24,6 +24,7 @@ use base64::Engine as _;
 
 use crate::config::{Config, RepoName, render_build_tag, tag_matches};
 use crate::intake::azure_devops::{BuildCompleted, DeploymentCompleted};
+use crate::intake::replay::SeenSignatures;
 use crate::intake::{self, Build, Parsed, PromotionRequest, Sender, verify};
 pub use crate::job::{DeploymentJob, PromotionJob, QueuedJob, dedup_key};
 use crate::queue::{JobQueue, NewJob, QueueError};
@@ -43,6 +44,8 @@ pub struct Intake {
     body_limit: usize,
     /// Generic-sender signatures already accepted, until they fall out of the clock-skew window.
     seen_signatures: ReplayGuard,
+    /// The same, shared with every other instance (DynamoDB on AWS); `None` for one process.
+    shared_signatures: Option<Arc<dyn SeenSignatures>>,
 }
 
 /// Generic-sender signatures already accepted, forgotten once their timestamps would be refused
@@ -176,7 +179,15 @@ impl Intake {
             max_clock_skew: Duration::from_secs(config.server.max_clock_skew_secs),
             body_limit: config.server.body_limit,
             seen_signatures: ReplayGuard::default(),
+            shared_signatures: None,
         })
+    }
+
+    /// Also refuses generic-sender replays that another instance accepted (Lambda: each
+    /// instance has its own memory).
+    pub fn with_shared_replay_guard(mut self, signatures: Option<Arc<dyn SeenSignatures>>) -> Self {
+        self.shared_signatures = signatures;
+        self
     }
 
     /// The jobs a request starts: one per matching pipeline, at its first stage. A request no
@@ -335,6 +346,12 @@ async fn hook(
         tracing::warn!(sender = sender.as_str(), reason = why, "webhook refused");
         return error(StatusCode::UNAUTHORIZED, why);
     }
+    if sender == Sender::Generic
+        && let Some(shared) = &intake.shared_signatures
+        && let Err(refusal) = first_use_everywhere(&intake, shared.as_ref(), &headers).await
+    {
+        return refusal;
+    }
     let content_type = header(&headers, header::CONTENT_TYPE.as_str()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let json_like = media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"));
@@ -408,6 +425,13 @@ async fn hook(
             // Nothing was queued: the sender may retry this very request.
             if let Some(signature) = header(&headers, SIGNATURE_HEADER) {
                 intake.seen_signatures.forget(signature.trim());
+                if sender == Sender::Generic
+                    && let Some(shared) = &intake.shared_signatures
+                    && let Err(e) = shared.forget(signature.trim()).await
+                {
+                    // Its entry expires with the clock-skew window; until then a retry is refused.
+                    tracing::warn!(error = %e, "could not forget the signature of an unqueued request");
+                }
             }
             tracing::error!(error = %e, "queue refused a promotion; the sender will retry");
             error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry later"))
@@ -458,6 +482,32 @@ fn authenticate(
             let value = header(headers, &auth.header).ok_or("missing secret header")?;
             let value = value.strip_prefix("Bearer ").unwrap_or(value);
             verify::secrets_equal(value.as_bytes(), secret).then_some(()).ok_or("invalid secret header")
+        }
+    }
+}
+
+/// Records an authenticated generic request's signature in the shared guard: a 401 when any
+/// instance accepted it before, a 503 when the guard cannot be asked (then this instance forgets
+/// it too, so the sender's retry is not refused as a replay).
+async fn first_use_everywhere(
+    intake: &Intake,
+    shared: &dyn SeenSignatures,
+    headers: &HeaderMap,
+) -> Result<(), Response> {
+    let signature = header(headers, SIGNATURE_HEADER).unwrap_or_default().trim();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let expires_at = (now + intake.max_clock_skew.as_secs() * 2) as i64;
+    match shared.first_use(signature, expires_at).await {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            let why = "replayed request: this signature was already accepted";
+            tracing::warn!(sender = Sender::Generic.as_str(), reason = why, "webhook refused");
+            Err(error(StatusCode::UNAUTHORIZED, why))
+        }
+        Err(e) => {
+            intake.seen_signatures.forget(signature);
+            tracing::error!(error = %e, "cannot check the webhook for a replay; the sender will retry");
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry later")))
         }
     }
 }

@@ -46,7 +46,9 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&args.config)?);
     let stores = open_stores(&config).await?;
-    let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?;
+    let intake = Intake::new(&config, stores.queue.clone())
+        .map_err(anyhow::Error::msg)?
+        .with_shared_replay_guard(stores.seen_signatures.clone());
     let worker =
         Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone()).map_err(anyhow::Error::msg)?);
     let mut app = router(Arc::new(intake));

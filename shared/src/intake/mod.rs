@@ -9,6 +9,7 @@ pub mod generic;
 pub mod github;
 pub mod harbor;
 pub mod quay;
+pub mod replay;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};

@@ -1,8 +1,8 @@
 //! [`Ledger`] in one DynamoDB table (single-table design, no secondary index).
 //!
-//! The table: hash key `pk` (S), range key `sk` (S); TTL attribute `expires_at` (nothing the
-//! ledger writes expires: records and environments are history; the attribute is for items
-//! that do, such as replay-guard entries). Items (`{…}` escaped so `#` in names cannot collide):
+//! The table: hash key `pk` (S), range key `sk` (S); TTL attribute `expires_at` (Unix seconds),
+//! set only on replay-guard entries (records and environments are history and never expire).
+//! Items (`{…}` escaped so `#` in names cannot collide):
 //!
 //! | pk | sk | what |
 //! |---|---|---|
@@ -13,6 +13,7 @@
 //! | `E#{pipeline}#{stage}` | `HEAD` | `seq` and `digest` of the current entry |
 //! | `E#{pipeline}#{stage}` | `ENTRY#{seq:020}` | one environment entry |
 //! | `D#{pipeline}#{stage}` | `{at_ms:020}#{uuid}` | one deployment report |
+//! | `SEEN#{sha256}` | `SEEN` | a generic-sender signature already accepted, `expires_at` (TTL) |
 //!
 //! Conditional writes: `set_current` writes `HEAD` only if its `seq` is still the one read
 //! (or it does not exist yet) and the new `ENTRY` only if absent, in one transaction. Two workers
@@ -30,6 +31,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, KeyType, Put, TransactWriteItem};
+
+use crate::intake::replay::{ReplayError, ReplayFuture, SeenSignatures};
 
 use super::{
     Approval, DeploymentRecord, EnvironmentEntry, EnvironmentState, Ledger, LedgerError, LedgerFuture, PromotionRecord,
@@ -429,6 +432,68 @@ impl DynamoLedger {
             })
             .collect()
     }
+}
+
+/// Generic-sender signatures: `SEEN#{sha256 of the signature}`/`SEEN` with `expires_at`. The
+/// put is conditional: absent, or expired (TTL deletes lazily, up to days later, so an expired
+/// item still present counts as absent). Of two instances racing on one signature, one put
+/// succeeds; the other's condition fails and it answers "replay".
+impl SeenSignatures for DynamoLedger {
+    fn first_use(&self, signature: &str, expires_at_unix_secs: i64) -> ReplayFuture<'_, bool> {
+        let pk = seen_pk(signature);
+        Box::pin(async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0);
+            let result = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(&pk))
+                .item("sk", s("SEEN"))
+                .item("expires_at", n(expires_at_unix_secs))
+                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            match result {
+                Ok(_) => Ok(true),
+                Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(false),
+                Err(e) => Err(ReplayError::Unavailable(format!(
+                    "recording a webhook signature in {}: {}",
+                    self.table,
+                    describe(&e)
+                ))),
+            }
+        })
+    }
+
+    fn forget(&self, signature: &str) -> ReplayFuture<'_, ()> {
+        let pk = seen_pk(signature);
+        Box::pin(async move {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(&pk))
+                .key("sk", s("SEEN"))
+                .send()
+                .await
+                .map_err(|e| {
+                    ReplayError::Unavailable(format!(
+                        "forgetting a webhook signature in {}: {}",
+                        self.table,
+                        describe(&e)
+                    ))
+                })?;
+            Ok(())
+        })
+    }
+}
+
+fn seen_pk(signature: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    format!("SEEN#{}", hex::encode(Sha256::digest(signature.as_bytes())))
 }
 
 impl Ledger for DynamoLedger {
