@@ -38,14 +38,14 @@ pub async fn open(config: &Config) -> Result<Stores, BackendError> {
     #[cfg(feature = "aws")]
     let aws = aws::Settings::default();
     let queue: Arc<dyn JobQueue> = match &config.queue {
-        QueueBackend::Sqlite => sqlite_queue(config)?,
+        QueueBackend::Sqlite {} => sqlite_queue(config)?,
         #[cfg(feature = "aws")]
         QueueBackend::Sqs { url } => aws.queue(url, config.worker.max_attempts.max(1)).await?,
         #[cfg(not(feature = "aws"))]
         QueueBackend::Sqs { .. } => return Err(BackendError::NotBuilt { key: "queue", kind: "sqs", feature: "aws" }),
     };
     let (ledger, seen_signatures): (Arc<dyn Ledger>, Option<Arc<dyn SeenSignatures>>) = match &config.ledger {
-        LedgerBackend::Sqlite => (sqlite_ledger(config)?, None),
+        LedgerBackend::Sqlite {} => (sqlite_ledger(config)?, None),
         #[cfg(feature = "aws")]
         LedgerBackend::Dynamodb { table } => {
             let ledger = aws.ledger(table).await?;

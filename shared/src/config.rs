@@ -39,26 +39,33 @@ pub struct Config {
 
 /// `[queue]`: `kind = "sqlite"` (default: `queue.db` in `server.data_dir`) or `kind = "sqs"`
 /// with `url`, a FIFO queue whose redrive policy names its dead-letter queue.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum QueueBackend {
-    #[default]
-    Sqlite,
-    Sqs {
-        url: String,
-    },
+    // `{}`, not a unit variant: only then are stray keys (`url` with sqlite) refused.
+    Sqlite {},
+    Sqs { url: String },
+}
+
+impl Default for QueueBackend {
+    fn default() -> Self {
+        QueueBackend::Sqlite {}
+    }
 }
 
 /// `[ledger]`: `kind = "sqlite"` (default: `ledger.db` in `server.data_dir`) or
 /// `kind = "dynamodb"` with `table` (hash key `pk`, range key `sk`, both strings).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum LedgerBackend {
-    #[default]
-    Sqlite,
-    Dynamodb {
-        table: String,
-    },
+    Sqlite {},
+    Dynamodb { table: String },
+}
+
+impl Default for LedgerBackend {
+    fn default() -> Self {
+        LedgerBackend::Sqlite {}
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -581,7 +588,7 @@ tags = ["v*"]
     #[test]
     fn stores_default_to_sqlite() {
         let config = Config::parse(GOOD, "ferry.toml").unwrap();
-        assert_eq!((config.queue, config.ledger), (QueueBackend::Sqlite, LedgerBackend::Sqlite));
+        assert_eq!((config.queue, config.ledger), (QueueBackend::Sqlite {}, LedgerBackend::Sqlite {}));
     }
 
     #[test]
@@ -606,6 +613,7 @@ tags = ["v*"]
             ("[queue]\nkind = \"kafka\"", "unknown variant `kafka`"),
             ("[ledger]\nkind = \"dynamodb\"\ntable = \" \"", "ledger.table"),
             ("[ledger]\nkind = \"sqlite\"\ntable = \"t\"", "unknown field `table`"),
+            ("[queue]\nkind = \"sqlite\"\nurl = \"https://q.example/1/j.fifo\"", "unknown field `url`"),
         ];
         for (section, expected) in cases {
             let error = Config::parse(&format!("{GOOD}\n{section}\n"), "ferry.toml").unwrap_err().to_string();

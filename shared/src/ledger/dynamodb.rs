@@ -1,36 +1,39 @@
-//! [`Ledger`] in one DynamoDB table (single-table design, no secondary index).
+//! [`Ledger`] in one DynamoDB table (single-table design, no secondary index, no transactions).
 //!
 //! The table: hash key `pk` (S), range key `sk` (S); TTL attribute `expires_at` (Unix seconds),
 //! set only on replay-guard entries (records and environments are history and never expire).
-//! Items (`{…}` escaped so `#` in names cannot collide):
+//! Items (names escaped so a `#` in them cannot forge another key):
 //!
 //! | pk | sk | what |
 //! |---|---|---|
-//! | `P#{id}` | `PROMOTION` | the record (JSON, without approvals), `version` |
+//! | `P#{id}` | `PROMOTION` | the record (JSON, without approvals), `version`, `order_sk`, `parked` |
 //! | `P#{id}` | `APPROVAL#{by}` | one approval: `by`, `at_ms` |
-//! | `H#{pipeline}` | `{created_at_ms:020}#{id}` | the record again, for history (newest first) |
-//! | `PARKED` | `{created_at_ms:020}#{id}` | the record, while it is parked (oldest first) |
-//! | `E#{pipeline}#{stage}` | `HEAD` | `seq` and `digest` of the current entry |
-//! | `E#{pipeline}#{stage}` | `ENTRY#{seq:020}` | one environment entry |
+//! | `H#{pipeline}` | `{created_at_ms:020}#{id}` | history index entry: `id`, `stage` |
+//! | `PARKED` | `{created_at_ms:020}#{id}` | parked index entry: `id`, `pipeline` |
+//! | `E#{pipeline}#{stage}` | `ENTRY#{seq:020}` | one environment entry, `seq` |
 //! | `D#{pipeline}#{stage}` | `{at_ms:020}#{uuid}` | one deployment report |
 //! | `SEEN#{sha256}` | `SEEN` | a generic-sender signature already accepted, `expires_at` (TTL) |
 //!
-//! Conditional writes: `set_current` writes `HEAD` only if its `seq` is still the one read
-//! (or it does not exist yet) and the new `ENTRY` only if absent, in one transaction. Two workers
-//! racing to record the same promotion both read the same `HEAD`; one transaction wins, the
-//! other is cancelled, re-reads, finds its digest already current and returns `Ok` without
-//! writing: the entry is recorded once. `approve` puts `APPROVAL#{by}` only if absent, beside a
-//! condition that the promotion exists: once per person, however many approve at once.
-//! `put_promotion` writes the record and its history/parked copies in one transaction,
-//! conditional on the `version` it read, and retries on a lost race, so the copies never
-//! disagree with the record.
+//! Every write that must not be lost to a concurrent one is a single conditional `PutItem`:
+//!
+//! - `set_current` puts `ENTRY#{n+1}` only if absent, `n` being the newest entry it read. Two
+//!   workers racing to record the same promotion both read entry `n`; one put succeeds, the
+//!   other's condition fails, it re-reads, finds its digest current and returns `Ok` without
+//!   writing: the entry is recorded once. Racing different digests each get their own `seq`.
+//! - `approve` puts `APPROVAL#{by}` only if absent: once per person, however many at once.
+//! - `put_promotion` puts the record only if its `version` is still the one read (else it
+//!   re-reads and tries again). The history and parked index entries are written after it and
+//!   are hints: readers keep an entry only if the record's `order_sk` (and `parked`) still agree,
+//!   so an index entry left behind by a race or a crash is never shown.
+//!
+//! (No `TransactWriteItems`: nothing needs it, and moto, which the tests run against, restores a
+//! whole-table snapshot when a transaction fails, erasing concurrent writes.)
 
 use std::collections::HashMap;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Delete, KeyType, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 
 use crate::intake::replay::{ReplayError, ReplayFuture, SeenSignatures};
 
@@ -41,17 +44,13 @@ use super::{
 type Item = HashMap<String, AttributeValue>;
 
 /// How often a conditional write lost to a concurrent one is tried again.
-const MAX_RACES: usize = 16;
+const MAX_RACES: usize = 32;
+/// Index entries read per query page.
+const PAGE: usize = 100;
 
 pub struct DynamoLedger {
     client: Client,
     table: String,
-}
-
-/// A transaction the service refused: a condition failed (which one, by index) or another error.
-enum Refused {
-    Conditions(Vec<bool>),
-    Failed(LedgerError),
 }
 
 impl DynamoLedger {
@@ -92,74 +91,116 @@ impl DynamoLedger {
         Ok(output.item)
     }
 
-    /// Items of partition `pk` whose sort key starts with `prefix`, in sort-key order (or
-    /// reversed), until `keep` has taken `limit` of them.
-    async fn query(
+    /// Puts `item`; with a `condition`, `Ok(false)` when the condition failed (a lost race).
+    async fn put(&self, item: Item, condition: Option<(&str, Item)>) -> Result<bool, LedgerError> {
+        let what = format!("writing {} in {}", key_of(&item), self.table);
+        let mut request = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        if let Some((expression, values)) = condition {
+            request = request.condition_expression(expression);
+            if !values.is_empty() {
+                request = request.set_expression_attribute_values(Some(values));
+            }
+        }
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(false),
+            Err(e) => Err(unavailable(&what, e)),
+        }
+    }
+
+    async fn delete(&self, pk: &str, sk: &str) -> Result<(), LedgerError> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(pk))
+            .key("sk", s(sk))
+            .send()
+            .await
+            .map_err(|e| unavailable(&format!("deleting {pk}/{sk} from {}", self.table), e))?;
+        Ok(())
+    }
+
+    /// One page of partition `pk` (sort keys starting with `prefix`), and where the next starts.
+    async fn page(
         &self,
         pk: &str,
         prefix: &str,
         newest_first: bool,
-        limit: usize,
-        mut keep: impl FnMut(&Item) -> bool,
-    ) -> Result<Vec<Item>, LedgerError> {
+        size: usize,
+        start: Option<Item>,
+    ) -> Result<(Vec<Item>, Option<Item>), LedgerError> {
+        let mut request = self.client.query().table_name(&self.table).expression_attribute_values(":pk", s(pk));
+        request = if prefix.is_empty() {
+            request.key_condition_expression("pk = :pk")
+        } else {
+            request
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":prefix", s(prefix))
+        };
+        let output = request
+            .scan_index_forward(!newest_first)
+            .consistent_read(true)
+            .limit(size.clamp(1, PAGE) as i32)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| unavailable(&format!("querying {pk} in {}", self.table), e))?;
+        let next = output.last_evaluated_key.filter(|key| !key.is_empty());
+        Ok((output.items.unwrap_or_default(), next))
+    }
+
+    /// Up to `limit` items of partition `pk` whose sort key starts with `prefix`, in sort-key
+    /// order (or reversed).
+    async fn query(&self, pk: &str, prefix: &str, newest_first: bool, limit: usize) -> Result<Vec<Item>, LedgerError> {
         let mut items = Vec::new();
-        let mut start: Option<Item> = None;
+        let mut start = None;
         while items.len() < limit {
-            let mut request = self.client.query().table_name(&self.table).expression_attribute_values(":pk", s(pk));
-            request = if prefix.is_empty() {
-                request.key_condition_expression("pk = :pk")
-            } else {
-                request
-                    .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                    .expression_attribute_values(":prefix", s(prefix))
-            };
-            let output = request
-                .scan_index_forward(!newest_first)
-                .consistent_read(true)
-                .limit(page_size(limit - items.len()))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| unavailable(&format!("querying {pk} in {}", self.table), e))?;
-            for item in output.items.unwrap_or_default() {
-                if items.len() < limit && keep(&item) {
-                    items.push(item);
-                }
-            }
-            match output.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
+            let (page, next) = self.page(pk, prefix, newest_first, limit - items.len(), start.take()).await?;
+            items.extend(page.into_iter().take(limit - items.len()));
+            match next {
+                Some(next) => start = Some(next),
+                None => break,
             }
         }
         Ok(items)
     }
 
-    async fn transact(&self, what: &str, items: Vec<TransactWriteItem>) -> Result<(), Refused> {
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), TransactWriteItemsError::TransactionCanceledException(_)) =>
-            {
-                let TransactWriteItemsError::TransactionCanceledException(cancelled) = e.err() else { unreachable!() };
-                let failed: Vec<bool> = cancelled
-                    .cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code() == Some("ConditionalCheckFailed"))
-                    .collect();
-                if failed.iter().any(|f| *f) {
-                    Err(Refused::Conditions(failed))
-                } else {
-                    // Cancelled for another reason (a concurrent transaction on the same items):
-                    // as good as a lost race, try again.
-                    Err(Refused::Conditions(Vec::new()))
+    /// Records named by the index partition `pk` (history or parked), in its order, that pass
+    /// `filter` and that the record itself confirms (same `order_sk`; still parked if `parked`).
+    async fn indexed_records(
+        &self,
+        pk: &str,
+        newest_first: bool,
+        limit: usize,
+        parked: bool,
+        filter: impl Fn(&Item) -> bool,
+    ) -> Result<Vec<PromotionRecord>, LedgerError> {
+        let mut records = Vec::new();
+        let mut start = None;
+        loop {
+            let (page, next) = self.page(pk, "", newest_first, PAGE, start.take()).await?;
+            for entry in page.iter().filter(|entry| filter(entry)) {
+                if records.len() >= limit {
+                    return Ok(records);
+                }
+                let Some(record) = self.get(&promotion_pk(&string(entry, "id")?), "PROMOTION").await? else {
+                    continue;
+                };
+                let current = string(&record, "order_sk")? == string(entry, "sk")?;
+                let still_parked = !parked || matches!(record.get("parked"), Some(AttributeValue::Bool(true)));
+                if current && still_parked {
+                    records.push(self.with_approvals(&record).await?);
                 }
             }
-            Err(e) => Err(Refused::Failed(unavailable(&format!("{what} in {}", self.table), e))),
+            match next {
+                Some(next) if records.len() < limit => start = Some(next),
+                _ => return Ok(records),
+            }
         }
     }
 
     async fn approvals(&self, id: &str) -> Result<Vec<Approval>, LedgerError> {
-        let items = self.query(&format!("P#{}", escape(id)), "APPROVAL#", false, usize::MAX, |_| true).await?;
+        let items = self.query(&promotion_pk(id), "APPROVAL#", false, usize::MAX).await?;
         let mut approvals: Vec<Approval> = items
             .iter()
             .map(|item| Ok(Approval { by: string(item, "by")?, at_ms: number(item, "at_ms")? }))
@@ -176,134 +217,106 @@ impl DynamoLedger {
         Ok(record)
     }
 
-    async fn put_promotion_once(&self, record: &PromotionRecord) -> Result<(), Refused> {
-        let pk = format!("P#{}", escape(&record.id));
-        let old = self.get(&pk, "PROMOTION").await.map_err(Refused::Failed)?;
+    /// One attempt: `Ok(false)` when another writer changed the record since it was read.
+    async fn put_promotion_once(&self, record: &PromotionRecord) -> Result<bool, LedgerError> {
+        let pk = promotion_pk(&record.id);
+        let old = self.get(&pk, "PROMOTION").await?;
         let mut stored = record.clone();
         stored.approvals.clear();
-        let json = serde_json::to_string(&stored).map_err(|e| {
-            Refused::Failed(LedgerError::Unavailable(format!("serializing promotion {}: {e}", record.id)))
-        })?;
-        let history_pk = format!("H#{}", escape(&record.pipeline));
+        let json = serde_json::to_string(&stored)
+            .map_err(|e| LedgerError::Unavailable(format!("serializing promotion {}: {e}", record.id)))?;
         let order_sk = format!("{}#{}", sortable(record.created_at_ms), escape(&record.id));
-        let version = match &old {
-            Some(item) => number(item, "version").map_err(Refused::Failed)?,
-            None => 0,
+        let parked = record.state.is_parked();
+        let item = Item::from([
+            ("pk".into(), s(&pk)),
+            ("sk".into(), s("PROMOTION")),
+            ("record".into(), s(&json)),
+            ("order_sk".into(), s(&order_sk)),
+            ("parked".into(), AttributeValue::Bool(parked)),
+            ("version".into(), n(old.as_ref().map(|o| number(o, "version")).transpose()?.unwrap_or(0) + 1)),
+        ]);
+        let condition = match &old {
+            Some(old) => ("version = :version", Item::from([(":version".into(), n(number(old, "version")?))])),
+            None => ("attribute_not_exists(pk)", Item::new()),
         };
-        let mut main = Put::builder()
-            .table_name(&self.table)
-            .item("pk", s(&pk))
-            .item("sk", s("PROMOTION"))
-            .item("record", s(&json))
-            .item("history_pk", s(&history_pk))
-            .item("order_sk", s(&order_sk))
-            .item("parked", AttributeValue::Bool(record.state.is_parked()))
-            .item("version", n(version + 1));
-        main = match &old {
-            Some(_) => {
-                main.condition_expression("version = :version").expression_attribute_values(":version", n(version))
-            }
-            None => main.condition_expression("attribute_not_exists(pk)"),
-        };
-        let mut items = vec![TransactWriteItem::builder().put(built(main.build())?).build()];
-        items.push(put(
-            &self.table,
-            [("pk", s(&history_pk)), ("sk", s(&order_sk)), ("stage", s(&record.stage)), ("record", s(&json))],
-        )?);
-        if record.state.is_parked() {
-            items.push(put(
-                &self.table,
-                [("pk", s("PARKED")), ("sk", s(&order_sk)), ("pipeline", s(&record.pipeline)), ("record", s(&json))],
-            )?);
+        if !self.put(item, Some(condition)).await? {
+            return Ok(false);
+        }
+        // The index entries follow the record; readers check them against it.
+        let history_pk = format!("H#{}", escape(&record.pipeline));
+        self.put(
+            Item::from([
+                ("pk".into(), s(&history_pk)),
+                ("sk".into(), s(&order_sk)),
+                ("id".into(), s(&record.id)),
+                ("stage".into(), s(&record.stage)),
+            ]),
+            None,
+        )
+        .await?;
+        if parked {
+            self.put(
+                Item::from([
+                    ("pk".into(), s("PARKED")),
+                    ("sk".into(), s(&order_sk)),
+                    ("id".into(), s(&record.id)),
+                    ("pipeline".into(), s(&record.pipeline)),
+                ]),
+                None,
+            )
+            .await?;
         }
         if let Some(old) = &old {
-            let old_history = (
-                string(old, "history_pk").map_err(Refused::Failed)?,
-                string(old, "order_sk").map_err(Refused::Failed)?,
-            );
-            if old_history != (history_pk.clone(), order_sk.clone()) {
-                items.push(delete(&self.table, &old_history.0, &old_history.1)?);
+            let old_sk = string(old, "order_sk")?;
+            if old_sk != order_sk {
+                self.delete(&history_pk, &old_sk).await?;
             }
             let was_parked = matches!(old.get("parked"), Some(AttributeValue::Bool(true)));
-            if was_parked && (!record.state.is_parked() || old_history.1 != order_sk) {
-                items.push(delete(&self.table, "PARKED", &old_history.1)?);
+            if was_parked && (!parked || old_sk != order_sk) {
+                self.delete("PARKED", &old_sk).await?;
             }
         }
-        self.transact(&format!("storing promotion {}", record.id), items).await?;
         // Approvals carried by the record are added once per person, like `approve`.
         for approval in &record.approvals {
-            self.add_approval(&pk, &approval.by, approval.at_ms).await.map_err(Refused::Failed)?;
+            self.add_approval(&record.id, &approval.by, approval.at_ms).await?;
         }
-        Ok(())
+        Ok(true)
     }
 
-    async fn add_approval(&self, pk: &str, by: &str, at_ms: i64) -> Result<(), LedgerError> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(pk))
-            .item("sk", s(&format!("APPROVAL#{}", escape(by))))
-            .item("by", s(by))
-            .item("at_ms", n(at_ms))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => Ok(()),
-            Err(e) => Err(unavailable(&format!("recording approval by {by} in {}", self.table), e)),
-        }
+    /// Puts `by`'s approval unless that person approved already.
+    async fn add_approval(&self, id: &str, by: &str, at_ms: i64) -> Result<(), LedgerError> {
+        let item = Item::from([
+            ("pk".into(), s(&promotion_pk(id))),
+            ("sk".into(), s(&format!("APPROVAL#{}", escape(by)))),
+            ("by".into(), s(by)),
+            ("at_ms".into(), n(at_ms)),
+        ]);
+        self.put(item, Some(("attribute_not_exists(pk)", Item::new()))).await?;
+        Ok(())
     }
 
     async fn store_promotion(&self, record: PromotionRecord) -> Result<(), LedgerError> {
         for _ in 0..MAX_RACES {
-            match self.put_promotion_once(&record).await {
-                Ok(()) => return Ok(()),
-                Err(Refused::Conditions(_)) => continue,
-                Err(Refused::Failed(e)) => return Err(e),
+            if self.put_promotion_once(&record).await? {
+                return Ok(());
             }
         }
         Err(contended(&format!("promotion {}", record.id)))
     }
 
     async fn read_promotion(&self, id: &str) -> Result<Option<PromotionRecord>, LedgerError> {
-        match self.get(&format!("P#{}", escape(id)), "PROMOTION").await? {
+        match self.get(&promotion_pk(id), "PROMOTION").await? {
             Some(item) => Ok(Some(self.with_approvals(&item).await?)),
             None => Ok(None),
         }
     }
 
     async fn approve_promotion(&self, id: &str, by: &str, at_ms: i64) -> Result<Vec<Approval>, LedgerError> {
-        let pk = format!("P#{}", escape(id));
-        let exists = ConditionCheck::builder()
-            .table_name(&self.table)
-            .key("pk", s(&pk))
-            .key("sk", s("PROMOTION"))
-            .condition_expression("attribute_exists(pk)")
-            .build()
-            .map_err(|e| LedgerError::Unavailable(format!("building the approval of {id}: {e}")))?;
-        let approval = Put::builder()
-            .table_name(&self.table)
-            .item("pk", s(&pk))
-            .item("sk", s(&format!("APPROVAL#{}", escape(by))))
-            .item("by", s(by))
-            .item("at_ms", n(at_ms))
-            .condition_expression("attribute_not_exists(pk)")
-            .build()
-            .map_err(|e| LedgerError::Unavailable(format!("building the approval of {id}: {e}")))?;
-        let approval = TransactWriteItem::builder().put(approval).build();
-        let items = vec![TransactWriteItem::builder().condition_check(exists).build(), approval];
-        match self.transact(&format!("approving promotion {id}"), items).await {
-            Ok(()) => {}
-            Err(Refused::Conditions(failed)) if failed.first() == Some(&true) => {
-                return Err(LedgerError::UnknownPromotion(id.to_string()));
-            }
-            // This person had approved already: counted once.
-            Err(Refused::Conditions(failed)) if failed.get(1) == Some(&true) => {}
-            Err(Refused::Conditions(_)) => return Err(contended(&format!("the approvals of {id}"))),
-            Err(Refused::Failed(e)) => return Err(e),
+        // Promotions are never deleted: once seen, it stays there for the put below.
+        if self.get(&promotion_pk(id), "PROMOTION").await?.is_none() {
+            return Err(LedgerError::UnknownPromotion(id.to_string()));
         }
+        self.add_approval(id, by, at_ms).await?;
         self.approvals(id).await
     }
 
@@ -313,29 +326,17 @@ impl DynamoLedger {
         stage: Option<&str>,
         limit: usize,
     ) -> Result<Vec<PromotionRecord>, LedgerError> {
-        let items = self
-            .query(&format!("H#{}", escape(pipeline)), "", true, limit, |item| {
-                stage.is_none_or(|stage| string(item, "stage").is_ok_and(|s| s == stage))
-            })
-            .await?;
-        let mut records = Vec::with_capacity(items.len());
-        for item in &items {
-            records.push(self.with_approvals(item).await?);
-        }
-        Ok(records)
+        self.indexed_records(&format!("H#{}", escape(pipeline)), true, limit, false, |entry| {
+            stage.is_none_or(|stage| string(entry, "stage").is_ok_and(|s| s == stage))
+        })
+        .await
     }
 
     async fn read_parked(&self, pipeline: Option<&str>) -> Result<Vec<PromotionRecord>, LedgerError> {
-        let items = self
-            .query("PARKED", "", false, usize::MAX, |item| {
-                pipeline.is_none_or(|pipeline| string(item, "pipeline").is_ok_and(|p| p == pipeline))
-            })
-            .await?;
-        let mut records = Vec::with_capacity(items.len());
-        for item in &items {
-            records.push(self.with_approvals(item).await?);
-        }
-        Ok(records)
+        self.indexed_records("PARKED", false, usize::MAX, true, |entry| {
+            pipeline.is_none_or(|pipeline| string(entry, "pipeline").is_ok_and(|p| p == pipeline))
+        })
+        .await
     }
 
     async fn write_current(&self, pipeline: &str, stage: &str, entry: EnvironmentEntry) -> Result<(), LedgerError> {
@@ -343,41 +344,25 @@ impl DynamoLedger {
         let json = serde_json::to_string(&entry)
             .map_err(|e| LedgerError::Unavailable(format!("serializing an environment entry: {e}")))?;
         for _ in 0..MAX_RACES {
-            let head = self.get(&pk, "HEAD").await?;
-            let seq = match &head {
-                Some(head) => {
-                    if string(head, "digest")? == entry.digest {
+            let newest = self.query(&pk, "ENTRY#", true, 1).await?;
+            let seq = match newest.first() {
+                Some(item) => {
+                    if parse_entry(item, &self.table)?.digest == entry.digest {
                         // Already current (a redelivery, or the loser of a race): nothing changes.
                         return Ok(());
                     }
-                    number(head, "seq")?
+                    number(item, "seq")?
                 }
                 None => 0,
             };
-            let mut new_head = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(&pk))
-                .item("sk", s("HEAD"))
-                .item("seq", n(seq + 1))
-                .item("digest", s(&entry.digest));
-            new_head = match head {
-                Some(_) => new_head.condition_expression("seq = :seq").expression_attribute_values(":seq", n(seq)),
-                None => new_head.condition_expression("attribute_not_exists(pk)"),
-            };
-            let new_entry = Put::builder()
-                .table_name(&self.table)
-                .item("pk", s(&pk))
-                .item("sk", s(&format!("ENTRY#{}", sortable(seq + 1))))
-                .item("entry", s(&json))
-                .condition_expression("attribute_not_exists(pk)");
-            let items = vec![
-                TransactWriteItem::builder().put(built(new_head.build()).map_err(refused_error)?).build(),
-                TransactWriteItem::builder().put(built(new_entry.build()).map_err(refused_error)?).build(),
-            ];
-            match self.transact(&format!("setting the current digest of {pipeline}/{stage}"), items).await {
-                Ok(()) => return Ok(()),
-                Err(Refused::Conditions(_)) => continue,
-                Err(Refused::Failed(e)) => return Err(e),
+            let item = Item::from([
+                ("pk".into(), s(&pk)),
+                ("sk".into(), s(&format!("ENTRY#{}", sortable(seq + 1)))),
+                ("seq".into(), n(seq + 1)),
+                ("entry".into(), s(&json)),
+            ]);
+            if self.put(item, Some(("attribute_not_exists(pk)", Item::new()))).await? {
+                return Ok(());
             }
         }
         Err(contended(&format!("stage {stage} of pipeline {pipeline}")))
@@ -389,30 +374,19 @@ impl DynamoLedger {
         stage: &str,
         limit: usize,
     ) -> Result<Vec<EnvironmentEntry>, LedgerError> {
-        let items = self.query(&environment_pk(pipeline, stage), "ENTRY#", true, limit, |_| true).await?;
-        items
-            .iter()
-            .map(|item| {
-                serde_json::from_str(&string(item, "entry")?).map_err(|e| {
-                    LedgerError::Unavailable(format!("an environment entry in {} does not parse: {e}", self.table))
-                })
-            })
-            .collect()
+        let items = self.query(&environment_pk(pipeline, stage), "ENTRY#", true, limit).await?;
+        items.iter().map(|item| parse_entry(item, &self.table)).collect()
     }
 
     async fn write_deployment(&self, record: DeploymentRecord) -> Result<(), LedgerError> {
         let json = serde_json::to_string(&record)
             .map_err(|e| LedgerError::Unavailable(format!("serializing a deployment report: {e}")))?;
-        let sk = format!("{}#{}", sortable(record.at_ms), uuid::Uuid::new_v4());
-        self.client
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(&deployments_pk(&record.pipeline, &record.stage)))
-            .item("sk", s(&sk))
-            .item("record", s(&json))
-            .send()
-            .await
-            .map_err(|e| unavailable(&format!("recording a deployment in {}", self.table), e))?;
+        let item = Item::from([
+            ("pk".into(), s(&deployments_pk(&record.pipeline, &record.stage))),
+            ("sk".into(), s(&format!("{}#{}", sortable(record.at_ms), uuid::Uuid::new_v4()))),
+            ("record".into(), s(&json)),
+        ]);
+        self.put(item, None).await?;
         Ok(())
     }
 
@@ -422,7 +396,7 @@ impl DynamoLedger {
         stage: &str,
         limit: usize,
     ) -> Result<Vec<DeploymentRecord>, LedgerError> {
-        let items = self.query(&deployments_pk(pipeline, stage), "", true, limit, |_| true).await?;
+        let items = self.query(&deployments_pk(pipeline, stage), "", true, limit).await?;
         items
             .iter()
             .map(|item| {
@@ -578,30 +552,6 @@ fn number(item: &Item, name: &str) -> Result<i64, LedgerError> {
     }
 }
 
-fn put<const N: usize>(table: &str, item: [(&str, AttributeValue); N]) -> Result<TransactWriteItem, Refused> {
-    let mut builder = Put::builder().table_name(table);
-    for (name, value) in item {
-        builder = builder.item(name, value);
-    }
-    Ok(TransactWriteItem::builder().put(built(builder.build())?).build())
-}
-
-fn delete(table: &str, pk: &str, sk: &str) -> Result<TransactWriteItem, Refused> {
-    let delete = Delete::builder().table_name(table).key("pk", s(pk)).key("sk", s(sk)).build();
-    Ok(TransactWriteItem::builder().delete(built(delete)?).build())
-}
-
-fn built<T>(result: Result<T, aws_sdk_dynamodb::error::BuildError>) -> Result<T, Refused> {
-    result.map_err(|e| Refused::Failed(LedgerError::Unavailable(format!("building a DynamoDB request: {e}"))))
-}
-
-fn refused_error(refused: Refused) -> LedgerError {
-    match refused {
-        Refused::Failed(e) => e,
-        Refused::Conditions(_) => LedgerError::Unavailable("a DynamoDB condition failed".into()),
-    }
-}
-
 fn unavailable<E, R>(doing: &str, error: SdkError<E, R>) -> LedgerError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -636,17 +586,29 @@ fn escape(name: &str) -> String {
     name.replace('%', "%25").replace('#', "%23")
 }
 
+fn promotion_pk(id: &str) -> String {
+    format!("P#{}", escape(id))
+}
+
+fn key_of(item: &Item) -> String {
+    let part = |name| match item.get(name) {
+        Some(AttributeValue::S(value)) => value.as_str(),
+        _ => "?",
+    };
+    format!("{}/{}", part("pk"), part("sk"))
+}
+
+fn parse_entry(item: &Item, table: &str) -> Result<EnvironmentEntry, LedgerError> {
+    serde_json::from_str(&string(item, "entry")?)
+        .map_err(|e| LedgerError::Unavailable(format!("an environment entry in {table} does not parse: {e}")))
+}
+
 fn environment_pk(pipeline: &str, stage: &str) -> String {
     format!("E#{}#{}", escape(pipeline), escape(stage))
 }
 
 fn deployments_pk(pipeline: &str, stage: &str) -> String {
     format!("D#{}#{}", escape(pipeline), escape(stage))
-}
-
-/// DynamoDB evaluates at most this many items per query page.
-fn page_size(wanted: usize) -> i32 {
-    wanted.clamp(1, 100) as i32
 }
 
 #[cfg(test)]
