@@ -38,6 +38,9 @@ const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 60 * 60);
 const LISTING_VISIBILITY: Duration = Duration::from_secs(30);
 /// An error kept with a dead letter is cut to this many bytes (a message is at most 256 KiB).
 const MAX_ERROR_BYTES: usize = 4096;
+/// An idle worker's receive waits this long for a job (SQS long polling): fewer billed empty
+/// receives than polling, and a job that arrives meanwhile is handed out at once.
+const RECEIVE_WAIT: Duration = Duration::from_secs(1);
 /// Listing the dead-letter queue stops after this many messages.
 const MAX_LISTED: usize = 1000;
 
@@ -220,7 +223,7 @@ impl SqsQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let messages = self.receive_from(&self.url, max.min(10), visibility).await?;
+        let messages = self.receive_from(&self.url, max.min(10), visibility, RECEIVE_WAIT).await?;
         let until = Instant::now() + visibility;
         let mut deliveries = Vec::with_capacity(messages.len());
         for message in messages {
@@ -241,14 +244,20 @@ impl SqsQueue {
         Ok(deliveries)
     }
 
-    async fn receive_from(&self, url: &str, max: usize, visibility: Duration) -> Result<Vec<Message>, QueueError> {
+    async fn receive_from(
+        &self,
+        url: &str,
+        max: usize,
+        visibility: Duration,
+        wait: Duration,
+    ) -> Result<Vec<Message>, QueueError> {
         let output = self
             .client
             .receive_message()
             .queue_url(url)
             .max_number_of_messages(max as i32)
             .visibility_timeout(seconds(visibility))
-            .wait_time_seconds(0)
+            .wait_time_seconds(seconds(wait))
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .message_attribute_names("All")
             .send()
@@ -340,7 +349,7 @@ impl SqsQueue {
     async fn scan_dead_letters(&self) -> Result<Vec<Message>, QueueError> {
         let mut messages = Vec::new();
         loop {
-            let batch = self.receive_from(&self.dlq_url, 10, LISTING_VISIBILITY).await?;
+            let batch = self.receive_from(&self.dlq_url, 10, LISTING_VISIBILITY, Duration::ZERO).await?;
             if batch.is_empty() || messages.len() >= MAX_LISTED {
                 break;
             }
