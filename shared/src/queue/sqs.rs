@@ -693,6 +693,58 @@ mod tests {
         assert_eq!(arn_account_and_name("not-an-arn"), None);
     }
 
+    fn service_error(
+        code: &str,
+        message: &str,
+    ) -> SdkError<aws_sdk_sqs::operation::change_message_visibility::ChangeMessageVisibilityError, ()> {
+        let meta = aws_sdk_sqs::error::ErrorMetadata::builder().code(code).message(message).build();
+        SdkError::service_error(
+            aws_sdk_sqs::operation::change_message_visibility::ChangeMessageVisibilityError::generic(meta),
+            (),
+        )
+    }
+
+    #[test]
+    fn sdk_errors_are_classified_once() {
+        let stale = [
+            ("ReceiptHandleIsInvalid", "The input receipt handle is invalid."),
+            ("AWS.SimpleQueueService.MessageNotInflight", "Message does not exist or is not available"),
+            (
+                "InvalidParameterValue",
+                "Value r1 for parameter ReceiptHandle is invalid. Reason: The receipt handle has expired.",
+            ),
+        ];
+        for (code, message) in stale {
+            let error = classify("extending", service_error(code, message), Some("r1"));
+            assert_eq!(error, QueueError::StaleReceipt("r1".into()), "{code}");
+        }
+        let unavailable = [
+            "ThrottlingException",
+            "RequestThrottled",
+            "AWS.SimpleQueueService.NonExistentQueue",
+            "InternalError",
+            "AccessDenied",
+        ];
+        for code in unavailable {
+            let error = classify("sending", service_error(code, "no"), None);
+            assert!(matches!(error, QueueError::Unavailable(ref m) if m.contains(code)), "{code}: {error}");
+        }
+        let invalid = classify("sending", service_error("InvalidParameterValue", "MessageGroupId too long"), None);
+        assert!(matches!(invalid, QueueError::Invalid(_)), "{invalid}");
+        // The same code about something else than the receipt is not a stale receipt.
+        let other =
+            classify("extending", service_error("InvalidParameterValue", "VisibilityTimeout too large"), Some("r1"));
+        assert!(matches!(other, QueueError::Invalid(_)), "{other}");
+        let timeout: SdkError<aws_sdk_sqs::operation::change_message_visibility::ChangeMessageVisibilityError, ()> =
+            SdkError::timeout_error("read timed out");
+        assert!(matches!(classify("receiving", timeout, None), QueueError::Unavailable(_)));
+        let construction: SdkError<
+            aws_sdk_sqs::operation::change_message_visibility::ChangeMessageVisibilityError,
+            (),
+        > = SdkError::construction_failure("missing queue url");
+        assert!(matches!(classify("receiving", construction, None), QueueError::Invalid(_)));
+    }
+
     #[test]
     fn long_errors_are_cut_on_a_character_boundary() {
         assert_eq!(truncate("abc", 10), "abc");
