@@ -20,6 +20,10 @@ pub struct Stores {
     /// SQLite ledger, where one process's own guard suffices. Hand it to
     /// [`crate::http::Intake::with_shared_replay_guard`].
     pub seen_signatures: Option<Arc<dyn SeenSignatures>>,
+    /// The same queue as `queue` when it is SQS: the Lambda worker hands it the records of an
+    /// SQS event ([`crate::queue::SqsQueue::adopt`]) to settle them like deliveries.
+    #[cfg(feature = "aws")]
+    pub sqs: Option<Arc<crate::queue::SqsQueue>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,10 +41,16 @@ pub enum BackendError {
 pub async fn open(config: &Config) -> Result<Stores, BackendError> {
     #[cfg(feature = "aws")]
     let aws = aws::Settings::default();
+    #[cfg(feature = "aws")]
+    let mut sqs = None;
     let queue: Arc<dyn JobQueue> = match &config.queue {
         QueueBackend::Sqlite {} => sqlite_queue(config)?,
         #[cfg(feature = "aws")]
-        QueueBackend::Sqs { url } => aws.queue(url, config.worker.max_attempts.max(1)).await?,
+        QueueBackend::Sqs { url } => {
+            let queue = aws.queue(url, config.worker.max_attempts.max(1)).await?;
+            sqs = Some(queue.clone());
+            queue
+        }
         #[cfg(not(feature = "aws"))]
         QueueBackend::Sqs { .. } => return Err(BackendError::NotBuilt { key: "queue", kind: "sqs", feature: "aws" }),
     };
@@ -56,7 +66,13 @@ pub async fn open(config: &Config) -> Result<Stores, BackendError> {
             return Err(BackendError::NotBuilt { key: "ledger", kind: "dynamodb", feature: "aws" });
         }
     };
-    Ok(Stores { queue, ledger, seen_signatures })
+    Ok(Stores {
+        queue,
+        ledger,
+        seen_signatures,
+        #[cfg(feature = "aws")]
+        sqs,
+    })
 }
 
 #[cfg(feature = "sqlite")]
@@ -106,7 +122,7 @@ mod aws {
 
     use super::BackendError;
     use crate::ledger::DynamoLedger;
-    use crate::queue::{JobQueue, SqsQueue};
+    use crate::queue::SqsQueue;
 
     /// The standard AWS configuration, loaded on first use.
     #[derive(Default)]
@@ -124,7 +140,7 @@ mod aws {
             Ok(sdk)
         }
 
-        pub(super) async fn queue(&self, url: &str, max_receives: u32) -> Result<Arc<dyn JobQueue>, BackendError> {
+        pub(super) async fn queue(&self, url: &str, max_receives: u32) -> Result<Arc<SqsQueue>, BackendError> {
             let client = aws_sdk_sqs::Client::new(self.load("queue").await?);
             let queue = SqsQueue::open(client, url, max_receives)
                 .await
