@@ -24,7 +24,9 @@
 //! - `put_promotion` puts the record only if its `version` is still the one read (else it
 //!   re-reads and tries again). The history and parked index entries are written after it and
 //!   are hints: readers keep an entry only if the record's `order_sk` (and `parked`) still agree,
-//!   so an index entry left behind by a race or a crash is never shown.
+//!   so an index entry left behind by a race or a crash is never shown; a writer that deleted an
+//!   old entry puts the entries of the record as it is then, so a slow delete cannot remove a
+//!   newer writer's entry for good.
 //!
 //! (No `TransactWriteItems`: nothing needs it, and moto, which the tests run against, restores a
 //! whole-table snapshot when a transaction fails, erasing concurrent writes.)
@@ -233,6 +235,8 @@ impl DynamoLedger {
             ("record".into(), s(&json)),
             ("order_sk".into(), s(&order_sk)),
             ("parked".into(), AttributeValue::Bool(parked)),
+            ("pipeline".into(), s(&record.pipeline)),
+            ("stage".into(), s(&record.stage)),
             ("version".into(), n(old.as_ref().map(|o| number(o, "version")).transpose()?.unwrap_or(0) + 1)),
         ]);
         let condition = match &old {
@@ -243,37 +247,26 @@ impl DynamoLedger {
             return Ok(false);
         }
         // The index entries follow the record; readers check them against it.
-        let history_pk = format!("H#{}", escape(&record.pipeline));
-        self.put(
-            Item::from([
-                ("pk".into(), s(&history_pk)),
-                ("sk".into(), s(&order_sk)),
-                ("id".into(), s(&record.id)),
-                ("stage".into(), s(&record.stage)),
-            ]),
-            None,
-        )
-        .await?;
-        if parked {
-            self.put(
-                Item::from([
-                    ("pk".into(), s("PARKED")),
-                    ("sk".into(), s(&order_sk)),
-                    ("id".into(), s(&record.id)),
-                    ("pipeline".into(), s(&record.pipeline)),
-                ]),
-                None,
-            )
-            .await?;
-        }
+        self.put_index_entries(&record.id, &record.pipeline, &record.stage, &order_sk, parked).await?;
         if let Some(old) = &old {
             let old_sk = string(old, "order_sk")?;
-            if old_sk != order_sk {
-                self.delete(&history_pk, &old_sk).await?;
-            }
             let was_parked = matches!(old.get("parked"), Some(AttributeValue::Bool(true)));
+            let mut deleted = false;
+            if old_sk != order_sk {
+                self.delete(&format!("H#{}", escape(&record.pipeline)), &old_sk).await?;
+                deleted = true;
+            }
             if was_parked && (!parked || old_sk != order_sk) {
                 self.delete("PARKED", &old_sk).await?;
+                deleted = true;
+            }
+            // A slow delete may have removed the entry a newer writer just put under the same
+            // key: put the entries of whatever the record is now (idempotent; an entry that is
+            // stale by then is skipped by readers).
+            if deleted && let Some(now) = self.get(&pk, "PROMOTION").await? {
+                let now_parked = matches!(now.get("parked"), Some(AttributeValue::Bool(true)));
+                let (pipeline, stage) = (string(&now, "pipeline")?, string(&now, "stage")?);
+                self.put_index_entries(&record.id, &pipeline, &stage, &string(&now, "order_sk")?, now_parked).await?;
             }
         }
         // Approvals carried by the record are added once per person, like `approve`.
@@ -281,6 +274,33 @@ impl DynamoLedger {
             self.add_approval(&record.id, &approval.by, approval.at_ms).await?;
         }
         Ok(true)
+    }
+
+    async fn put_index_entries(
+        &self,
+        id: &str,
+        pipeline: &str,
+        stage: &str,
+        order_sk: &str,
+        parked: bool,
+    ) -> Result<(), LedgerError> {
+        let history = Item::from([
+            ("pk".into(), s(&format!("H#{}", escape(pipeline)))),
+            ("sk".into(), s(order_sk)),
+            ("id".into(), s(id)),
+            ("stage".into(), s(stage)),
+        ]);
+        self.put(history, None).await?;
+        if parked {
+            let entry = Item::from([
+                ("pk".into(), s("PARKED")),
+                ("sk".into(), s(order_sk)),
+                ("id".into(), s(id)),
+                ("pipeline".into(), s(pipeline)),
+            ]);
+            self.put(entry, None).await?;
+        }
+        Ok(())
     }
 
     /// Puts `by`'s approval unless that person approved already.
