@@ -29,6 +29,43 @@ pub struct Config {
     pub pipelines: Vec<Pipeline>,
     #[serde(default)]
     pub worker: Worker,
+    /// Where jobs wait between intake and the worker.
+    #[serde(default)]
+    pub queue: QueueBackend,
+    /// Where promotions, approvals and environments are recorded.
+    #[serde(default)]
+    pub ledger: LedgerBackend,
+}
+
+/// `[queue]`: `kind = "sqlite"` (default: `queue.db` in `server.data_dir`) or `kind = "sqs"`
+/// with `url`, a FIFO queue whose redrive policy names its dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum QueueBackend {
+    // `{}`, not a unit variant: only then are stray keys (`url` with sqlite) refused.
+    Sqlite {},
+    Sqs { url: String },
+}
+
+impl Default for QueueBackend {
+    fn default() -> Self {
+        QueueBackend::Sqlite {}
+    }
+}
+
+/// `[ledger]`: `kind = "sqlite"` (default: `ledger.db` in `server.data_dir`) or
+/// `kind = "dynamodb"` with `table` (hash key `pk`, range key `sk`, both strings).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum LedgerBackend {
+    Sqlite {},
+    Dynamodb { table: String },
+}
+
+impl Default for LedgerBackend {
+    fn default() -> Self {
+        LedgerBackend::Sqlite {}
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -433,6 +470,7 @@ impl Config {
                 }
             }
         }
+        config.check_backends().map_err(|message| ConfigError::File { path: path.to_string(), message })?;
         let mut names = std::collections::HashSet::new();
         for (i, pipeline) in config.pipelines.iter().enumerate() {
             let key = format!("pipelines[{i}]");
@@ -524,6 +562,23 @@ impl Config {
             }
         }
         Ok(config)
+    }
+
+    fn check_backends(&self) -> Result<(), String> {
+        if let QueueBackend::Sqs { url } = &self.queue {
+            let parsed = url::Url::parse(url).map_err(|e| format!("queue.url: `{url}` is not a URL ({e})"))?;
+            if !parsed.path().ends_with(".fifo") {
+                return Err(format!(
+                    "queue.url: `{url}` is not a FIFO queue (its name must end in .fifo); Ferry needs FIFO for deduplication"
+                ));
+            }
+        }
+        if let LedgerBackend::Dynamodb { table } = &self.ledger
+            && table.trim().is_empty()
+        {
+            return Err("ledger.table: name the DynamoDB table".into());
+        }
+        Ok(())
     }
 
     fn check_registry(&self, name: &RepoName, key: &str, field: &str) -> Result<(), String> {
@@ -667,6 +722,42 @@ tags = ["v*"]
   name = "dev"
   target = "127.0.0.1:5002/shop/api"
 "#;
+
+    #[test]
+    fn stores_default_to_sqlite() {
+        let config = Config::parse(GOOD, "ferry.toml").unwrap();
+        assert_eq!((config.queue, config.ledger), (QueueBackend::Sqlite {}, LedgerBackend::Sqlite {}));
+    }
+
+    #[test]
+    fn sqs_queue_and_dynamodb_ledger_are_read() {
+        let text = format!(
+            "{GOOD}\n[queue]\nkind = \"sqs\"\nurl = \"https://sqs.eu-west-1.amazonaws.com/123456789012/ferry-jobs.fifo\"\n\
+             [ledger]\nkind = \"dynamodb\"\ntable = \"ferry-ledger\"\n"
+        );
+        let config = Config::parse(&text, "ferry.toml").unwrap();
+        assert_eq!(
+            config.queue,
+            QueueBackend::Sqs { url: "https://sqs.eu-west-1.amazonaws.com/123456789012/ferry-jobs.fifo".into() }
+        );
+        assert_eq!(config.ledger, LedgerBackend::Dynamodb { table: "ferry-ledger".into() });
+    }
+
+    #[test]
+    fn store_settings_are_checked() {
+        let cases = [
+            ("[queue]\nkind = \"sqs\"\nurl = \"http://127.0.0.1:5000/1/jobs\"", "not a FIFO queue"),
+            ("[queue]\nkind = \"sqs\"", "missing field `url`"),
+            ("[queue]\nkind = \"kafka\"", "unknown variant `kafka`"),
+            ("[ledger]\nkind = \"dynamodb\"\ntable = \" \"", "ledger.table"),
+            ("[ledger]\nkind = \"sqlite\"\ntable = \"t\"", "unknown field `table`"),
+            ("[queue]\nkind = \"sqlite\"\nurl = \"https://q.example/1/j.fifo\"", "unknown field `url`"),
+        ];
+        for (section, expected) in cases {
+            let error = Config::parse(&format!("{GOOD}\n{section}\n"), "ferry.toml").unwrap_err().to_string();
+            assert!(error.contains(expected), "{section}: {error}");
+        }
+    }
 
     #[test]
     fn a_good_file_loads() {

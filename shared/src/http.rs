@@ -69,7 +69,8 @@ struct QueuedReply<'a> {
     id: &'a str,
     pipeline: &'a str,
     stage: &'a str,
-    duplicate: bool,
+    /// `null` when the queue cannot tell (SQS).
+    duplicate: Option<bool>,
 }
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Response {
@@ -174,7 +175,7 @@ async fn hook(
                         QueuedJob::Promote(_) => "promotion",
                         QueuedJob::Deployment(_) => "deployment report",
                     };
-                    tracing::info!(job.id = %e.id, pipeline, stage, duplicate = e.duplicate, sender = sender.as_str(), "{kind} queued");
+                    tracing::info!(job.id = %e.id, pipeline, stage, duplicate = ?e.duplicate, sender = sender.as_str(), "{kind} queued");
                     QueuedReply { id: &e.id, pipeline, stage, duplicate: e.duplicate }
                 })
                 .collect();

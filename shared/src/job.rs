@@ -50,7 +50,7 @@ impl PromotionJob {
     /// The queue entry under an explicit dedup key (e.g. a continuation after approval, which
     /// must not collapse into the job that parked it).
     pub fn to_new_job_keyed(&self, dedup_key: String) -> NewJob {
-        NewJob::new(dedup_key, &QueuedJobRef::Promote(self))
+        NewJob::new(dedup_key, &QueuedJobRef::Promote(self)).in_stage(&self.pipeline, &self.stage)
     }
 }
 

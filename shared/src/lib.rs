@@ -1,4 +1,5 @@
 pub mod api;
+pub mod backend;
 pub mod config;
 pub mod deploy;
 pub mod error;
@@ -14,5 +15,6 @@ pub mod registry;
 pub mod server;
 pub mod settle;
 pub mod smooth;
+#[cfg(feature = "sqlite")]
 pub mod store;
 pub mod worker;

@@ -294,22 +294,20 @@ impl Worker {
                 tracing::info!("parked: {why}");
                 self.queue.ack(&delivery.receipt).await
             }
-            Outcome::Failed { error, promotion } => {
-                match decided {
-                    Settlement::Retry { after } => {
-                        tracing::warn!(%error, class = %error.class, ?after, "attempt failed; will retry");
-                        self.queue.nack(&delivery.receipt, &error.message, after).await
-                    }
-                    _ => {
-                        let reason = dead_letter_reason(error, delivery.receive_count);
-                        tracing::error!(%error, class = %error.class, "{reason}: job moved to the dead-letter store");
-                        if let Some(id) = promotion {
-                            self.mark_dead_lettered(id, &error.message).await;
-                        }
-                        self.queue.dead_letter(&delivery.receipt, &format!("{reason}: {error}")).await
-                    }
+            Outcome::Failed { error, promotion } => match decided {
+                Settlement::Retry { after } => {
+                    tracing::warn!(%error, class = %error.class, ?after, "attempt failed; will retry");
+                    self.queue.nack(&delivery.receipt, &error.message, after).await
                 }
-            }
+                _ => {
+                    let reason = dead_letter_reason(error, delivery.receive_count);
+                    tracing::error!(%error, class = %error.class, "{reason}: job moved to the dead-letter store");
+                    if let Some(id) = promotion {
+                        self.mark_dead_lettered(id, &error.message).await;
+                    }
+                    self.queue.dead_letter(&delivery.receipt, &format!("{reason}: {error}")).await
+                }
+            },
         };
         if let Err(e) = &settled {
             // Typically the lease ran out (the process stalled): the queue redelivers the job,

@@ -1,6 +1,6 @@
 //! Operator commands: `ferry status | promote | approve | reject | rollback | history | dlq`.
-//! They talk to a running `ferry serve` over HTTP (`--server`), or open the local database
-//! directly (`--config`).
+//! They talk to a running `ferry serve` over HTTP (`--server`), or open the stores that the
+//! configuration names directly (`--config`: SQLite files, or SQS and DynamoDB).
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ pub struct Connection {
     #[arg(long, env = "FERRY_OPERATOR_TOKEN", hide_env_values = true, global = true, value_name = "TOKEN")]
     token: Option<String>,
 
-    /// Without --server: work on this configuration's local database directly.
+    /// Without --server: work on this configuration's stores directly (SQLite files, or SQS and DynamoDB).
     #[arg(long, short, env = "FERRY_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -115,10 +115,10 @@ impl Backend {
             });
         }
         let Some(path) = &c.config else {
-            bail!("say where Ferry runs: --server URL (a running ferry serve) or --config FILE (its local database)");
+            bail!("say where Ferry runs: --server URL (a running ferry serve) or --config FILE (its stores)");
         };
         let config = Arc::new(Config::load(path)?);
-        let stores = super::serve::open_stores(&config)?;
+        let stores = super::serve::open_stores(&config).await?;
         let worker = Worker::new(config, stores.queue, stores.ledger).map_err(anyhow::Error::msg)?;
         Ok(Backend::Local { ops: Operations::new(Arc::new(worker)), user })
     }

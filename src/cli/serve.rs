@@ -7,12 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use ferry_core::backend::Stores;
 use ferry_core::config::Config;
 use ferry_core::http::{Intake, router};
-use ferry_core::intake::replay::SqliteReplayGuard;
-use ferry_core::ledger::{Ledger, SqliteLedger};
 use ferry_core::ops::Operations;
-use ferry_core::queue::{JobQueue, SqliteQueue, SqliteQueueOptions};
 use ferry_core::registry::auth::Secret;
 use ferry_core::server::{self, Limits};
 use ferry_core::worker::Worker;
@@ -23,7 +21,8 @@ use ferry_core::worker::Worker;
 /// /hooks/github, /hooks/distribution, /hooks/harbor, /hooks/quay/{token}, /hooks/generic),
 /// GET /healthz and, with `server.operator_token_env`, the operations API (/api/*); and runs the
 /// promotion worker. A webhook is answered 202 only once its jobs are committed to the embedded
-/// queue; queue and ledger are SQLite files in `server.data_dir`.
+/// queue; queue and ledger are SQLite files in `server.data_dir` unless `[queue]`/`[ledger]`
+/// name SQS and DynamoDB.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Configuration file (TOML); see examples/quickstart/ferry.toml.
@@ -40,36 +39,16 @@ pub struct ServeArgs {
     no_worker: bool,
 }
 
-/// The queue and ledger files of a configuration, opened.
-pub struct Stores {
-    pub queue: Arc<dyn JobQueue>,
-    pub ledger: Arc<dyn Ledger>,
-}
-
-pub fn open_stores(config: &Config) -> anyhow::Result<Stores> {
-    let dir = &config.server.data_dir;
-    ferry_core::store::create_private_dir(dir).with_context(|| format!("creating data_dir {}", dir.display()))?;
-    let queue_path = dir.join("queue.db");
-    let options =
-        SqliteQueueOptions { max_receives: config.worker.max_attempts.max(1), ..SqliteQueueOptions::default() };
-    let queue = SqliteQueue::open(&queue_path, options)
-        .with_context(|| format!("opening the queue {}", queue_path.display()))?;
-    let ledger_path = dir.join("ledger.db");
-    let ledger =
-        SqliteLedger::open(&ledger_path).with_context(|| format!("opening the ledger {}", ledger_path.display()))?;
-    Ok(Stores { queue: Arc::new(queue), ledger: Arc::new(ledger) })
+/// The queue and ledger that the configuration names (`[queue]`, `[ledger]`), opened.
+pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+    Ok(ferry_core::backend::open(config).await?)
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&args.config)?);
-    let stores = open_stores(&config)?;
-    // Accepted signatures survive a restart for their window (replay.db beside the queue).
-    let replay_path = config.server.data_dir.join("replay.db");
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
-    let replay = SqliteReplayGuard::open(&replay_path, Intake::replay_window(&config), now_ms)?;
-    let intake =
-        Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?.with_replay_guard(Arc::new(replay));
+    let stores = open_stores(&config).await?;
+    let replay = ferry_core::backend::replay_guard(&config, &stores)?;
+    let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?.with_replay_guard(replay);
     let worker =
         Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone()).map_err(anyhow::Error::msg)?);
     let intake_app = router(Arc::new(intake));

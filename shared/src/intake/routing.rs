@@ -308,7 +308,7 @@ impl Intake {
                     .clone()
                     .unwrap_or_else(|| format!("{}:{}", report.release.as_deref().unwrap_or(""), report.status));
                 let dedup_key = format!("deployment/{}/{stage}/{event}", pipeline.name);
-                jobs.push((NewJob::new(dedup_key, &job), job));
+                jobs.push((NewJob::new(dedup_key, &job).in_stage(&pipeline.name, stage), job));
             }
         }
         if !jobs.is_empty() {

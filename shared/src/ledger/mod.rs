@@ -2,8 +2,14 @@
 //! triggered it, gate decisions, timings, result — and each environment's current and previous
 //! digest. One trait, an embedded SQLite implementation for `ferry serve` (DynamoDB on AWS).
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
+#[cfg(feature = "aws")]
+pub use dynamodb::DynamoLedger;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteLedger;
 
 use serde::{Deserialize, Serialize};

@@ -11,9 +11,15 @@
 //!   visibility timeout expires; a job that keeps failing moves to the dead letters with its last
 //!   error, and can be redriven.
 
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "aws")]
+pub mod sqs;
 
+#[cfg(feature = "sqlite")]
 pub use sqlite::{QueueStats, SqliteQueue, SqliteQueueOptions};
+#[cfg(feature = "aws")]
+pub use sqs::{ReceivedMessage, SqsQueue};
 
 use std::time::Duration;
 
@@ -29,17 +35,27 @@ pub struct NewJob {
     /// a new event (a tag pushed again), the window would swallow the new event.
     #[serde(default)]
     pub while_pending_only: bool,
+    /// Jobs of one group are handed out one at a time, in order (SQS FIFO `MessageGroupId`):
+    /// Ferry uses `pipeline/stage`. The SQLite queue does not order by group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 impl NewJob {
     pub fn new(dedup_key: String, payload: &impl serde::Serialize) -> Self {
         let payload = serde_json::value::to_raw_value(payload).expect("a job payload serializes to JSON");
-        Self { dedup_key, payload, while_pending_only: false }
+        Self { dedup_key, payload, while_pending_only: false, group: None }
     }
 
     /// This job merges only with a pending job of the same key (see `while_pending_only`).
     pub fn while_pending(mut self) -> Self {
         self.while_pending_only = true;
+        self
+    }
+
+    /// The same job, ordered with the other jobs of `pipeline`'s `stage`.
+    pub fn in_stage(mut self, pipeline: &str, stage: &str) -> Self {
+        self.group = Some(format!("{pipeline}/{stage}"));
         self
     }
 }
@@ -48,8 +64,10 @@ impl NewJob {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Enqueued {
     pub id: String,
-    /// `true`: the job was not added; `id` is the existing job with the same dedup key.
-    pub duplicate: bool,
+    /// `Some(true)`: the job was not added; `id` is the existing job with the same dedup key.
+    /// `None`: the queue cannot tell. SQS FIFO drops a duplicate silently and answers as if it
+    /// were new, so the job is in the queue once, but whether this call added it is unknown.
+    pub duplicate: Option<bool>,
 }
 
 /// One delivery of a job to a worker. Settle it with [`JobQueue::ack`] or [`JobQueue::nack`].
@@ -98,7 +116,7 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Durable when Ok: returns only after the jobs are committed and fsync'd. Same order as input.
     /// A job whose dedup_key matches a job that is ready/in flight, or was enqueued within the
     /// dedup window (default 5 minutes, like SQS FIFO), is not added: that job's id is returned
-    /// with duplicate=true. Duplicate keys within one batch also collapse to one job.
+    /// with duplicate=Some(true) (None where the backend cannot tell). Duplicate keys within one batch also collapse to one job.
     fn enqueue(&self, jobs: Vec<NewJob>) -> QueueFuture<'_, Vec<Enqueued>>;
     /// Up to `max` ready jobs, made invisible for `visibility`; receive_count incremented.
     fn receive(&self, max: usize, visibility: Duration) -> QueueFuture<'_, Vec<Delivery>>;

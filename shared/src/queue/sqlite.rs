@@ -313,7 +313,8 @@ impl JobQueue for SqliteQueue {
         // Ids and answers are allocated here and the jobs come back to be freed here: glibc's
         // malloc makes a thread freeing another thread's memory wait for that thread's arena.
         let now_ms = millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default());
-        let answers: Vec<Enqueued> = jobs.iter().map(|_| Enqueued { id: job_id(now_ms), duplicate: false }).collect();
+        let answers: Vec<Enqueued> =
+            jobs.iter().map(|_| Enqueued { id: job_id(now_ms), duplicate: Some(false) }).collect();
         let call = self.call("enqueue", move |conn, batch| enqueue(conn, batch, jobs, answers));
         Box::pin(async move {
             let (answers, jobs) = call.await?;
@@ -408,7 +409,7 @@ fn enqueue(
         // `i64::MAX`: no finished job is recent enough, only a ready or in-flight one matches.
         let window_start = if job.while_pending_only { i64::MAX } else { batch.window_start() };
         if let Some(id) = keys.find(conn, &job.dedup_key, window_start)? {
-            *answer = Enqueued { id, duplicate: true };
+            *answer = Enqueued { id, duplicate: Some(true) };
             continue;
         }
         insert.execute(params![answer.id, job.dedup_key, job.payload.get(), batch.now_ms])?;
@@ -1247,7 +1248,7 @@ mod tests {
         let ids: Vec<String> = {
             let queue = open(&dir);
             let enqueued = queue.enqueue(vec![job("a"), job("b"), job("c")]).await.unwrap();
-            assert!(enqueued.iter().all(|e| !e.duplicate));
+            assert!(enqueued.iter().all(|e| e.duplicate == Some(false)));
             enqueued.into_iter().map(|e| e.id).collect()
         };
 
@@ -1266,11 +1267,11 @@ mod tests {
         let queue = Arc::new(open(&dir));
 
         let batch = queue.enqueue(vec![job("a"), job("b"), job("a")]).await.unwrap();
-        assert!(!batch[0].duplicate && !batch[1].duplicate);
-        assert_eq!(batch[2], Enqueued { id: batch[0].id.clone(), duplicate: true });
+        assert!(batch[0].duplicate == Some(false) && batch[1].duplicate == Some(false));
+        assert_eq!(batch[2], Enqueued { id: batch[0].id.clone(), duplicate: Some(true) });
         let again = enqueue_one(&queue, "b").await;
         assert_eq!(again.id, batch[1].id);
-        assert!(again.duplicate);
+        assert!(again.duplicate == Some(true));
 
         let concurrent = join_all((0..50).map(|_| {
             let queue = Arc::clone(&queue);
@@ -1280,7 +1281,7 @@ mod tests {
         let concurrent: Vec<Enqueued> = concurrent.into_iter().map(Result::unwrap).collect();
         let ids: HashSet<&str> = concurrent.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids.len(), 1, "all 50 callers get the same job id");
-        assert_eq!(concurrent.iter().filter(|e| !e.duplicate).count(), 1);
+        assert_eq!(concurrent.iter().filter(|e| e.duplicate == Some(false)).count(), 1);
 
         let deliveries = queue.receive(100, VISIBILITY).await.unwrap();
         let keys: Vec<&serde_json::Value> = deliveries.iter().map(|d| &d.payload["key"]).collect();
@@ -1297,11 +1298,11 @@ mod tests {
 
         let within = enqueue_one(&queue, "k").await;
         assert_eq!(within.id, first.id, "done, but still within the window");
-        assert!(within.duplicate);
+        assert!(within.duplicate == Some(true));
 
         advance(&queue, SqliteQueueOptions::default().dedup_window);
         let after = enqueue_one(&queue, "k").await;
-        assert!(!after.duplicate);
+        assert!(after.duplicate == Some(false));
         assert_ne!(after.id, first.id);
         assert_eq!(receive_one(&queue).await.id, after.id);
     }
@@ -1314,11 +1315,11 @@ mod tests {
 
         advance(&queue, Duration::from_secs(3600));
         let ready = enqueue_one(&queue, "k").await;
-        assert_eq!((ready.id.as_str(), ready.duplicate), (first.id.as_str(), true));
+        assert_eq!((ready.id.as_str(), ready.duplicate), (first.id.as_str(), Some(true)));
 
         receive_one(&queue).await;
         let in_flight = enqueue_one(&queue, "k").await;
-        assert_eq!((in_flight.id.as_str(), in_flight.duplicate), (first.id.as_str(), true));
+        assert_eq!((in_flight.id.as_str(), in_flight.duplicate), (first.id.as_str(), Some(true)));
     }
 
     #[tokio::test]
@@ -1328,15 +1329,15 @@ mod tests {
         let pending = || queue.enqueue(vec![job("t").while_pending()]);
         let first = pending().await.unwrap().remove(0);
         let ready = pending().await.unwrap().remove(0);
-        assert_eq!((ready.id.as_str(), ready.duplicate), (first.id.as_str(), true));
+        assert_eq!((ready.id.as_str(), ready.duplicate), (first.id.as_str(), Some(true)));
         let delivery = receive_one(&queue).await;
         let in_flight = pending().await.unwrap().remove(0);
-        assert_eq!((in_flight.id.as_str(), in_flight.duplicate), (first.id.as_str(), true));
+        assert_eq!((in_flight.id.as_str(), in_flight.duplicate), (first.id.as_str(), Some(true)));
 
         // Done a moment ago, well within the dedup window: the same key is a new job.
         queue.ack(&delivery.receipt).await.unwrap();
         let after = pending().await.unwrap().remove(0);
-        assert!(!after.duplicate, "a finished job swallowed a new one");
+        assert_eq!(after.duplicate, Some(false), "a finished job swallowed a new one");
         assert_ne!(after.id, first.id);
         assert_eq!(receive_one(&queue).await.id, after.id);
     }
@@ -1503,18 +1504,18 @@ mod tests {
 
         // Dead and out of the window: the key is free, and a second job takes it.
         let second = enqueue_one(&queue, "k").await;
-        assert!(!second.duplicate);
+        assert!(second.duplicate == Some(false));
         // The first comes back: now two ready jobs share the key, and each keeps catching it.
         assert!(queue.redrive(&first.id).await.unwrap());
         let third = enqueue_one(&queue, "k").await;
-        assert!(third.duplicate);
+        assert!(third.duplicate == Some(true));
         assert!([&first.id, &second.id].contains(&&third.id), "{third:?}");
         let deliveries = queue.receive(10, VISIBILITY).await.unwrap();
         for delivery in &deliveries {
             queue.ack(&delivery.receipt).await.unwrap();
         }
         let fourth = enqueue_one(&queue, "k").await;
-        assert!(fourth.duplicate, "acked within the window still catches: {fourth:?}");
+        assert!(fourth.duplicate == Some(true), "acked within the window still catches: {fourth:?}");
     }
 
     #[tokio::test]
@@ -1536,8 +1537,8 @@ mod tests {
 
         // The acked two are gone; the one still ready keeps its key however old it is.
         assert_eq!(queue.stats().live_keys, 1);
-        assert!(enqueue_one(&queue, "c").await.duplicate);
-        assert!(!enqueue_one(&queue, "a").await.duplicate);
+        assert!(enqueue_one(&queue, "c").await.duplicate == Some(true));
+        assert!(enqueue_one(&queue, "a").await.duplicate == Some(false));
     }
 
     #[tokio::test]
@@ -1549,8 +1550,8 @@ mod tests {
 
         let theirs = enqueue_one(&other, "theirs").await;
         let again = enqueue_one(&server, "theirs").await;
-        assert_eq!(again, Enqueued { id: theirs.id, duplicate: true });
-        assert_eq!(enqueue_one(&other, "mine").await, Enqueued { id: mine.id, duplicate: true });
+        assert_eq!(again, Enqueued { id: theirs.id, duplicate: Some(true) });
+        assert_eq!(enqueue_one(&other, "mine").await, Enqueued { id: mine.id, duplicate: Some(true) });
     }
 
     /// The jobs table of schema versions 1 and 2, with its unique index on `id`.
@@ -1617,7 +1618,7 @@ mod tests {
         let queue = SqliteQueue::open(&path, SqliteQueueOptions::default()).unwrap();
 
         assert_eq!(indexes_and_version(&queue).await, (INDEXES_NOW.map(String::from).to_vec(), SCHEMA_VERSION));
-        assert_eq!(enqueue_one(&queue, "k").await, Enqueued { id: "ready-job".into(), duplicate: true });
+        assert_eq!(enqueue_one(&queue, "k").await, Enqueued { id: "ready-job".into(), duplicate: Some(true) });
         let dead = queue.dead_letters().await.unwrap();
         assert_eq!((dead.len(), dead[0].id.as_str(), dead[0].receive_count), (1, "dead-job", 5));
         assert!(queue.redrive("dead-job").await.unwrap());
@@ -1645,7 +1646,7 @@ mod tests {
 
         let queue = SqliteQueue::open(&path, SqliteQueueOptions::default()).unwrap();
 
-        assert_eq!(enqueue_one(&queue, "k").await, Enqueued { id: "old-job".into(), duplicate: true });
+        assert_eq!(enqueue_one(&queue, "k").await, Enqueued { id: "old-job".into(), duplicate: Some(true) });
         assert_eq!(indexes_and_version(&queue).await, (INDEXES_NOW.map(String::from).to_vec(), SCHEMA_VERSION));
     }
 
@@ -1859,7 +1860,7 @@ mod tests {
         let queue = open(&dir);
         let ids: Vec<String> = queue.receive(10, VISIBILITY).await.unwrap().into_iter().map(|d| d.id).collect();
         assert!(ids.contains(&kept.id), "{ids:?}");
-        assert!(enqueue_one(&queue, "lost").await.duplicate || ids.len() == 1);
+        assert!(enqueue_one(&queue, "lost").await.duplicate == Some(true) || ids.len() == 1);
     }
 
     #[tokio::test]
