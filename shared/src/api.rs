@@ -17,6 +17,18 @@ use crate::registry::auth::Secret;
 
 pub const USER_HEADER: &str = "x-ferry-user";
 
+/// The operator token `server.operator_token_env` names, if the operations API is on: at least
+/// 16 characters, from the environment.
+pub fn operator_token(config: &crate::config::Config) -> Result<Option<Secret>, String> {
+    let Some(var) = &config.server.operator_token_env else { return Ok(None) };
+    let token =
+        std::env::var(var).map_err(|_| format!("server.operator_token_env: environment variable {var} is not set"))?;
+    if token.len() < 16 {
+        return Err(format!("{var}: the operator token must be at least 16 characters"));
+    }
+    Ok(Some(Secret::new(token)))
+}
+
 struct ApiState {
     ops: Arc<Operations>,
     token: Secret,

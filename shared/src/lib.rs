@@ -7,6 +7,8 @@ pub mod escape;
 pub mod http;
 pub mod intake;
 pub mod job;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod ledger;
 pub mod ops;
 pub mod person;

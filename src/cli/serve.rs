@@ -11,7 +11,6 @@ use ferry_core::backend::Stores;
 use ferry_core::config::Config;
 use ferry_core::http::{Intake, router};
 use ferry_core::ops::Operations;
-use ferry_core::registry::auth::Secret;
 use ferry_core::server::{self, Limits};
 use ferry_core::worker::Worker;
 
@@ -52,15 +51,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let worker =
         Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone()).map_err(anyhow::Error::msg)?);
     let intake_app = router(Arc::new(intake));
-    let api_app = match &config.server.operator_token_env {
-        Some(var) => {
-            let token = std::env::var(var)
-                .with_context(|| format!("server.operator_token_env: environment variable {var} is not set"))?;
-            anyhow::ensure!(token.len() >= 16, "{var}: the operator token must be at least 16 characters");
-            Some(ferry_core::api::router(Arc::new(Operations::new(worker.clone())), Secret::new(token)))
-        }
-        None => None,
-    };
+    let api_app = ferry_core::api::operator_token(&config)
+        .map_err(anyhow::Error::msg)?
+        .map(|token| ferry_core::api::router(Arc::new(Operations::new(worker.clone())), token));
     // With `api_listen`, operations get a listener of their own and the webhook one has none.
     let (app, api_app) = match (api_app, config.server.api_listen) {
         (Some(api), Some(_)) => (intake_app, Some(api)),

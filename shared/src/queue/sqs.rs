@@ -25,7 +25,10 @@ use sha2::{Digest as _, Sha256};
 
 use super::{DeadLetter, Delivery, Enqueued, JobQueue, NewJob, QueueError, QueueFuture};
 
-const JOB_ID: &str = "ferry-job-id";
+/// The message attribute carrying the job id on messages Ferry re-sent (dead-lettered or
+/// redriven), whose SQS message id is new.
+pub const JOB_ID_ATTRIBUTE: &str = "ferry-job-id";
+const JOB_ID: &str = JOB_ID_ATTRIBUTE;
 const GROUP: &str = "ferry-group";
 const ERROR: &str = "ferry-error";
 const RECEIVE_COUNT: &str = "ferry-receive-count";
