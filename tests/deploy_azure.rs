@@ -7,15 +7,18 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ferry_core::deploy::azure::{ArmClient, CredentialSource, EntraCredential, azure_http};
 use ferry_core::deploy::{AppServiceNotifier, Deployment, Notifier, NotifyError};
 use ferry_core::registry::auth::Secret;
+use serde_json::Value;
 use support::azure::{
     CLIENT_ID, CLIENT_SECRET, FEDERATED_TOKEN, FakeArm, FakeEntra, IDENTITY_HEADER, RESOURCE_GROUP, SUBSCRIPTION,
     SwapMode, TENANT,
 };
+use support::registry::free_port;
+use support::{FerryServer, OciLayout, Registry};
 
 const OLD: &str = "127.0.0.1:5999/shop/api@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const NEW: &str = "127.0.0.1:5999/shop/api@sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -297,4 +300,164 @@ async fn forbidden_and_missing_apps_fail_at_once_naming_the_resource() {
     let error = notifier(arm_client(&entra, &arm), "shopp", None, false).notify(&deployment(NEW)).await.unwrap_err();
     let NotifyError::Permanent { detail, .. } = &error else { panic!("404 is final: {error:?}") };
     assert!(detail.contains("ResourceNotFound") && detail.contains("web app shopp"), "{detail}");
+}
+
+const REPO: &str = "shop/api";
+const DISTRIBUTION_SECRET: &str = "deploy-azure-distribution-secret";
+const OPERATOR_TOKEN: &str = "deploy-azure-operator-token";
+
+/// `ferry serve` on `port` promoting from `build` through `stages` (TOML of the stages), with
+/// `[azure]` pointing at the fakes.
+fn start_ferry(
+    port: u16,
+    build: &Registry,
+    targets: &[&Registry],
+    stages: &str,
+    entra: &FakeEntra,
+    arm: &FakeArm,
+) -> FerryServer {
+    let mut config = String::new();
+    for registry in std::iter::once(build).chain(targets.iter().copied()) {
+        config.push_str(&format!("[registries.\"{}\"]\nplain_http = true\n", registry.host()));
+    }
+    config.push_str(&format!(
+        r#"
+[sources.distribution]
+secret_env = "E2E_DISTRIBUTION_SECRET"
+header = "X-Ferry-Secret"
+
+[azure]
+tenant_id = "{TENANT}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "E2E_AZURE_SECRET"
+authority_host = "{}"
+resource_manager = "{}"
+
+[[pipelines]]
+name = "shop-api"
+source = "{}/{REPO}"
+{stages}
+"#,
+        entra.url(),
+        arm.url(),
+        build.host(),
+    ));
+    FerryServer::start_with_operator_token(
+        port,
+        &config,
+        &[("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET), ("E2E_AZURE_SECRET", CLIENT_SECRET)],
+        OPERATOR_TOKEN,
+    )
+}
+
+fn push(registry: &Registry, tag: &str) -> String {
+    let mut layout = OciLayout::new();
+    let image = layout.add_image(tag, &[150_000]);
+    let pushed = registry.skopeo_push(&layout.reference(tag), &format!("{REPO}:{tag}"), &[]);
+    assert_eq!(pushed.computed_digest(), image.digest());
+    pushed.computed_digest()
+}
+
+fn wait_until<T>(what: &str, server: &FerryServer, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not so after 90 s\nferry log:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn history(server: &FerryServer, stage: &str) -> Vec<Value> {
+    server.cli("history").args(["shop-api", stage, "--json"]).run().json().as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_promotion_tells_app_service_the_exact_digest_and_opens_the_next_gate() {
+    let entra = FakeEntra::start();
+    let arm = FakeArm::start(&entra);
+    arm.add_app("shop-dev", OLD, &["staging"]);
+    let port = free_port();
+    let build = Registry::plain_notifying(
+        &format!("http://127.0.0.1:{port}/hooks/distribution"),
+        "X-Ferry-Secret",
+        DISTRIBUTION_SECRET,
+    );
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let stages = format!(
+        r#"  [[pipelines.stages]]
+  name = "dev"
+  target = "{}/{REPO}"
+  notify = {{ kind = "app-service", subscription = "{SUBSCRIPTION}", resource_group = "{RESOURCE_GROUP}", app = "shop-dev", slot = "staging", swap = true }}
+  [[pipelines.stages]]
+  name = "prod"
+  target = "{}/{REPO}"
+  gate = "after"
+"#,
+        dev.host(),
+        prod.host()
+    );
+    let server = start_ferry(port, &build, &[&dev, &prod], &stages, &entra, &arm);
+    for tag in ["1.0", "1.1"] {
+        let digest = push(&build, tag);
+        // dev's App Service confirms, so prod's `after` gate opens.
+        wait_until(&format!("prod has {tag}"), &server, || {
+            prod.client().manifest(REPO, tag).filter(|m| m.digest == digest).map(|_| ())
+        });
+        assert_eq!(
+            arm.linux_fx_version("shop-dev", "production").unwrap(),
+            format!("DOCKER|{}/{REPO}@{digest}", dev.host()),
+            "production runs the exact digest reference after the swap; ARM saw: {:#?}",
+            arm.log()
+        );
+        assert_eq!(dev.client().manifest(REPO, tag).unwrap().digest, digest, "dev holds the digest App Service pulls");
+    }
+    assert_eq!(entra.requests(), 1, "one token for the whole run");
+}
+
+#[test]
+fn a_refused_deployment_is_deploy_failed_with_azures_code_and_the_next_stage_stays_shut() {
+    let entra = FakeEntra::start();
+    let arm = FakeArm::start(&entra);
+    arm.add_app("shop-dev", OLD, &[]);
+    arm.state.forbidden.lock().unwrap().insert("shop-dev".into());
+    let port = free_port();
+    let build = Registry::plain_notifying(
+        &format!("http://127.0.0.1:{port}/hooks/distribution"),
+        "X-Ferry-Secret",
+        DISTRIBUTION_SECRET,
+    );
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let stages = format!(
+        r#"  [[pipelines.stages]]
+  name = "dev"
+  target = "{}/{REPO}"
+  notify = {{ kind = "app-service", subscription = "{SUBSCRIPTION}", resource_group = "{RESOURCE_GROUP}", app = "shop-dev" }}
+  [[pipelines.stages]]
+  name = "prod"
+  target = "{}/{REPO}"
+  gate = "after"
+"#,
+        dev.host(),
+        prod.host()
+    );
+    let server = start_ferry(port, &build, &[&dev, &prod], &stages, &entra, &arm);
+    let digest = push(&build, "1.0");
+    let failed = wait_until("dev is deploy_failed", &server, || {
+        history(&server, "dev").into_iter().find(|r| r["digest"] == digest.as_str() && r["state"] == "deploy_failed")
+    });
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.contains("AuthorizationFailed") && error.contains("web app shop-dev"), "{failed:#}");
+    let status = server.cli("status").arg("shop-api").run();
+    let text = status.success();
+    assert!(text.contains("deploy_failed") && text.contains("AuthorizationFailed"), "ferry status shows it:\n{text}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(prod.client().manifest(REPO, "1.0").is_none(), "prod's after gate opened on a failed deployment");
+    assert_eq!(
+        arm.log().iter().filter(|l| l.starts_with("PATCH")).count(),
+        1,
+        "a 403 is not retried: {:#?}",
+        arm.log()
+    );
 }
