@@ -211,6 +211,34 @@ async fn app_service_gets_the_digest_reference_and_reads_it_back() {
 }
 
 #[tokio::test]
+async fn a_sidecar_app_gets_the_digest_in_its_main_site_container() {
+    let (entra, arm) = {
+        let e = FakeEntra::start();
+        let a = FakeArm::start(&e);
+        (e, a)
+    };
+    arm.add_sidecar_app("shop", OLD);
+    let notified = notifier(arm_client(&entra, &arm), "shop", None, false).notify(&deployment(NEW)).await.unwrap();
+    assert!(notified.confirmed, "{notified:?}");
+    assert_eq!(arm.site_container_image("shop", "main").as_deref(), Some(NEW));
+    assert_eq!(
+        arm.site_container_image("shop", "otel").as_deref(),
+        Some("mcr.microsoft.com/otel/collector:0.1"),
+        "the sidecar is untouched"
+    );
+    assert_eq!(
+        arm.linux_fx_version("shop", "production").as_deref(),
+        Some("SITECONTAINERS"),
+        "no linuxFxVersion PATCH"
+    );
+    assert!(
+        arm.log().iter().any(|l| l.starts_with("PUT ") && l.contains("/sitecontainers/main?api-version=2024-11-01")),
+        "{:#?}",
+        arm.log()
+    );
+}
+
+#[tokio::test]
 async fn a_slot_is_set_then_swapped_into_production_by_either_operation_header() {
     for mode in [SwapMode::Location { polls: 2 }, SwapMode::AsyncOperation { polls: 2 }] {
         let (entra, arm) = {

@@ -178,6 +178,51 @@ async fn conflicts_are_retried_and_refusals_fail_at_once_naming_the_deployment()
     assert!(detail.contains("NotFound") && detail.contains("deployments.apps \"web\" not found"), "{detail}");
 }
 
+#[tokio::test]
+async fn an_aks_kubeconfig_comes_from_arm_and_the_api_server_gets_an_entra_token() {
+    use support::azure::{CLIENT_ID, CLIENT_SECRET, FakeArm, FakeEntra, RESOURCE_GROUP, SUBSCRIPTION, TENANT};
+    let entra = FakeEntra::start();
+    let arm = FakeArm::start(&entra);
+    let kube = FakeKubernetes::start();
+    *kube.state.entra.lock().unwrap() = Some(entra.state.clone());
+    kube.add_deployment("shop", "api", OLD, 2);
+    arm.state.aks_kubeconfigs.lock().unwrap().insert("aks-shop".into(), kube.aad_kubeconfig());
+
+    let source = ferry_core::deploy::azure::CredentialSource::ClientSecret {
+        tenant_id: TENANT.into(),
+        client_id: CLIENT_ID.into(),
+        secret: ferry_core::registry::auth::Secret::new(CLIENT_SECRET),
+    };
+    let http = ferry_core::deploy::azure::azure_http(None).unwrap();
+    let authority = url::Url::parse(&format!("{}/", entra.url())).unwrap();
+    let credential =
+        std::sync::Arc::new(ferry_core::deploy::azure::EntraCredential::new(source, authority, http.clone()));
+    let arm_client = ferry_core::deploy::azure::ArmClient::new(credential, url::Url::parse(&arm.url()).unwrap(), http);
+    let cluster = ferry_core::deploy::kubernetes::AksCluster {
+        arm: std::sync::Arc::new(arm_client),
+        subscription: SUBSCRIPTION.into(),
+        resource_group: RESOURCE_GROUP.into(),
+        cluster: "aks-shop".into(),
+        context: None,
+    };
+    let mut notifier = KubernetesNotifier::for_aks(cluster, "shop", "api", "api", Duration::from_secs(120)).unwrap();
+    notifier.poll_interval = Duration::from_millis(50);
+    let notified = notifier.notify(&deployment(NEW)).await.unwrap();
+    assert!(notified.confirmed, "{notified:?}");
+    assert_eq!(kube.image("shop", "api", "api"), NEW);
+    let fetch = format!(
+        "POST /subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerService/managedClusters/aks-shop/listClusterUserCredential?api-version=2024-09-01"
+    );
+    assert_eq!(arm.log(), vec![fetch], "the kubeconfig is fetched once");
+    let scopes: Vec<String> = entra.state.issued.lock().unwrap().values().cloned().collect();
+    assert!(scopes.iter().any(|s| s == support::kubernetes::AKS_SERVER_SCOPE), "{scopes:?}");
+
+    // A second deployment reuses the fetched kubeconfig and the cached tokens.
+    notifier.notify(&deployment(OLD)).await.unwrap();
+    assert_eq!(arm.log().len(), 1);
+    assert_eq!(entra.requests(), 2, "one ARM token, one AKS token");
+}
+
 const REPO: &str = "shop/api";
 const DISTRIBUTION_SECRET: &str = "deploy-kube-distribution-secret";
 const OPERATOR_TOKEN: &str = "deploy-kube-operator-token";

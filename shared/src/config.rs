@@ -285,8 +285,11 @@ pub enum Notify {
     },
     /// Set a Kubernetes Deployment's container image to the digest and wait for the rollout.
     Kubernetes {
-        /// Default: the in-cluster service account.
+        /// Default: `aks` when given, else the in-cluster service account.
         kubeconfig: Option<PathBuf>,
+        /// An AKS cluster whose user kubeconfig Ferry fetches with `listClusterUserCredential`
+        /// (with the `[azure]` credential, which also serves Entra-integrated API servers).
+        aks: Option<AksCluster>,
         /// Default: the kubeconfig's `current-context`.
         context: Option<String>,
         namespace: String,
@@ -295,6 +298,15 @@ pub enum Notify {
         /// How long the rollout may take (default 300).
         timeout_secs: Option<u64>,
     },
+}
+
+/// `aks = { subscription, resource_group, cluster }` of a Kubernetes notifier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AksCluster {
+    pub subscription: String,
+    pub resource_group: String,
+    pub cluster: String,
 }
 
 /// The promotion worker inside `ferry serve`.
@@ -539,6 +551,12 @@ impl Config {
                         return Err(at(
                             stage.name.span(),
                             format!("{stage_key}.notify: `swap = true` needs the `slot` to swap into production"),
+                        ));
+                    }
+                    Some(Notify::Kubernetes { kubeconfig: Some(_), aks: Some(_), .. }) => {
+                        return Err(at(
+                            stage.name.span(),
+                            format!("{stage_key}.notify: set `kubeconfig` or `aks`, not both"),
                         ));
                     }
                     Some(Notify::Kubernetes { timeout_secs: Some(0), .. }) => {
@@ -810,6 +828,13 @@ tags = ["v*"]
 
         let kube = "  notify = { kind = \"kubernetes\", namespace = \"shop\", deployment = \"api\", container = \"api\", timeout_secs = 60 }";
         assert!(Config::parse(&with(kube, ""), "f").is_ok());
+        let both = kube.replace(
+            "namespace",
+            "kubeconfig = \"k\", aks = { subscription = \"s\", resource_group = \"rg\", cluster = \"c\" }, namespace",
+        );
+        assert!(
+            Config::parse(&with(&both, ""), "f").unwrap_err().to_string().contains("`kubeconfig` or `aks`, not both")
+        );
         let err = Config::parse(&with("  rollback_on_failure = true", ""), "f").unwrap_err().to_string();
         assert!(err.contains("rollback_on_failure: needs"), "{err}");
         let typo = kube.replace("namespace", "namespce");

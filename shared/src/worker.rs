@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::{Config, Gate, Notify, Pipeline, RepoName, Stage, tag_matches};
-use crate::deploy::kubernetes::ApiServer;
+use crate::deploy::azure::ArmClient;
+use crate::deploy::kubernetes::{AksCluster, ApiServer};
 use crate::deploy::{
     AppServiceNotifier, Deployment, KubernetesNotifier, NoopNotifier, Notifier, NotifyError, WebhookNotifier,
 };
@@ -114,6 +115,16 @@ fn registry_ref(repo: &RepoName, image: ImageRef) -> RegistryRef {
     RegistryRef { registry: repo.registry.clone(), repository: repo.repository.clone(), image }
 }
 
+/// The one ARM client (and token cache) of every Azure notifier, made when the first needs it.
+fn shared_arm(arm: &mut Option<Arc<ArmClient>>, config: &Config) -> Result<Arc<ArmClient>, String> {
+    if let Some(arm) = arm {
+        return Ok(arm.clone());
+    }
+    let made = Arc::new(crate::deploy::azure::arm_client(config).map_err(|e| e.to_string())?);
+    *arm = Some(made.clone());
+    Ok(made)
+}
+
 /// What became of a copy and its notification.
 enum Delivered {
     /// Copied, and the runtime took it (or there is no runtime to tell).
@@ -142,7 +153,7 @@ impl Worker {
         let registries = RegistrySettings::from_config(&config)?;
         let mut notifiers: HashMap<(String, String), Arc<dyn Notifier>> = HashMap::new();
         // One ARM client (and token cache) for every App Service stage, made only when needed.
-        let mut arm: Option<Arc<crate::deploy::azure::ArmClient>> = None;
+        let mut arm: Option<Arc<ArmClient>> = None;
         for pipeline in &config.pipelines {
             for stage in &pipeline.stages {
                 let notifier: Arc<dyn Notifier> = match &stage.notify {
@@ -157,12 +168,7 @@ impl Worker {
                         Arc::new(WebhookNotifier::new(url, secret).map_err(|e| e.to_string())?)
                     }
                     Some(Notify::AppService { subscription, resource_group, app, slot, swap }) => {
-                        let arm = match &arm {
-                            Some(arm) => arm.clone(),
-                            None => arm
-                                .insert(Arc::new(crate::deploy::azure::arm_client(&config).map_err(|e| e.to_string())?))
-                                .clone(),
-                        };
+                        let arm = shared_arm(&mut arm, &config)?;
                         Arc::new(
                             AppServiceNotifier::new(arm, subscription, resource_group, app, slot.as_deref(), *swap)
                                 .map_err(|e| e.to_string())?,
@@ -170,22 +176,35 @@ impl Worker {
                     }
                     Some(Notify::Kubernetes {
                         kubeconfig,
+                        aks,
                         context,
                         namespace,
                         deployment,
                         container,
                         timeout_secs,
                     }) => {
-                        let api = match kubeconfig {
-                            Some(path) => ApiServer::from_kubeconfig(path, context.as_deref()),
-                            None => ApiServer::in_cluster(),
-                        }
-                        .map_err(|e| format!("stage {}: {e}", stage.name.get_ref()))?;
                         let timeout = Duration::from_secs(timeout_secs.unwrap_or(300));
-                        Arc::new(
-                            KubernetesNotifier::new(api, namespace, deployment, container, timeout)
-                                .map_err(|e| e.to_string())?,
-                        )
+                        let notifier = match (kubeconfig, aks) {
+                            (None, Some(aks)) => {
+                                let cluster = AksCluster {
+                                    arm: shared_arm(&mut arm, &config)?,
+                                    subscription: aks.subscription.clone(),
+                                    resource_group: aks.resource_group.clone(),
+                                    cluster: aks.cluster.clone(),
+                                    context: context.clone(),
+                                };
+                                KubernetesNotifier::for_aks(cluster, namespace, deployment, container, timeout)
+                            }
+                            (kubeconfig, _) => {
+                                let api = match kubeconfig {
+                                    Some(path) => ApiServer::from_kubeconfig(path, context.as_deref()),
+                                    None => ApiServer::in_cluster(),
+                                }
+                                .map_err(|e| format!("stage {}: {e}", stage.name.get_ref()))?;
+                                KubernetesNotifier::new(api, namespace, deployment, container, timeout)
+                            }
+                        };
+                        Arc::new(notifier.map_err(|e| e.to_string())?)
                     }
                 };
                 notifiers.insert((pipeline.name.get_ref().clone(), stage.name.get_ref().clone()), notifier);

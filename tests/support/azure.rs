@@ -200,6 +200,10 @@ pub enum SwapMode {
 pub struct ArmState {
     /// (app, slot or "production") → linuxFxVersion.
     pub configs: Mutex<HashMap<(String, String), String>>,
+    /// (app, slot) → site containers of a sidecar-enabled app (`linuxFxVersion = SITECONTAINERS`).
+    pub containers: Mutex<HashMap<(String, String), Vec<Value>>>,
+    /// AKS cluster name → the user kubeconfig (YAML) `listClusterUserCredential` returns.
+    pub aks_kubeconfigs: Mutex<HashMap<String, String>>,
     /// Requests as `METHOD path?query`.
     pub log: Mutex<Vec<String>>,
     /// Issued tokens of the Entra fake (the only ones accepted).
@@ -227,6 +231,8 @@ impl FakeArm {
     pub fn start(entra: &FakeEntra) -> Self {
         let state = Arc::new(ArmState {
             configs: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            aks_kubeconfigs: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
             tokens: entra.state.clone(),
             swap_mode: Mutex::new(SwapMode::Location { polls: 2 }),
@@ -253,6 +259,31 @@ impl FakeArm {
         for slot in slots {
             configs.insert((app.into(), slot.to_string()), format!("DOCKER|{image}"));
         }
+    }
+
+    /// A sidecar-enabled app: a main container running `image` and a sidecar.
+    pub fn add_sidecar_app(&self, app: &str, image: &str) {
+        self.state.configs.lock().unwrap().insert((app.into(), "production".into()), "SITECONTAINERS".into());
+        let container = |name: &str, image: &str, main: bool| {
+            json!({ "id": format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Web/sites/{app}/sitecontainers/{name}"),
+                    "name": format!("{app}/{name}"), "type": "Microsoft.Web/sites/sitecontainers",
+                    "properties": { "image": image, "isMain": main, "targetPort": "8080", "authType": "SystemIdentity" } })
+        };
+        self.state.containers.lock().unwrap().insert(
+            (app.into(), "production".into()),
+            vec![container("otel", "mcr.microsoft.com/otel/collector:0.1", false), container("main", image, true)],
+        );
+    }
+
+    /// The image of site container `name`.
+    pub fn site_container_image(&self, app: &str, name: &str) -> Option<String> {
+        let containers = self.state.containers.lock().unwrap();
+        containers
+            .get(&(app.to_string(), "production".to_string()))?
+            .iter()
+            .find(|c| c["name"] == format!("{app}/{name}"))?["properties"]["image"]
+            .as_str()
+            .map(str::to_string)
     }
 
     pub fn linux_fx_version(&self, app: &str, slot: &str) -> Option<String> {
@@ -329,6 +360,27 @@ async fn arm(
             .into_response(),
         };
     }
+    let aks = format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerService/managedClusters/"
+    );
+    if let Some(cluster) = path.strip_prefix(&aks).and_then(|rest| rest.strip_suffix("/listClusterUserCredential")) {
+        if method != Method::POST || uri.query().is_none_or(|q| !q.contains("api-version=2024-09-01")) {
+            return arm_error(StatusCode::BAD_REQUEST, "InvalidRequest", "POST with api-version=2024-09-01 expected");
+        }
+        let Some(kubeconfig) = state.aks_kubeconfigs.lock().unwrap().get(cluster).cloned() else {
+            return arm_error(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                &format!(
+                    "The Resource 'Microsoft.ContainerService/managedClusters/{cluster}' under resource group '{RESOURCE_GROUP}' was not found."
+                ),
+            );
+        };
+        return axum::Json(
+            json!({ "kubeconfigs": [ { "name": "clusterUser", "value": super::base64(kubeconfig.as_bytes()) } ] }),
+        )
+        .into_response();
+    }
     if uri.query().is_none_or(|q| !q.contains("api-version=2024-11-01")) {
         return arm_error(
             StatusCode::BAD_REQUEST,
@@ -350,6 +402,8 @@ async fn arm(
         [app, "config", "web"] => (*app, "production", "config"),
         [app, "slots", slot, "config", "web"] => (*app, *slot, "config"),
         [app, "slots", slot, "slotsswap"] => (*app, *slot, "swap"),
+        [app, "sitecontainers"] => (*app, "production", "containers"),
+        [app, "sitecontainers", _] => (*app, "production", "container"),
         _ => return arm_error(StatusCode::NOT_FOUND, "NotFound", &format!("no route {path}")),
     };
     let key = (app.to_string(), slot.to_string());
@@ -387,6 +441,28 @@ async fn arm(
             };
             state.configs.lock().unwrap().insert(key, fx.to_string());
             site_config(fx)
+        }
+        (Method::GET, "containers") => {
+            let containers = state.containers.lock().unwrap().get(&key).cloned().unwrap_or_default();
+            axum::Json(json!({ "value": containers })).into_response()
+        }
+        (Method::PUT, "container") => {
+            let name = parts[2];
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if !body["properties"]["image"].is_string() || !body["properties"]["isMain"].is_boolean() {
+                return arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "properties.image and properties.isMain are required",
+                );
+            }
+            let mut all = state.containers.lock().unwrap();
+            let list = all.entry(key.clone()).or_default();
+            let full = format!("{app}/{name}");
+            list.retain(|c| c["name"] != full.as_str());
+            let resource = json!({ "id": path.clone(), "name": full, "type": "Microsoft.Web/sites/sitecontainers", "properties": body["properties"] });
+            list.push(resource.clone());
+            axum::Json(resource).into_response()
         }
         (Method::POST, "swap") => {
             let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);

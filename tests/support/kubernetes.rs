@@ -23,6 +23,8 @@ use tokio_rustls::rustls;
 use super::registry::make_test_pki;
 
 pub const TOKEN: &str = "fake-kubernetes-service-account-token";
+/// The AKS server application's scope (as in kubelogin).
+pub const AKS_SERVER_SCOPE: &str = "6dae42f8-4368-4678-94ff-3960e28e3630/.default";
 
 #[derive(Default)]
 pub struct KubeState {
@@ -36,6 +38,9 @@ pub struct KubeState {
     pub conflicts: AtomicUsize,
     /// Requests as `METHOD path?query`.
     pub log: Mutex<Vec<String>>,
+    /// When set, tokens this fake Entra ID issued for the AKS server application are accepted
+    /// too (an Entra-integrated AKS API server).
+    pub entra: Mutex<Option<Arc<super::azure::EntraState>>>,
     resource_version: AtomicUsize,
 }
 
@@ -110,6 +115,16 @@ impl FakeKubernetes {
             ),
         )
         .unwrap();
+    }
+
+    /// The user kubeconfig of an Entra-integrated AKS cluster, as `listClusterUserCredential`
+    /// returns it: the user runs kubelogin (an exec plugin) instead of holding a token.
+    pub fn aad_kubeconfig(&self) -> String {
+        let ca = super::base64(&std::fs::read(self.ca_cert()).unwrap());
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: aks-shop\nclusters:\n- name: aks-shop\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority-data: {ca}\ncontexts:\n- name: aks-shop\n  context:\n    cluster: aks-shop\n    user: clusterUser_rg-shop_aks-shop\nusers:\n- name: clusterUser_rg-shop_aks-shop\n  user:\n    exec:\n      apiVersion: client.authentication.k8s.io/v1beta1\n      command: kubelogin\n      args: [get-token, --environment, AzurePublicCloud, --server-id, 6dae42f8-4368-4678-94ff-3960e28e3630, --login, devicecode]\n      interactiveMode: IfAvailable\n",
+            self.port
+        )
     }
 
     /// A Deployment `namespace/name` with `replicas`, containers `api` (running `image`) and
@@ -244,7 +259,13 @@ async fn api(
     let query: HashMap<String, String> =
         url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
     let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if bearer != Some(TOKEN) {
+    let entra_token =
+        bearer.is_some_and(|token| {
+            state.entra.lock().unwrap().as_ref().is_some_and(|entra| {
+                entra.issued.lock().unwrap().get(token).is_some_and(|scope| scope == AKS_SERVER_SCOPE)
+            })
+        });
+    if bearer != Some(TOKEN) && !entra_token {
         return kube_status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
     match (method.clone(), path.as_str()) {

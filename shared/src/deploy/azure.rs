@@ -188,6 +188,12 @@ pub struct EntraCredential {
     cache: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<CachedToken>>>>>,
 }
 
+impl std::fmt::Debug for EntraCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EntraCredential").field("source", &self.source.kind()).finish_non_exhaustive()
+    }
+}
+
 impl EntraCredential {
     pub fn new(source: CredentialSource, authority_host: Url, http: reqwest::Client) -> Self {
         EntraCredential { source, authority_host, http, cache: Mutex::new(HashMap::new()) }
@@ -410,6 +416,11 @@ impl ArmClient {
     /// `{resource_manager}/.default`: the scope of ARM tokens.
     pub fn scope(&self) -> String {
         format!("{}/.default", self.resource_manager.as_str().trim_end_matches('/'))
+    }
+
+    /// The Entra ID credential behind this client (AKS API servers take its tokens too).
+    pub fn credential(&self) -> &Arc<EntraCredential> {
+        &self.credential
     }
 
     pub fn resource_manager(&self) -> &Url {

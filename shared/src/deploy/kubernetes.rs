@@ -12,11 +12,17 @@ use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::azure::error_chain;
+use std::sync::Arc;
+
+use super::azure::{ArmClient, EntraCredential, error_chain};
 use super::{Deployment, Notified, Notifier, NotifyError};
 use crate::registry::auth::Secret;
 
 const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The Entra ID application of AKS-managed AAD API servers: what `kubelogin` gets tokens for.
+pub const AKS_SERVER_SCOPE: &str = "6dae42f8-4368-4678-94ff-3960e28e3630/.default";
+/// The Microsoft.ContainerService api-version of `listClusterUserCredential` (WIRE_FORMATS §8.3).
+pub const AKS_API_VERSION: &str = "2024-09-01";
 
 /// What went wrong reaching the API server or rolling out, with Kubernetes' own reason.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -100,6 +106,8 @@ enum Bearer {
     Token(Secret),
     /// Re-read per request: projected service-account tokens rotate.
     File(PathBuf),
+    /// An Entra ID token for the AKS server application (Entra-integrated AKS clusters).
+    Entra(Arc<EntraCredential>),
 }
 
 /// An API server to talk to: where, how, and as whom.
@@ -114,10 +122,23 @@ impl ApiServer {
     /// From a kubeconfig file (YAML or JSON), its `context` or `current-context`.
     pub fn from_kubeconfig(path: &Path, context: Option<&str>) -> Result<Self, KubeError> {
         let shown = path.display().to_string();
-        let fail = |detail: String| KubeError::Config { path: shown.clone(), detail };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let config: Kubeconfig = serde_yaml_ng::from_str(&text).map_err(|e| fail(format!("not a kubeconfig: {e}")))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| KubeError::Config { path: shown.clone(), detail: format!("cannot read: {e}") })?;
+        Self::from_kubeconfig_text(&text, path.parent().unwrap_or(Path::new(".")), &shown, context, None)
+    }
+
+    /// From kubeconfig text; relative files resolve against `base`, `shown` names it in errors.
+    /// With `entra`, a user that runs a plugin (kubelogin, on Entra-integrated AKS) is served
+    /// an Entra ID token for the AKS server application instead.
+    pub fn from_kubeconfig_text(
+        text: &str,
+        base: &Path,
+        shown: &str,
+        context: Option<&str>,
+        entra: Option<Arc<EntraCredential>>,
+    ) -> Result<Self, KubeError> {
+        let fail = |detail: String| KubeError::Config { path: shown.to_string(), detail };
+        let config: Kubeconfig = serde_yaml_ng::from_str(text).map_err(|e| fail(format!("not a kubeconfig: {e}")))?;
         let relative = |p: &PathBuf| if p.is_absolute() { p.clone() } else { base.join(p) };
         let name = context
             .map(str::to_string)
@@ -135,7 +156,8 @@ impl ApiServer {
             })?;
         let empty = UserEntry::default();
         let user = config.users.iter().find(|u| u.name == ctx.user).and_then(|u| u.value.as_ref()).unwrap_or(&empty);
-        if user.exec.is_some() || user.auth_provider.is_some() {
+        let plugin = user.exec.is_some() || user.auth_provider.is_some();
+        if plugin && entra.is_none() {
             return Err(fail(format!(
                 "user `{}` runs an exec/auth-provider plugin, which Ferry does not run; give it a token (AKS: `kubelogin convert-kubeconfig -l azurecli` is not enough either — use a service-account token) or run Ferry in the cluster",
                 ctx.user
@@ -178,10 +200,11 @@ impl ApiServer {
                 )));
             }
         };
-        let bearer = match (&user.token, &user.token_file) {
-            (Some(token), _) => Bearer::Token(Secret::new(token.trim())),
-            (None, Some(p)) => Bearer::File(relative(p)),
-            (None, None) => Bearer::None,
+        let bearer = match (&user.token, &user.token_file, entra) {
+            (Some(token), _, _) => Bearer::Token(Secret::new(token.trim())),
+            (None, Some(p), _) => Bearer::File(relative(p)),
+            (None, None, Some(entra)) if plugin => Bearer::Entra(entra),
+            _ => Bearer::None,
         };
         let server = url::Url::parse(&cluster.server).map_err(|e| fail(format!("server `{}`: {e}", cluster.server)))?;
         if server.scheme() != "https" && !matches!(bearer, Bearer::None) {
@@ -234,6 +257,13 @@ impl ApiServer {
                     detail: format!("cannot read the token file: {e}"),
                 })?;
                 request = request.bearer_auth(token.trim());
+            }
+            Bearer::Entra(credential) => {
+                let token = credential
+                    .token(AKS_SERVER_SCOPE)
+                    .await
+                    .map_err(|e| KubeError::Config { path: "(AKS Entra ID)".into(), detail: e.to_string() })?;
+                request = request.bearer_auth(token.expose());
             }
         }
         if let Some((content_type, body)) = body {
@@ -347,8 +377,48 @@ pub fn rollout_status(deployment: &Value, generation: i64) -> Rollout {
     Rollout::Done(format!("deployment {name} successfully rolled out"))
 }
 
+/// An AKS cluster whose user kubeconfig Ferry fetches from ARM (`listClusterUserCredential`).
+pub struct AksCluster {
+    pub arm: Arc<ArmClient>,
+    pub subscription: String,
+    pub resource_group: String,
+    pub cluster: String,
+    pub context: Option<String>,
+}
+
+impl AksCluster {
+    async fn api_server(&self) -> Result<ApiServer, KubeError> {
+        let path = format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.ContainerService/managedClusters/{}/listClusterUserCredential",
+            self.subscription, self.resource_group, self.cluster
+        );
+        let resource = format!("AKS cluster {} user credentials", self.cluster);
+        let fail = |detail: String| KubeError::Config { path: resource.clone(), detail };
+        let answer = self
+            .arm
+            .send(Method::POST, &path, Some(AKS_API_VERSION), None, &resource)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let value = answer.body["kubeconfigs"][0]["value"]
+            .as_str()
+            .ok_or_else(|| fail("ARM answered without kubeconfigs[0].value".into()))?;
+        let text = base64::engine::general_purpose::STANDARD
+            .decode(value)
+            .map_err(|e| fail(format!("kubeconfig not base64: {e}")))?;
+        let text = String::from_utf8(text).map_err(|_| fail("kubeconfig is not UTF-8".into()))?;
+        ApiServer::from_kubeconfig_text(
+            &text,
+            Path::new("."),
+            &resource,
+            self.context.as_deref(),
+            Some(self.arm.credential().clone()),
+        )
+    }
+}
+
 pub struct KubernetesNotifier {
-    api: ApiServer,
+    api: tokio::sync::OnceCell<ApiServer>,
+    aks: Option<AksCluster>,
     namespace: String,
     deployment: String,
     container: String,
@@ -379,7 +449,8 @@ impl KubernetesNotifier {
             }
         }
         Ok(KubernetesNotifier {
-            api,
+            api: tokio::sync::OnceCell::new_with(Some(api)),
+            aks: None,
             namespace: namespace.into(),
             deployment: deployment.into(),
             container: container.into(),
@@ -387,6 +458,36 @@ impl KubernetesNotifier {
             poll_interval: Duration::from_secs(1),
             attempts: 5,
         })
+    }
+
+    /// For an AKS cluster: its kubeconfig is fetched from ARM on first use (and kept).
+    pub fn for_aks(
+        aks: AksCluster,
+        namespace: &str,
+        deployment: &str,
+        container: &str,
+        timeout: Duration,
+    ) -> Result<Self, NotifyError> {
+        let placeholder = ApiServer {
+            server: url::Url::parse("https://aks.invalid").expect("url"),
+            http: reqwest::Client::new(),
+            bearer: Bearer::None,
+        };
+        let mut notifier = Self::new(placeholder, namespace, deployment, container, timeout)?;
+        notifier.api = tokio::sync::OnceCell::new();
+        notifier.aks = Some(aks);
+        Ok(notifier)
+    }
+
+    async fn api(&self) -> Result<&ApiServer, KubeError> {
+        self.api
+            .get_or_try_init(|| async {
+                match &self.aks {
+                    Some(aks) => aks.api_server().await,
+                    None => Err(KubeError::Config { path: "(none)".into(), detail: "no API server configured".into() }),
+                }
+            })
+            .await
     }
 
     fn path(&self) -> String {
@@ -404,7 +505,8 @@ impl KubernetesNotifier {
         loop {
             attempt += 1;
             match self
-                .api
+                .api()
+                .await?
                 .request(Method::PATCH, &self.path(), Some(("application/strategic-merge-patch+json", &body)), &what)
                 .await
             {
@@ -436,7 +538,7 @@ impl KubernetesNotifier {
         let deadline = Instant::now() + self.timeout;
         let what = format!("read {}", self.what());
         loop {
-            let current = match self.api.request(Method::GET, &self.path(), None, &what).await {
+            let current = match self.api().await?.request(Method::GET, &self.path(), None, &what).await {
                 Ok(v) => v,
                 Err(e) if e.is_retryable() && Instant::now() < deadline => {
                     tracing::warn!(error = %e, "reading the rollout failed; trying again");
