@@ -223,6 +223,47 @@ async fn an_aks_kubeconfig_comes_from_arm_and_the_api_server_gets_an_entra_token
     assert_eq!(entra.requests(), 2, "one ARM token, one AKS token");
 }
 
+#[tokio::test]
+async fn a_kubeconfig_client_certificate_authenticates() {
+    let kube = FakeKubernetes::start_with_client_certs();
+    kube.add_deployment("shop", "api", OLD, 1);
+    let (cert, key) = kube.client_cert();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::base64(&std::fs::read(kube.ca_cert()).unwrap());
+    let kubeconfig = |user: &str| {
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: k\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority-data: {ca}\ncontexts:\n- name: c\n  context: {{cluster: k, user: u}}\nusers:\n- name: u\n  user:\n{user}",
+            kube.port
+        )
+    };
+    // Files relative to the kubeconfig, as kubectl resolves them.
+    std::fs::copy(&cert, dir.path().join("ferry.crt")).unwrap();
+    std::fs::copy(&key, dir.path().join("ferry.key")).unwrap();
+    let with_files = dir.path().join("files");
+    std::fs::write(&with_files, kubeconfig("    client-certificate: ferry.crt\n    client-key: ferry.key\n")).unwrap();
+    let with_data = dir.path().join("data");
+    let data = format!(
+        "    client-certificate-data: {}\n    client-key-data: {}\n",
+        support::base64(&std::fs::read(&cert).unwrap()),
+        support::base64(&std::fs::read(&key).unwrap())
+    );
+    std::fs::write(&with_data, kubeconfig(&data)).unwrap();
+    for (path, image) in [(&with_files, NEW), (&with_data, OLD)] {
+        let api = ApiServer::from_kubeconfig(path, None).unwrap();
+        let mut notifier = KubernetesNotifier::new(api, "shop", "api", "api", Duration::from_secs(60)).unwrap();
+        notifier.poll_interval = Duration::from_millis(50);
+        notifier.notify(&deployment(image)).await.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(kube.image("shop", "api", "api"), image);
+    }
+    // Without the certificate the TLS handshake is refused.
+    let without = dir.path().join("without");
+    std::fs::write(&without, kubeconfig("    username: nobody\n")).unwrap();
+    let api = ApiServer::from_kubeconfig(&without, None).unwrap();
+    let mut notifier = KubernetesNotifier::new(api, "shop", "api", "api", Duration::from_secs(60)).unwrap();
+    notifier.attempts = 1;
+    assert!(notifier.notify(&deployment(NEW)).await.is_err(), "the fake accepted a client without a certificate");
+}
+
 const REPO: &str = "shop/api";
 const DISTRIBUTION_SECRET: &str = "deploy-kube-distribution-secret";
 const OPERATOR_TOKEN: &str = "deploy-kube-operator-token";
@@ -318,4 +359,89 @@ source = "{}/{REPO}"
     let dev_status = status[0]["stages"].as_array().unwrap().iter().find(|s| s["name"] == "dev").unwrap().clone();
     assert_eq!(dev_status["current"]["digest"], good.as_str(), "{dev_status:#}");
     assert!(prod.client().manifest(REPO, "1.1").is_none(), "a failed rollout opened prod's after gate");
+}
+
+#[test]
+fn kubernetes_then_app_service_stages_deploy_digest_by_digest() {
+    use support::azure::{CLIENT_ID, CLIENT_SECRET, FakeArm, FakeEntra, RESOURCE_GROUP, SUBSCRIPTION, TENANT};
+    let entra = FakeEntra::start();
+    let arm = FakeArm::start(&entra);
+    arm.add_app("shop-prod", OLD, &["staging"]);
+    let kube = FakeKubernetes::start();
+    kube.add_deployment("shop", "api", OLD, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, TOKEN);
+    let port = free_port();
+    let build = Registry::plain_notifying(
+        &format!("http://127.0.0.1:{port}/hooks/distribution"),
+        "X-Ferry-Secret",
+        DISTRIBUTION_SECRET,
+    );
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let mut config = String::new();
+    for host in [build.host(), dev.host(), prod.host()] {
+        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
+    }
+    config.push_str(&format!(
+        r#"
+[sources.distribution]
+secret_env = "E2E_DISTRIBUTION_SECRET"
+header = "X-Ferry-Secret"
+
+[azure]
+tenant_id = "{TENANT}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "E2E_AZURE_SECRET"
+authority_host = "{}"
+resource_manager = "{}"
+
+[[pipelines]]
+name = "shop-api"
+source = "{}/{REPO}"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "{}/{REPO}"
+  notify = {{ kind = "kubernetes", kubeconfig = {:?}, namespace = "shop", deployment = "api", container = "api" }}
+  [[pipelines.stages]]
+  name = "prod"
+  target = "{}/{REPO}"
+  gate = "after"
+  notify = {{ kind = "app-service", subscription = "{SUBSCRIPTION}", resource_group = "{RESOURCE_GROUP}", app = "shop-prod", slot = "staging", swap = true }}
+"#,
+        entra.url(),
+        arm.url(),
+        build.host(),
+        dev.host(),
+        kubeconfig.display().to_string(),
+        prod.host(),
+    ));
+    let server = FerryServer::start_with_operator_token(
+        port,
+        &config,
+        &[("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET), ("E2E_AZURE_SECRET", CLIENT_SECRET)],
+        OPERATOR_TOKEN,
+    );
+    let mut layout = OciLayout::new();
+    for (tag, size) in [("1.0", 110_000), ("1.1", 120_000), ("1.2", 90_000)] {
+        let digest = layout.add_image(tag, &[size]).digest().to_string();
+        build.skopeo_push(&layout.reference(tag), &format!("{REPO}:{tag}"), &[]);
+        let fx = format!("DOCKER|{}/{REPO}@{digest}", prod.host());
+        wait_until(&format!("App Service production runs {tag}"), &server, || {
+            (arm.linux_fx_version("shop-prod", "production").as_deref() == Some(fx.as_str())).then_some(())
+        });
+        assert_eq!(
+            kube.image("shop", "api", "api"),
+            format!("{}/{REPO}@{digest}", dev.host()),
+            "dev's deployment runs {tag}"
+        );
+        assert_eq!(
+            prod.client().manifest(REPO, tag).unwrap().computed_digest(),
+            digest,
+            "prod holds the bytes of {tag}"
+        );
+        let prod_history = history(&server, "prod");
+        let record = prod_history.iter().find(|r| r["digest"] == digest.as_str()).expect("a prod record");
+        assert_eq!(record["state"], "succeeded", "{record:#}");
+    }
 }

@@ -41,6 +41,8 @@ pub struct KubeState {
     /// When set, tokens this fake Entra ID issued for the AKS server application are accepted
     /// too (an Entra-integrated AKS API server).
     pub entra: Mutex<Option<Arc<super::azure::EntraState>>>,
+    /// TLS already verified the client's certificate.
+    client_certs: bool,
     resource_version: AtomicUsize,
 }
 
@@ -53,6 +55,16 @@ pub struct FakeKubernetes {
 
 impl FakeKubernetes {
     pub fn start() -> Self {
+        Self::launch(false)
+    }
+
+    /// Requires a client certificate signed by its CA (then no bearer token is needed), as an
+    /// API server with x509 client authentication; [`FakeKubernetes::client_cert`] makes one.
+    pub fn start_with_client_certs() -> Self {
+        Self::launch(true)
+    }
+
+    fn launch(client_certs: bool) -> Self {
         let dir = tempfile::Builder::new().prefix("fake-kube-").tempdir().unwrap();
         let pki = make_test_pki(dir.path());
         use rustls_pki_types::pem::PemObject;
@@ -60,16 +72,25 @@ impl FakeKubernetes {
             rustls_pki_types::CertificateDer::pem_file_iter(&pki.server_cert).unwrap().map(|c| c.unwrap()).collect();
         let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&pki.server_key).unwrap();
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
             .unwrap();
+        let builder = if client_certs {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in rustls_pki_types::CertificateDer::pem_file_iter(&pki.ca_cert).unwrap() {
+                roots.add(ca.unwrap()).unwrap();
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build().unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(certs, key).unwrap();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 
-        let state = Arc::new(KubeState::default());
+        let state = Arc::new(KubeState { client_certs, ..KubeState::default() });
         let app = axum::Router::new().fallback(api).with_state(state.clone());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -98,6 +119,62 @@ impl FakeKubernetes {
             runtime.shutdown_background();
         });
         FakeKubernetes { state, port, dir, stop: Some(stop) }
+    }
+
+    /// A client certificate and key (PEM files) signed by this server's CA.
+    pub fn client_cert(&self) -> (PathBuf, PathBuf) {
+        let openssl = super::tools::openssl();
+        let d = self.dir.path();
+        let (key, csr, cert, ext) =
+            (d.join("client.key"), d.join("client.csr"), d.join("client.pem"), d.join("client.ext"));
+        std::fs::write(
+            &ext,
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        let run = |args: Vec<String>| {
+            let out = std::process::Command::new(&openssl).args(&args).output().unwrap();
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let p = |p: &Path| p.display().to_string();
+        run([
+            "req",
+            "-new",
+            "-nodes",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+            &p(&key),
+            "-out",
+            &p(&csr),
+            "-subj",
+            "/CN=ferry/O=deployers",
+        ]
+        .map(String::from)
+        .to_vec());
+        run([
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-set_serial",
+            "7",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&d.join("ca.pem")),
+            "-CAkey",
+            &p(&d.join("ca.key")),
+            "-out",
+            &p(&cert),
+            "-extfile",
+            &p(&ext),
+        ]
+        .map(String::from)
+        .to_vec());
+        (cert, key)
     }
 
     pub fn ca_cert(&self) -> PathBuf {
@@ -265,7 +342,7 @@ async fn api(
                 entra.issued.lock().unwrap().get(token).is_some_and(|scope| scope == AKS_SERVER_SCOPE)
             })
         });
-    if bearer != Some(TOKEN) && !entra_token {
+    if bearer != Some(TOKEN) && !entra_token && !state.client_certs {
         return kube_status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized");
     }
     match (method.clone(), path.as_str()) {
