@@ -35,6 +35,8 @@ pub struct Config {
     /// Where promotions, approvals and environments are recorded.
     #[serde(default)]
     pub ledger: LedgerBackend,
+    /// Entra ID credentials and endpoints for the Azure notifiers (App Service).
+    pub azure: Option<Azure>,
 }
 
 /// `[queue]`: `kind = "sqlite"` (default: `queue.db` in `server.data_dir`) or `kind = "sqs"`
@@ -66,6 +68,25 @@ impl Default for LedgerBackend {
     fn default() -> Self {
         LedgerBackend::Sqlite {}
     }
+}
+
+/// The `[azure]` table. Without `client_secret_env`, Ferry uses workload identity
+/// (`AZURE_FEDERATED_TOKEN_FILE`) or managed identity (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`,
+/// else IMDS); `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_AUTHORITY_HOST` fill what is
+/// not set here, as in the Azure SDKs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Azure {
+    pub tenant_id: Option<String>,
+    pub client_id: Option<String>,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// Entra ID's host (sovereign clouds; a fake in tests). `http://` only for loopback hosts.
+    pub authority_host: Option<Spanned<String>>,
+    /// ARM's endpoint; ARM tokens are requested for `{resource_manager}/.default`.
+    pub resource_manager: Option<Spanned<String>>,
+    /// PEM CA to trust for Entra ID and ARM (a private proxy).
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +294,10 @@ pub struct Stage {
     pub target_tags: Vec<String>,
     /// Told about every image this stage now runs.
     pub notify: Option<Notify>,
+    /// When the stage's notifier reports the deployment failed, re-point the stage to its
+    /// previous good digest and notify again.
+    #[serde(default)]
+    pub rollback_on_failure: bool,
     /// The Azure DevOps release environment whose deployment events report on this stage
     /// (default: the stage name, compared case-insensitively).
     pub azure_devops_environment: Option<String>,
@@ -309,6 +334,41 @@ pub enum Gate {
 pub enum Notify {
     /// POST a signed JSON event (same HMAC scheme as `/hooks/generic`).
     Webhook { url: String, secret_env: Option<String> },
+    /// Point an Azure App Service web app (or a slot, optionally swapped into production) at the
+    /// digest: `linuxFxVersion = "DOCKER|<registry>/<repo>@sha256:…"`.
+    #[serde(rename = "app-service")]
+    AppService {
+        subscription: String,
+        resource_group: String,
+        app: String,
+        slot: Option<String>,
+        #[serde(default)]
+        swap: bool,
+    },
+    /// Set a Kubernetes Deployment's container image to the digest and wait for the rollout.
+    Kubernetes {
+        /// Default: `aks` when given, else the in-cluster service account.
+        kubeconfig: Option<PathBuf>,
+        /// An AKS cluster whose user kubeconfig Ferry fetches with `listClusterUserCredential`
+        /// (with the `[azure]` credential, which also serves Entra-integrated API servers).
+        aks: Option<AksCluster>,
+        /// Default: the kubeconfig's `current-context`.
+        context: Option<String>,
+        namespace: String,
+        deployment: String,
+        container: String,
+        /// How long the rollout may take (default 300).
+        timeout_secs: Option<u64>,
+    },
+}
+
+/// `aks = { subscription, resource_group, cluster }` of a Kubernetes notifier.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AksCluster {
+    pub subscription: String,
+    pub resource_group: String,
+    pub cluster: String,
 }
 
 /// The promotion worker inside `ferry serve`.
@@ -471,6 +531,16 @@ impl Config {
             }
         }
         config.check_backends().map_err(|message| ConfigError::File { path: path.to_string(), message })?;
+        if let Some(azure) = &config.azure {
+            for (key, value) in
+                [("authority_host", &azure.authority_host), ("resource_manager", &azure.resource_manager)]
+            {
+                if let Some(value) = value {
+                    crate::deploy::azure::endpoint_url(&format!("azure.{key}"), value.get_ref())
+                        .map_err(|e| at(value.span(), e.to_string()))?;
+                }
+            }
+        }
         let mut names = std::collections::HashSet::new();
         for (i, pipeline) in config.pipelines.iter().enumerate() {
             let key = format!("pipelines[{i}]");
@@ -553,6 +623,32 @@ impl Config {
                         stage.name.span(),
                         format!("{stage_key}: a soak longer than a year is surely a typo"),
                     ));
+                }
+                match &stage.notify {
+                    Some(Notify::AppService { slot: None, swap: true, .. }) => {
+                        return Err(at(
+                            stage.name.span(),
+                            format!("{stage_key}.notify: `swap = true` needs the `slot` to swap into production"),
+                        ));
+                    }
+                    Some(Notify::Kubernetes { kubeconfig: Some(_), aks: Some(_), .. }) => {
+                        return Err(at(
+                            stage.name.span(),
+                            format!("{stage_key}.notify: set `kubeconfig` or `aks`, not both"),
+                        ));
+                    }
+                    Some(Notify::Kubernetes { timeout_secs: Some(0), .. }) => {
+                        return Err(at(stage.name.span(), format!("{stage_key}.notify.timeout_secs: at least 1")));
+                    }
+                    None | Some(Notify::Webhook { .. }) if stage.rollback_on_failure => {
+                        return Err(at(
+                            stage.name.span(),
+                            format!(
+                                "{stage_key}.rollback_on_failure: needs an `app-service` or `kubernetes` notifier that reports whether the deployment worked"
+                            ),
+                        ));
+                    }
+                    _ => {}
                 }
                 for pattern in &stage.target_tags {
                     if pattern.trim().is_empty() {
@@ -851,6 +947,43 @@ tags = ["v*"]
         assert!(ado.build_definition.is_none());
         let empty = Config::parse(&with("  project = \"Shop\"\n"), "f").unwrap_err().to_string();
         assert!(empty.contains("set `build_definition`, `release_definition`, or both"), "{empty}");
+    }
+
+    #[test]
+    fn azure_notifiers_and_endpoints_are_checked() {
+        let with = |stage: &str, extra: &str| {
+            GOOD.replace(
+                "target = \"127.0.0.1:5002/shop/api\"",
+                &format!("target = \"127.0.0.1:5002/shop/api\"\n{stage}"),
+            ) + extra
+        };
+        let app = "  notify = { kind = \"app-service\", subscription = \"s\", resource_group = \"rg\", app = \"shop\", slot = \"staging\", swap = true }\n  rollback_on_failure = true";
+        let azure = "\n[azure]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret_env = \"AZ_SECRET\"\nauthority_host = \"http://127.0.0.1:9\"\n";
+        let config = Config::parse(&with(app, azure), "f").unwrap();
+        let stage = &config.pipelines[0].stages[0];
+        assert!(stage.rollback_on_failure);
+        assert!(matches!(&stage.notify, Some(Notify::AppService { slot: Some(s), swap: true, .. }) if s == "staging"));
+
+        let remote_http = azure.replace("http://127.0.0.1:9", "http://login.example.com");
+        let err = Config::parse(&with(app, &remote_http), "f").unwrap_err().to_string();
+        assert!(err.contains("azure.authority_host") && err.contains("https://"), "{err}");
+
+        let no_slot = app.replace(", slot = \"staging\"", "");
+        assert!(Config::parse(&with(&no_slot, ""), "f").unwrap_err().to_string().contains("needs the `slot`"));
+
+        let kube = "  notify = { kind = \"kubernetes\", namespace = \"shop\", deployment = \"api\", container = \"api\", timeout_secs = 60 }";
+        assert!(Config::parse(&with(kube, ""), "f").is_ok());
+        let both = kube.replace(
+            "namespace",
+            "kubeconfig = \"k\", aks = { subscription = \"s\", resource_group = \"rg\", cluster = \"c\" }, namespace",
+        );
+        assert!(
+            Config::parse(&with(&both, ""), "f").unwrap_err().to_string().contains("`kubeconfig` or `aks`, not both")
+        );
+        let err = Config::parse(&with("  rollback_on_failure = true", ""), "f").unwrap_err().to_string();
+        assert!(err.contains("rollback_on_failure: needs"), "{err}");
+        let typo = kube.replace("namespace", "namespce");
+        assert!(Config::parse(&with(&typo, ""), "f").is_err());
     }
 
     #[test]

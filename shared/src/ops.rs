@@ -21,6 +21,9 @@ pub struct StageStatus {
     pub previous: Option<EnvironmentEntry>,
     /// Promotions into this stage parked on its gate.
     pub pending: Vec<PromotionRecord>,
+    /// The stage's newest promotion, when its runtime reported the deployment failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_failed: Option<PromotionRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +106,9 @@ impl Operations {
             let mut stages = Vec::new();
             for stage in &p.stages {
                 let env = ledger.environment(p.name.get_ref(), stage.name.get_ref()).await.map_err(Self::failed)?;
+                let newest =
+                    ledger.history(p.name.get_ref(), Some(stage.name.get_ref()), 1).await.map_err(Self::failed)?;
+                let deploy_failed = newest.into_iter().find(|r| r.state == PromotionState::DeployFailed);
                 stages.push(StageStatus {
                     name: stage.name.get_ref().clone(),
                     target: stage.target.get_ref().clone(),
@@ -110,6 +116,7 @@ impl Operations {
                     current: env.as_ref().map(|e| e.current.clone()),
                     previous: env.and_then(|e| e.previous),
                     pending: parked.iter().filter(|r| &r.stage == stage.name.get_ref()).cloned().collect(),
+                    deploy_failed,
                 });
             }
             out.push(PipelineStatus { name: p.name.get_ref().clone(), source: p.source.get_ref().clone(), stages });

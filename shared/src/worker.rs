@@ -16,7 +16,11 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::{Config, Gate, Notify, Pipeline, RepoName, Stage, tag_matches};
-use crate::deploy::{Deployment, NoopNotifier, Notifier, WebhookNotifier};
+use crate::deploy::azure::ArmClient;
+use crate::deploy::kubernetes::{AksCluster, ApiServer};
+use crate::deploy::{
+    AppServiceNotifier, Deployment, KubernetesNotifier, NoopNotifier, Notifier, NotifyError, WebhookNotifier,
+};
 use crate::error::WorkError;
 use crate::intake::{Build, PromotionRequest, Sender};
 use crate::job::{DeploymentJob, PromotionJob, QueuedJob};
@@ -146,6 +150,24 @@ fn registry_ref(repo: &RepoName, image: ImageRef) -> RegistryRef {
     RegistryRef { registry: repo.registry.clone(), repository: repo.repository.clone(), image }
 }
 
+/// The one ARM client (and token cache) of every Azure notifier, made when the first needs it.
+fn shared_arm(arm: &mut Option<Arc<ArmClient>>, config: &Config) -> Result<Arc<ArmClient>, String> {
+    if let Some(arm) = arm {
+        return Ok(arm.clone());
+    }
+    let made = Arc::new(crate::deploy::azure::arm_client(config).map_err(|e| e.to_string())?);
+    *arm = Some(made.clone());
+    Ok(made)
+}
+
+/// What became of a copy and its notification.
+enum Delivered {
+    /// Copied, and the runtime took it (or there is no runtime to tell).
+    Deployed,
+    /// Copied, but the runtime reported the deployment failed (its code and message).
+    DeployFailed(String),
+}
+
 /// Where a gate left a promotion.
 enum GateResult {
     Pass,
@@ -165,6 +187,8 @@ impl Worker {
     pub fn new(config: Arc<Config>, queue: Arc<dyn JobQueue>, ledger: Arc<dyn Ledger>) -> Result<Self, String> {
         let registries = RegistrySettings::from_config(&config)?;
         let mut notifiers: HashMap<(String, String), Arc<dyn Notifier>> = HashMap::new();
+        // One ARM client (and token cache) for every App Service stage, made only when needed.
+        let mut arm: Option<Arc<ArmClient>> = None;
         for pipeline in &config.pipelines {
             for stage in &pipeline.stages {
                 let notifier: Arc<dyn Notifier> = match &stage.notify {
@@ -177,6 +201,45 @@ impl Worker {
                             None => None,
                         };
                         Arc::new(WebhookNotifier::new(url, secret).map_err(|e| e.to_string())?)
+                    }
+                    Some(Notify::AppService { subscription, resource_group, app, slot, swap }) => {
+                        let arm = shared_arm(&mut arm, &config)?;
+                        Arc::new(
+                            AppServiceNotifier::new(arm, subscription, resource_group, app, slot.as_deref(), *swap)
+                                .map_err(|e| e.to_string())?,
+                        )
+                    }
+                    Some(Notify::Kubernetes {
+                        kubeconfig,
+                        aks,
+                        context,
+                        namespace,
+                        deployment,
+                        container,
+                        timeout_secs,
+                    }) => {
+                        let timeout = Duration::from_secs(timeout_secs.unwrap_or(300));
+                        let notifier = match (kubeconfig, aks) {
+                            (None, Some(aks)) => {
+                                let cluster = AksCluster {
+                                    arm: shared_arm(&mut arm, &config)?,
+                                    subscription: aks.subscription.clone(),
+                                    resource_group: aks.resource_group.clone(),
+                                    cluster: aks.cluster.clone(),
+                                    context: context.clone(),
+                                };
+                                KubernetesNotifier::for_aks(cluster, namespace, deployment, container, timeout)
+                            }
+                            (kubeconfig, _) => {
+                                let api = match kubeconfig {
+                                    Some(path) => ApiServer::from_kubeconfig(path, context.as_deref()),
+                                    None => ApiServer::in_cluster(),
+                                }
+                                .map_err(|e| format!("stage {}: {e}", stage.name.get_ref()))?;
+                                KubernetesNotifier::new(api, namespace, deployment, container, timeout)
+                            }
+                        };
+                        Arc::new(notifier.map_err(|e| e.to_string())?)
                     }
                 };
                 notifiers.insert((pipeline.name.get_ref().clone(), stage.name.get_ref().clone()), notifier);
@@ -373,6 +436,11 @@ impl Worker {
             if record.state == PromotionState::Rejected {
                 return Ok(Outcome::Done(format!("{id}: rejected earlier, not promoting")));
             }
+            if record.state == PromotionState::DeployFailed && job.trigger.as_deref() != Some("manual") {
+                return Ok(Outcome::Done(format!(
+                    "{id}: its deployment failed earlier; try again with `ferry promote`"
+                )));
+            }
             // It ran here once and was rolled back from. Only a person brings it back; an old
             // webhook redelivered must not undo a rollback.
             if job.trigger.as_deref() != Some("manual") {
@@ -450,7 +518,8 @@ impl Worker {
         self.ledger.put_promotion(record.clone()).await?;
 
         match self.deliver(pipeline, stage, &source, &target, &digest, &record, false).await {
-            Ok(()) => {}
+            Ok(Delivered::Deployed) => {}
+            Ok(Delivered::DeployFailed(why)) => return self.deploy_failed(stage, record, why).await,
             Err(error) => {
                 record.state = PromotionState::Failed;
                 record.error = Some(error.message.clone());
@@ -469,6 +538,43 @@ impl Worker {
         Ok(Outcome::Done(format!("{id}: promoted {digest} to {target} ({})", job.stage)))
     }
 
+    /// The stage's runtime said the deployment failed: the promotion is `deploy_failed` (final,
+    /// not retried) and, with `rollback_on_failure`, the stage goes back to the digest it ran.
+    async fn deploy_failed(
+        &self,
+        stage: &Stage,
+        mut record: PromotionRecord,
+        why: String,
+    ) -> Result<Outcome, WorkError> {
+        tracing::error!(promotion = %record.id, "deploy_failed: {why}");
+        record.state = PromotionState::DeployFailed;
+        record.error = Some(why.clone());
+        record.finished_at_ms = Some(now_ms());
+        record.updated_at_ms = now_ms();
+        self.ledger.put_promotion(record.clone()).await?;
+        if !stage.rollback_on_failure {
+            return Ok(Outcome::Done(format!("{}: deploy_failed: {why}", record.id)));
+        }
+        // The failed digest was never recorded as running, so the current entry is the last good one.
+        let Some(good) = self.ledger.environment(&record.pipeline, &record.stage).await?.map(|e| e.current) else {
+            return Ok(Outcome::Done(format!(
+                "{}: deploy_failed: {why}; nothing ran here before to roll back to",
+                record.id
+            )));
+        };
+        let digest: Digest = good
+            .digest
+            .parse()
+            .map_err(|e| WorkError::permanent(format!("the ledger holds an invalid digest: {e}")))?;
+        match self.rollback(&record.pipeline, &record.stage, Some(&digest), Some("rollback_on_failure")).await {
+            Ok(rollback) => Ok(Outcome::Done(format!(
+                "{}: deploy_failed: {why}; rolled back to {digest} ({})",
+                record.id, rollback.id
+            ))),
+            Err(e) => Ok(Outcome::Done(format!("{}: deploy_failed: {why}; the rollback failed too: {e}", record.id))),
+        }
+    }
+
     /// Copies `digest` from `source` to `target` with the stage's tags, verifies, notifies the
     /// stage and records what it now runs.
     #[allow(clippy::too_many_arguments)]
@@ -481,7 +587,7 @@ impl Worker {
         digest: &Digest,
         record: &PromotionRecord,
         rollback: bool,
-    ) -> Result<(), WorkError> {
+    ) -> Result<Delivered, WorkError> {
         let tags = target_tags(stage, record);
         let (first, rest) = match tags.split_first() {
             Some((first, rest)) => (Some(first.clone()), rest.to_vec()),
@@ -517,10 +623,26 @@ impl Worker {
             .get(&(deployment.pipeline.clone(), deployment.stage.clone()))
             .cloned()
             .unwrap_or_else(|| Arc::new(NoopNotifier));
-        let notified = notifier
-            .notify(&deployment)
-            .await
-            .map_err(|e| WorkError::transient(format!("deploy notification failed: {e}")))?;
+        let notified = match notifier.notify(&deployment).await {
+            Ok(notified) => notified,
+            Err(e @ NotifyError::Transient { .. }) => {
+                return Err(WorkError::transient(format!("deploy notification failed: {e}")));
+            }
+            Err(e @ NotifyError::Permanent { .. }) => {
+                self.ledger
+                    .record_deployment(DeploymentRecord {
+                        pipeline: deployment.pipeline.clone(),
+                        stage: deployment.stage.clone(),
+                        status: "failed".into(),
+                        digest: Some(digest.to_string()),
+                        reporter: "notifier".into(),
+                        detail: Some(e.to_string()),
+                        at_ms: now_ms(),
+                    })
+                    .await?;
+                return Ok(Delivered::DeployFailed(e.to_string()));
+            }
+        };
         if notified.confirmed {
             self.ledger
                 .record_deployment(DeploymentRecord {
@@ -546,8 +668,8 @@ impl Worker {
                     since_ms: now_ms(),
                 },
             )
-            .await
-            .map_err(WorkError::from)
+            .await?;
+        Ok(Delivered::Deployed)
     }
 
     /// The digest to promote: the event's, checked to exist at the source, or the tag's as the
@@ -888,7 +1010,11 @@ impl Worker {
         record.updated_at_ms = now_ms();
         record.finished_at_ms = Some(now_ms());
         match &delivered {
-            Ok(()) => record.state = PromotionState::Succeeded,
+            Ok(Delivered::Deployed) => record.state = PromotionState::Succeeded,
+            Ok(Delivered::DeployFailed(why)) => {
+                record.state = PromotionState::DeployFailed;
+                record.error = Some(why.clone());
+            }
             Err(e) => {
                 record.state = PromotionState::Failed;
                 record.error = Some(e.message.clone());
@@ -897,7 +1023,10 @@ impl Worker {
         self.ledger.put_promotion(record.clone()).await?;
         match delivered {
             Err(e) => Err(e.context(format_args!("rollback of {pipeline_name}/{stage_name} to {digest} failed"))),
-            Ok(()) => Ok(record),
+            Ok(Delivered::DeployFailed(why)) => Err(WorkError::permanent(format!(
+                "rollback of {pipeline_name}/{stage_name} to {digest}: deploy_failed: {why}"
+            ))),
+            Ok(Delivered::Deployed) => Ok(record),
         }
     }
 

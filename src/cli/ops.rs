@@ -193,6 +193,15 @@ pub async fn status(c: &Connection, args: StatusArgs) -> anyhow::Result<()> {
                     pending["gates"].as_array().and_then(|g| g.last()).map(|g| s(&g["detail"])).unwrap_or_default();
                 println!("    waiting: {} {}  {why}", s(&pending["id"]), short_digest(&s(&pending["digest"])));
             }
+            let failed = &stage["deploy_failed"];
+            if !failed.is_null() {
+                println!(
+                    "    deploy_failed: {} {}  {}",
+                    s(&failed["id"]),
+                    short_digest(&s(&failed["digest"])),
+                    s(&failed["error"])
+                );
+            }
         }
     }
     Ok(())

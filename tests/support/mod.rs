@@ -8,8 +8,10 @@
 // Each integration-test crate uses its own subset of this harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod azure;
 pub mod cli;
 pub mod fault;
+pub mod kubernetes;
 pub mod layout;
 pub mod moto;
 pub mod registry;

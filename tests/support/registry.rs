@@ -277,15 +277,15 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
-struct TestPki {
-    ca_cert: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
+pub struct TestPki {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
 }
 
 /// A throwaway CA and a server certificate for 127.0.0.1 / localhost, made
 /// with the `openssl` CLI.
-fn make_test_pki(dir: &Path) -> TestPki {
+pub fn make_test_pki(dir: &Path) -> TestPki {
     let openssl = tools::openssl();
     let ca_key = dir.join("ca.key");
     let ca_cert = dir.join("ca.pem");

@@ -72,3 +72,8 @@ pub fn terraform() -> PathBuf {
          and the hashicorp/aws provider in a filesystem mirror (see tests/support/terraform.rs)",
     )
 }
+
+/// `kubectl`, pointed at the fake Kubernetes API server (scripts/test installs it when missing).
+pub fn kubectl() -> PathBuf {
+    require("kubectl", "apt-get install -y kubernetes-client  (or see https://kubernetes.io/docs/tasks/tools/)")
+}

@@ -1,8 +1,14 @@
-//! Telling a stage's runtime about the image it now runs: the notifier seam. Azure App Service
-//! and AKS notifiers come with their own issue; here are the no-op and the signed webhook.
+//! Telling a stage's runtime about the image it now runs: the notifier seam, with the no-op,
+//! the signed webhook, Azure App Service (over ARM with Entra ID credentials) and Kubernetes
+//! Deployments (AKS or any cluster).
 
+pub mod app_service;
+pub mod azure;
+pub mod kubernetes;
 pub mod webhook;
 
+pub use app_service::AppServiceNotifier;
+pub use kubernetes::KubernetesNotifier;
 pub use webhook::WebhookNotifier;
 
 use futures_util::future::BoxFuture;

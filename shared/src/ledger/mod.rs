@@ -33,6 +33,9 @@ pub enum PromotionState {
     DeadLettered,
     /// An approver said no.
     Rejected,
+    /// Copied, but the stage's runtime (App Service, Kubernetes) reported the deployment failed;
+    /// the error holds its code and message. Not retried: `ferry promote` tries again.
+    DeployFailed,
 }
 
 impl PromotionState {
@@ -43,7 +46,7 @@ impl PromotionState {
 
     /// Nothing more will happen to it.
     pub fn is_final(self) -> bool {
-        matches!(self, PromotionState::Succeeded | PromotionState::Rejected)
+        matches!(self, PromotionState::Succeeded | PromotionState::Rejected | PromotionState::DeployFailed)
     }
 }
 

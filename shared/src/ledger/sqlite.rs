@@ -836,6 +836,7 @@ mod tests {
             PromotionState::Failed,
             PromotionState::DeadLettered,
             PromotionState::Rejected,
+            PromotionState::DeployFailed,
         ];
         let parked: Vec<_> = all.into_iter().filter(|state| state.is_parked()).collect();
         assert_eq!(parked, PARKED);
@@ -845,5 +846,6 @@ mod tests {
     fn state_column_uses_the_json_names() {
         assert_eq!(state_column(PromotionState::AwaitingApproval), "awaiting_approval");
         assert_eq!(state_column(PromotionState::DeadLettered), "dead_lettered");
+        assert_eq!(state_column(PromotionState::DeployFailed), "deploy_failed", "the word operators and the issue use");
     }
 }

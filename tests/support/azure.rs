@@ -1,0 +1,501 @@
+//! FAKE Azure endpoints for the deploy tests (Azure cannot run here): an Entra ID token
+//! endpoint (client credentials with a secret or a federated assertion, App Service managed
+//! identity, IMDS) and ARM for App Service (site config, slot config, `slotsswap` as a
+//! long-running operation via `Location` or `Azure-AsyncOperation`), implementing the request and
+//! response shapes of WIRE_FORMATS §7. ARM accepts only tokens this Entra fake issued.
+//!
+//! Each fake runs on its own thread and runtime on 127.0.0.1, port 0, so sync and async tests
+//! can use it alike; it stops when dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// A router served on its own thread until dropped.
+pub struct Background {
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Background {
+    pub fn serve(app: axum::Router) -> Self {
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        std_listener.set_nonblocking(true).unwrap();
+        let port = std_listener.local_addr().unwrap().port();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+            runtime.shutdown_background();
+        });
+        Background { port, stop: Some(stop) }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+pub const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+pub const CLIENT_ID: &str = "00001111-aaaa-2222-bbbb-3333cccc4444";
+pub const CLIENT_SECRET: &str = "fake-entra-client-secret";
+pub const FEDERATED_TOKEN: &str = "eyJfake.federated.token";
+pub const IDENTITY_HEADER: &str = "fake-identity-header";
+
+/// The fake Entra ID.
+#[derive(Default)]
+pub struct EntraState {
+    /// Token requests answered (successful or not).
+    pub requests: AtomicUsize,
+    /// Lifetime of issued tokens in seconds.
+    pub expires_in: AtomicU64,
+    /// Every token issued, by value, with its scope/resource.
+    pub issued: Mutex<HashMap<String, String>>,
+    /// Pause before answering, so concurrent callers overlap.
+    pub delay_ms: AtomicU64,
+}
+
+pub struct FakeEntra {
+    pub state: Arc<EntraState>,
+    server: Background,
+}
+
+impl FakeEntra {
+    pub fn start() -> Self {
+        let state = Arc::new(EntraState { expires_in: AtomicU64::new(3599), ..Default::default() });
+        let app = axum::Router::new().fallback(entra).with_state(state.clone());
+        FakeEntra { state, server: Background::serve(app) }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+}
+
+fn entra_error(status: StatusCode, code: &str, description: &str) -> Response {
+    (status, axum::Json(json!({ "error": code, "error_description": description, "error_codes": [7000215] })))
+        .into_response()
+}
+
+async fn entra(State(state): State<Arc<EntraState>>, request: Request) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+    let issue = |scope: &str, managed: bool| {
+        let n = state.issued.lock().unwrap().len();
+        let token = format!("fake-token-{n}-{}", scope.len());
+        state.issued.lock().unwrap().insert(token.clone(), scope.to_string());
+        let expires_in = state.expires_in.load(Ordering::SeqCst);
+        if managed {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+            axum::Json(json!({ "access_token": token, "expires_on": (now + expires_in).to_string(), "resource": scope, "token_type": "Bearer" }))
+                .into_response()
+        } else {
+            axum::Json(json!({ "token_type": "Bearer", "expires_in": expires_in, "access_token": token }))
+                .into_response()
+        }
+    };
+    // Client credentials (secret or federated assertion), as login.microsoftonline.com.
+    if parts.method == Method::POST && path == format!("/{TENANT}/oauth2/v2.0/token") {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        if field("grant_type") != "client_credentials" {
+            return entra_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "AADSTS70003: grant_type");
+        }
+        if field("client_id") != CLIENT_ID {
+            return entra_error(
+                StatusCode::BAD_REQUEST,
+                "unauthorized_client",
+                "AADSTS700016: Application not found in the directory.",
+            );
+        }
+        let by_secret = field("client_secret") == CLIENT_SECRET;
+        let by_assertion = field("client_assertion_type") == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            && field("client_assertion") == FEDERATED_TOKEN;
+        if !by_secret && !by_assertion {
+            return entra_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "AADSTS7000215: Invalid client secret provided.",
+            );
+        }
+        if !field("scope").ends_with("/.default") {
+            return entra_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_scope",
+                "AADSTS1002012: The provided value for scope is not valid.",
+            );
+        }
+        return issue(field("scope"), false);
+    }
+    // App Service managed identity (IDENTITY_ENDPOINT).
+    if parts.method == Method::GET && path == "/msi/token" {
+        let header = parts.headers.get("x-identity-header").and_then(|v| v.to_str().ok());
+        if header != Some(IDENTITY_HEADER) || query.get("api-version").map(String::as_str) != Some("2019-08-01") {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(
+                    json!({ "error": { "code": "InvalidHeader", "message": "X-IDENTITY-HEADER is missing or wrong" } }),
+                ),
+            )
+                .into_response();
+        }
+        return issue(query.get("resource").map(String::as_str).unwrap_or(""), true);
+    }
+    // IMDS.
+    if parts.method == Method::GET && path == "/metadata/identity/oauth2/token" {
+        if parts.headers.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+            return entra_error(StatusCode::BAD_REQUEST, "invalid_request", "Required metadata header not specified");
+        }
+        return issue(query.get("resource").map(String::as_str).unwrap_or(""), true);
+    }
+    entra_error(StatusCode::NOT_FOUND, "not_found", &format!("no such endpoint {path}"))
+}
+
+/// How the fake ARM runs a slot swap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SwapMode {
+    /// 202 + `Location`, answering 202 to `polls` GETs before 200.
+    Location { polls: usize },
+    /// 202 + `Azure-AsyncOperation`, `InProgress` for `polls` GETs, then `Succeeded`.
+    AsyncOperation { polls: usize },
+    /// 202 + `Azure-AsyncOperation` ending in `Failed` with an error.
+    AsyncOperationFails,
+}
+
+/// The fake ARM's world: web apps by name, each with a production config and slots.
+pub struct ArmState {
+    /// (app, slot or "production") → linuxFxVersion.
+    pub configs: Mutex<HashMap<(String, String), String>>,
+    /// (app, slot) → site containers of a sidecar-enabled app (`linuxFxVersion = SITECONTAINERS`).
+    pub containers: Mutex<HashMap<(String, String), Vec<Value>>>,
+    /// AKS cluster name → the user kubeconfig (YAML) `listClusterUserCredential` returns.
+    pub aks_kubeconfigs: Mutex<HashMap<String, String>>,
+    /// Requests as `METHOD path?query`.
+    pub log: Mutex<Vec<String>>,
+    /// Issued tokens of the Entra fake (the only ones accepted).
+    pub tokens: Arc<EntraState>,
+    pub swap_mode: Mutex<SwapMode>,
+    /// The next this many requests are answered 429 (`Retry-After: 1`).
+    pub throttle: AtomicUsize,
+    /// The next this many requests are answered 500.
+    pub fail: AtomicUsize,
+    /// Apps the caller may not change (403 AuthorizationFailed).
+    pub forbidden: Mutex<HashSet<String>>,
+    operations: Mutex<HashMap<String, usize>>,
+    base: Mutex<String>,
+}
+
+pub struct FakeArm {
+    pub state: Arc<ArmState>,
+    server: Background,
+}
+
+pub const SUBSCRIPTION: &str = "11111111-2222-3333-4444-555555555555";
+pub const RESOURCE_GROUP: &str = "rg-shop";
+
+impl FakeArm {
+    pub fn start(entra: &FakeEntra) -> Self {
+        let state = Arc::new(ArmState {
+            configs: Mutex::new(HashMap::new()),
+            containers: Mutex::new(HashMap::new()),
+            aks_kubeconfigs: Mutex::new(HashMap::new()),
+            log: Mutex::new(Vec::new()),
+            tokens: entra.state.clone(),
+            swap_mode: Mutex::new(SwapMode::Location { polls: 2 }),
+            throttle: AtomicUsize::new(0),
+            fail: AtomicUsize::new(0),
+            forbidden: Mutex::new(HashSet::new()),
+            operations: Mutex::new(HashMap::new()),
+            base: Mutex::new(String::new()),
+        });
+        let app = axum::Router::new().fallback(arm).with_state(state.clone());
+        let server = Background::serve(app);
+        *state.base.lock().unwrap() = server.url();
+        FakeArm { state, server }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// A web app `app` running `image` in production, with `slots` running the same.
+    pub fn add_app(&self, app: &str, image: &str, slots: &[&str]) {
+        let mut configs = self.state.configs.lock().unwrap();
+        configs.insert((app.into(), "production".into()), format!("DOCKER|{image}"));
+        for slot in slots {
+            configs.insert((app.into(), slot.to_string()), format!("DOCKER|{image}"));
+        }
+    }
+
+    /// A sidecar-enabled app: a main container running `image` and a sidecar.
+    pub fn add_sidecar_app(&self, app: &str, image: &str) {
+        self.state.configs.lock().unwrap().insert((app.into(), "production".into()), "SITECONTAINERS".into());
+        let container = |name: &str, image: &str, main: bool| {
+            json!({ "id": format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Web/sites/{app}/sitecontainers/{name}"),
+                    "name": format!("{app}/{name}"), "type": "Microsoft.Web/sites/sitecontainers",
+                    "properties": { "image": image, "isMain": main, "targetPort": "8080", "authType": "SystemIdentity" } })
+        };
+        self.state.containers.lock().unwrap().insert(
+            (app.into(), "production".into()),
+            vec![container("otel", "mcr.microsoft.com/otel/collector:0.1", false), container("main", image, true)],
+        );
+    }
+
+    /// The image of site container `name`.
+    pub fn site_container_image(&self, app: &str, name: &str) -> Option<String> {
+        let containers = self.state.containers.lock().unwrap();
+        containers
+            .get(&(app.to_string(), "production".to_string()))?
+            .iter()
+            .find(|c| c["name"] == format!("{app}/{name}"))?["properties"]["image"]
+            .as_str()
+            .map(str::to_string)
+    }
+
+    pub fn linux_fx_version(&self, app: &str, slot: &str) -> Option<String> {
+        self.state.configs.lock().unwrap().get(&(app.to_string(), slot.to_string())).cloned()
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.state.log.lock().unwrap().clone()
+    }
+}
+
+fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": { "code": code, "message": message } }))).into_response()
+}
+
+async fn arm(
+    State(state): State<Arc<ArmState>>,
+    method: Method,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    state.log.lock().unwrap().push(format!("{method} {}", uri));
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    match state.tokens.issued.lock().unwrap().get(token) {
+        Some(scope) if scope.starts_with(&*state.base.lock().unwrap()) => {}
+        _ => {
+            return arm_error(
+                StatusCode::UNAUTHORIZED,
+                "InvalidAuthenticationToken",
+                "The access token is invalid or not for this audience.",
+            );
+        }
+    }
+    if state.throttle.load(Ordering::SeqCst) > 0 {
+        state.throttle.fetch_sub(1, Ordering::SeqCst);
+        let mut response =
+            arm_error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", "Too many requests; retry later.");
+        response.headers_mut().insert("retry-after", "1".parse().unwrap());
+        return response;
+    }
+    if state.fail.load(Ordering::SeqCst) > 0 {
+        state.fail.fetch_sub(1, Ordering::SeqCst);
+        return arm_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "Something went wrong.");
+    }
+    // Long-running operation polls.
+    if let Some(id) = path.strip_prefix("/fake-operations/") {
+        let mut ops = state.operations.lock().unwrap();
+        let Some(left) = ops.get_mut(id) else {
+            return arm_error(StatusCode::NOT_FOUND, "NotFound", "no such operation");
+        };
+        let mode = *state.swap_mode.lock().unwrap();
+        if *left > 0 {
+            *left -= 1;
+            return match mode {
+                SwapMode::Location { .. } => {
+                    let mut r = StatusCode::ACCEPTED.into_response();
+                    r.headers_mut().insert("retry-after", "0".parse().unwrap());
+                    r
+                }
+                _ => axum::Json(json!({ "status": "InProgress" })).into_response(),
+            };
+        }
+        return match mode {
+            SwapMode::Location { .. } => StatusCode::OK.into_response(),
+            SwapMode::AsyncOperation { .. } => axum::Json(json!({ "status": "Succeeded" })).into_response(),
+            SwapMode::AsyncOperationFails => axum::Json(json!({ "status": "Failed", "error": {
+                "code": "SwapFailed", "message": "Cannot swap slots because the staging slot failed to warm up." } }))
+            .into_response(),
+        };
+    }
+    let aks = format!(
+        "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerService/managedClusters/"
+    );
+    if let Some(cluster) = path.strip_prefix(&aks).and_then(|rest| rest.strip_suffix("/listClusterUserCredential")) {
+        if method != Method::POST || uri.query().is_none_or(|q| !q.contains("api-version=2024-09-01")) {
+            return arm_error(StatusCode::BAD_REQUEST, "InvalidRequest", "POST with api-version=2024-09-01 expected");
+        }
+        let Some(kubeconfig) = state.aks_kubeconfigs.lock().unwrap().get(cluster).cloned() else {
+            return arm_error(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFound",
+                &format!(
+                    "The Resource 'Microsoft.ContainerService/managedClusters/{cluster}' under resource group '{RESOURCE_GROUP}' was not found."
+                ),
+            );
+        };
+        return axum::Json(
+            json!({ "kubeconfigs": [ { "name": "clusterUser", "value": super::base64(kubeconfig.as_bytes()) } ] }),
+        )
+        .into_response();
+    }
+    if uri.query().is_none_or(|q| !q.contains("api-version=2024-11-01")) {
+        return arm_error(
+            StatusCode::BAD_REQUEST,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        );
+    }
+    let prefix =
+        format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.Web/sites/");
+    let Some(rest) = path.strip_prefix(&prefix) else {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "ResourceGroupNotFound",
+            &format!("Resource group for '{path}' could not be found."),
+        );
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (app, slot, action) = match parts.as_slice() {
+        [app, "config", "web"] => (*app, "production", "config"),
+        [app, "slots", slot, "config", "web"] => (*app, *slot, "config"),
+        [app, "slots", slot, "slotsswap"] => (*app, *slot, "swap"),
+        [app, "sitecontainers"] => (*app, "production", "containers"),
+        [app, "sitecontainers", _] => (*app, "production", "container"),
+        _ => return arm_error(StatusCode::NOT_FOUND, "NotFound", &format!("no route {path}")),
+    };
+    let key = (app.to_string(), slot.to_string());
+    if !state.configs.lock().unwrap().contains_key(&key) {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            &format!("The Resource 'Microsoft.Web/sites/{app}' under resource group '{RESOURCE_GROUP}' was not found."),
+        );
+    }
+    if method != Method::GET && state.forbidden.lock().unwrap().contains(app) {
+        return arm_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            &format!(
+                "The client does not have authorization to perform action 'Microsoft.Web/sites/config/write' over scope '{path}'."
+            ),
+        );
+    }
+    let site_config = |fx: &str| {
+        let id = if slot == "production" {
+            format!("{prefix}{app}/config/web")
+        } else {
+            format!("{prefix}{app}/slots/{slot}/config/web")
+        };
+        axum::Json(json!({ "id": id, "name": "web", "type": "Microsoft.Web/sites/config", "properties": { "linuxFxVersion": fx, "alwaysOn": true } }))
+            .into_response()
+    };
+    match (method, action) {
+        (Method::GET, "config") => site_config(&state.configs.lock().unwrap()[&key].clone()),
+        (Method::PATCH, "config") => {
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let Some(fx) = body["properties"]["linuxFxVersion"].as_str() else {
+                return arm_error(StatusCode::BAD_REQUEST, "BadRequest", "properties.linuxFxVersion expected");
+            };
+            state.configs.lock().unwrap().insert(key, fx.to_string());
+            site_config(fx)
+        }
+        (Method::GET, "containers") => {
+            let containers = state.containers.lock().unwrap().get(&key).cloned().unwrap_or_default();
+            axum::Json(json!({ "value": containers })).into_response()
+        }
+        (Method::PUT, "container") => {
+            let name = parts[2];
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if !body["properties"]["image"].is_string() || !body["properties"]["isMain"].is_boolean() {
+                return arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "properties.image and properties.isMain are required",
+                );
+            }
+            let mut all = state.containers.lock().unwrap();
+            let list = all.entry(key.clone()).or_default();
+            let full = format!("{app}/{name}");
+            list.retain(|c| c["name"] != full.as_str());
+            let resource = json!({ "id": path.clone(), "name": full, "type": "Microsoft.Web/sites/sitecontainers", "properties": body["properties"] });
+            list.push(resource.clone());
+            axum::Json(resource).into_response()
+        }
+        (Method::POST, "swap") => {
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if body["targetSlot"] != "production" || !body["preserveVnet"].is_boolean() {
+                return arm_error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    "CsmSlotEntity needs targetSlot and preserveVnet",
+                );
+            }
+            // The swap happens at once; the operation reports it done after some polls.
+            {
+                let mut configs = state.configs.lock().unwrap();
+                let slot_fx = configs[&key].clone();
+                let prod_key = (app.to_string(), "production".to_string());
+                let prod_fx = configs[&prod_key].clone();
+                configs.insert(prod_key, slot_fx);
+                configs.insert(key, prod_fx);
+            }
+            let id = format!("op-{}", state.log.lock().unwrap().len());
+            let mode = *state.swap_mode.lock().unwrap();
+            let polls = match mode {
+                SwapMode::Location { polls } | SwapMode::AsyncOperation { polls } => polls,
+                SwapMode::AsyncOperationFails => 1,
+            };
+            state.operations.lock().unwrap().insert(id.clone(), polls);
+            let url = format!("{}/fake-operations/{id}", state.base.lock().unwrap());
+            let mut response = StatusCode::ACCEPTED.into_response();
+            let header = if mode == (SwapMode::Location { polls }) { "location" } else { "azure-asyncoperation" };
+            response.headers_mut().insert(header, url.parse().unwrap());
+            response.headers_mut().insert("retry-after", "0".parse().unwrap());
+            response
+        }
+        _ => arm_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported by the fake"),
+    }
+}
