@@ -144,7 +144,10 @@ impl LambdaRuntime {
 
     fn assert_alive(&self) {
         if let Some(error) = &self.state.shared.lock().unwrap().init_error {
-            panic!("the function failed to start: {error:#}\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            panic!(
+                "the function failed to start: {error:#}\n{}",
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            );
         }
     }
 }
@@ -177,7 +180,10 @@ async fn next(State(state): State<RuntimeState>) -> Response {
                     "lambda-runtime-invoked-function-arn",
                     HeaderValue::from_static("arn:aws:lambda:us-east-1:123456789012:function:ferry"),
                 );
-                headers.insert("lambda-runtime-trace-id", HeaderValue::from_static("Root=1-00000000-000000000000000000000000"));
+                headers.insert(
+                    "lambda-runtime-trace-id",
+                    HeaderValue::from_static("Root=1-00000000-000000000000000000000000"),
+                );
                 headers.insert("content-type", HeaderValue::from_static("application/json"));
                 return (StatusCode::OK, headers, event.to_string()).into_response();
             }

@@ -12,6 +12,7 @@ pub mod azure;
 pub mod cli;
 pub mod fault;
 pub mod kubernetes;
+pub mod lambda;
 pub mod layout;
 pub mod moto;
 pub mod registry;
