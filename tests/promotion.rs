@@ -93,7 +93,7 @@ fn wait_until<T>(what: &str, timeout: Duration, server: &FerryServer, mut probe:
 /// Waits until `shop/api:TAG` in `registry` is the image `digest`.
 fn wait_for_tag(server: &FerryServer, registry: &Registry, tag: &str, digest: &str, timeout: Duration) {
     wait_until(&format!("{}/{REPO}:{tag} is {digest}", registry.host()), timeout, server, || {
-        registry.client().manifest(REPO, tag).filter(|m| m.digest == digest).map(|_| ())
+        registry.client().manifest_when_ready(REPO, tag).filter(|m| m.digest == digest).map(|_| ())
     });
 }
 

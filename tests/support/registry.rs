@@ -447,6 +447,20 @@ impl RegistryClient {
         self.rt.block_on(async { req.send().await.map(|r| r.status()) })
     }
 
+    /// Like [`RegistryClient::manifest`], for polling while something else writes the
+    /// repository: `None` also on a 5xx (distribution's filesystem driver answers 500 when it reads
+    /// a tag link that is being written).
+    pub fn manifest_when_ready(&self, repo: &str, reference: &str) -> Option<Manifest> {
+        let req = self
+            .request(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
+            .header(header::ACCEPT, MANIFEST_ACCEPT);
+        let (status, _, _) = self.send(req);
+        if status.is_server_error() || status == StatusCode::NOT_FOUND {
+            return None;
+        }
+        self.manifest(repo, reference)
+    }
+
     /// `GET /v2/<repo>/manifests/<reference>`; `None` on 404.
     pub fn manifest(&self, repo: &str, reference: &str) -> Option<Manifest> {
         let req = self
