@@ -333,3 +333,64 @@ fn failing_messages_are_reported_as_batch_item_failures_then_dead_lettered_with_
     assert!(errors.iter().any(|e| e.contains("gave up after 2 attempts") && e.contains(&down)), "{errors:#?}");
     assert!(errors.iter().any(|e| e.contains("unreadable job payload") && e.contains("not retried")), "{errors:#?}");
 }
+
+/// The Lambda figures for BENCHMARKS.md (`bench/lambda.sh`, not part of the test suite): each
+/// release `bootstrap`'s zip size and init time (process start to its first `next` request, the
+/// median of 7 starts), and one promotion of a 1 GiB, 8-layer image through the worker bootstrap
+/// between two local registries: its duration, the function's peak RSS, and the GB-seconds it
+/// would be billed at 256 MiB. Reads the binaries from `FERRY_LAMBDA_DIR` (`target/lambda`).
+#[test]
+#[ignore = "a benchmark: run it with bench/lambda.sh"]
+fn lambda_figures() {
+    let dir = PathBuf::from(std::env::var("FERRY_LAMBDA_DIR").expect("FERRY_LAMBDA_DIR=target/lambda"));
+    let aws = Aws::start(5);
+    let (build, dev) = (Registry::plain(), Registry::plain());
+    let config = config(&aws, build.host(), dev.host());
+    let env = function_env(&aws, &config);
+    for name in ["ferry-webhook", "ferry-worker", "ferry-api"] {
+        let zip = dir.join(name).join("bootstrap.zip");
+        let zip_bytes = std::fs::metadata(&zip).unwrap_or_else(|e| panic!("{}: {e}", zip.display())).len();
+        let mut inits: Vec<Duration> = (0..7)
+            .map(|_| {
+                let mut runtime = LambdaRuntime::start();
+                runtime.run_function(&dir.join(name).join("bootstrap"), name, &env);
+                runtime.init_time(Duration::from_secs(30))
+            })
+            .collect();
+        inits.sort();
+        println!(
+            "FIGURE {name}: zip {:.2} MiB, init median {:.1} ms (min {:.1}, max {:.1})",
+            zip_bytes as f64 / (1024.0 * 1024.0),
+            inits[3].as_secs_f64() * 1000.0,
+            inits[0].as_secs_f64() * 1000.0,
+            inits[6].as_secs_f64() * 1000.0
+        );
+    }
+
+    let mut layout = OciLayout::new();
+    let image = layout.add_image("big", &[128 * 1024 * 1024; 8]);
+    let digest = build.skopeo_push(&layout.reference("big"), &format!("{REPO}:big"), &[]).computed_digest();
+    assert_eq!(digest, image.digest());
+    let job = json!({
+        "kind": "promote", "pipeline": "shop-api", "stage": "dev", "source": format!("{}/{REPO}", build.host()),
+        "request": { "sender": "generic", "registry": build.host(), "repository": REPO, "tag": "big", "digest": digest }
+    });
+    aws.send(&job.to_string(), "shop-api/dev");
+    let record = aws.next_record(&aws.queue_url);
+    let mut worker = LambdaRuntime::start();
+    worker.run_function(&dir.join("ferry-worker").join("bootstrap"), "ferry-worker", &env);
+    worker.init_time(Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    let answer = worker.invoke(&json!({ "Records": [record] }), Duration::from_secs(600)).response();
+    let took = started.elapsed();
+    assert_eq!(answer["batchItemFailures"], json!([]), "{answer:#}\n{}", worker.log());
+    assert_eq!(dev.client().manifest(REPO, "big").map(|m| m.digest), Some(digest));
+    let peak_kib = worker.peak_rss_kib();
+    println!(
+        "FIGURE promotion of 1 GiB (8 x 128 MiB): {:.2} s, peak RSS {:.1} MiB, {:.3} GB-s at 256 MiB ({:.3} at 128 MiB)",
+        took.as_secs_f64(),
+        peak_kib as f64 / 1024.0,
+        took.as_secs_f64() * 0.25,
+        took.as_secs_f64() * 0.125
+    );
+}

@@ -463,10 +463,52 @@ impl std::fmt::Display for RepoName {
 
 impl Config {
     /// Reads and validates a configuration file (secrets are not resolved here).
+    /// Reads and checks the file at `path`. Relative paths in it (`data_dir`, `ca_cert`,
+    /// `secret_file`, `kubeconfig`) are taken relative to the file's folder, not to wherever the
+    /// command runs: `ferry status --config /etc/ferry/ferry.toml` finds the same data as
+    /// `ferry serve` did.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text, &path.display().to_string())
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        let folder = match path.parent() {
+            Some(folder) if !folder.as_os_str().is_empty() => folder.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        config.resolve_paths(&folder);
+        Ok(config)
+    }
+
+    /// Makes every relative path of the configuration relative to `folder`.
+    fn resolve_paths(&mut self, folder: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = folder.join(&*path);
+            }
+        };
+        resolve(&mut self.server.data_dir);
+        for registry in self.registries.values_mut() {
+            if let Some(ca_cert) = &mut registry.ca_cert {
+                resolve(ca_cert);
+            }
+        }
+        for source in self.sources.values_mut() {
+            if let Some(file) = &mut source.get_mut().secret_file {
+                resolve(file);
+            }
+        }
+        if let Some(azure) = &mut self.azure {
+            if let Some(ca_cert) = &mut azure.ca_cert {
+                resolve(ca_cert);
+            }
+        }
+        for pipeline in &mut self.pipelines {
+            for stage in &mut pipeline.stages {
+                if let Some(Notify::Kubernetes { kubeconfig: Some(kubeconfig), .. }) = &mut stage.notify {
+                    resolve(kubeconfig);
+                }
+            }
+        }
     }
 
     /// The configuration of a process without a command line (a Lambda function): the TOML text

@@ -118,6 +118,18 @@ impl Backend {
             bail!("say where Ferry runs: --server URL (a running ferry serve) or --config FILE (its stores)");
         };
         let config = Arc::new(Config::load(path)?);
+        // Operator commands work on what `ferry serve` keeps; they never create an empty store.
+        if matches!(config.queue, ferry_core::config::QueueBackend::Sqlite {}) {
+            let data_dir = &config.server.data_dir;
+            anyhow::ensure!(
+                data_dir.join("queue.db").exists() && data_dir.join("ledger.db").exists(),
+                "no Ferry data in {} (data_dir of {}): start `ferry serve --config {}` first, or check the \
+                 configuration file",
+                data_dir.display(),
+                path.display(),
+                path.display()
+            );
+        }
         let stores = super::serve::open_stores(&config).await?;
         let worker = Worker::new(config, stores.queue, stores.ledger).map_err(anyhow::Error::msg)?;
         Ok(Backend::Local { ops: Operations::new(Arc::new(worker)), user })

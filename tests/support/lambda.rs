@@ -134,6 +134,14 @@ impl LambdaRuntime {
         }
     }
 
+    /// The function process's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.function.as_ref().expect("a function was started").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the function process is alive");
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).expect("VmHWM in /proc/PID/status");
+        line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmHWM in KiB")
+    }
+
     pub fn log(&self) -> String {
         let mut log = std::fs::read_to_string(&self.log).unwrap_or_default();
         if let Some(error) = &self.state.shared.lock().unwrap().init_error {
