@@ -1,0 +1,124 @@
+//! `ferry serve` with its secrets in Secrets Manager and SSM and an ECR-style target registry,
+//! all through the standard AWS configuration (`AWS_ENDPOINT_URL` pointing at `moto_server`):
+//! the generic sender's secret and the operator token come from ARNs, and the target registry's
+//! password is the one moto's `GetAuthorizationToken` hands out (`ecr = true`).
+
+#[path = "../shared/tests/conformance/moto.rs"]
+mod moto;
+mod support;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use support::registry::free_port;
+use support::{FerryServer, OciLayout, Registry};
+
+const GENERIC_SECRET: &str = "aws-secrets-e2e-generic-secret";
+const OPERATOR_TOKEN: &str = "aws-secrets-e2e-operator-token";
+/// What moto's `GetAuthorizationToken` gives its default account: `AWS:<account>-auth-token`.
+const ECR_PASSWORD: &str = "123456789012-auth-token";
+const REPO: &str = "shop/api";
+
+fn aws_env(moto: &moto::Moto) -> Vec<(&'static str, String)> {
+    vec![
+        ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+    ]
+}
+
+#[test]
+fn serve_reads_arn_secrets_at_start_and_promotes_into_an_ecr_registry_with_its_token() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let moto = moto::Moto::start();
+    let sdk = moto.sdk_config();
+    let (secret_arn, token_arn) = runtime.block_on(async {
+        let secret = aws_sdk_secretsmanager::Client::new(&sdk)
+            .create_secret()
+            .name("ferry/generic")
+            .secret_string(GENERIC_SECRET)
+            .send()
+            .await
+            .expect("create the secret");
+        aws_sdk_ssm::Client::new(&sdk)
+            .put_parameter()
+            .name("/ferry/operator-token")
+            .value(OPERATOR_TOKEN)
+            .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+            .send()
+            .await
+            .expect("put the parameter");
+        (secret.arn().unwrap().to_string(), "arn:aws:ssm:us-east-1:123456789012:parameter/ferry/operator-token")
+    });
+
+    let build = Registry::plain();
+    let ecr = Registry::with_htpasswd("AWS", ECR_PASSWORD);
+    let mut layout = OciLayout::new();
+    let image = layout.add_image("1.0", &[4096, 1024]);
+    build.skopeo_push(&layout.reference("1.0"), &format!("{REPO}:1.0"), &[]);
+
+    let config = format!(
+        r#"
+[registries."{build}"]
+plain_http = true
+[registries."{ecr}"]
+plain_http = true
+ecr = true
+
+[sources.generic]
+secret_arn = "{secret_arn}"
+
+[[pipelines]]
+name = "shop-api"
+source = "{build}/{REPO}"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "{ecr}/{REPO}"
+"#,
+        build = build.host(),
+        ecr = ecr.host(),
+    );
+    let envs = aws_env(&moto);
+    let env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = FerryServer::start_with_server_keys(
+        free_port(),
+        &format!("operator_token_arn = \"{token_arn}\""),
+        &config,
+        &env_refs,
+        None,
+    );
+
+    let body = serde_json::to_vec(&json!({ "repository": format!("{}/{REPO}", build.host()), "tag": "1.0" })).unwrap();
+    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
+    let signature = ferry_core::intake::verify::generic_signature(GENERIC_SECRET.as_bytes(), &timestamp, &body);
+    let (status, api_status) = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let hook = client
+            .post(server.url("/hooks/generic"))
+            .header("Content-Type", "application/json")
+            .header("X-Ferry-Timestamp", timestamp)
+            .header("X-Ferry-Signature", signature)
+            .body(body)
+            .send()
+            .await
+            .expect("ferry answers");
+        let api = client.get(server.url("/api/status")).bearer_auth(OPERATOR_TOKEN).send().await.unwrap();
+        (hook.status().as_u16(), api.status().as_u16())
+    });
+    assert_eq!(status, 202, "signed with the Secrets Manager secret\n{}", server.log());
+    assert_eq!(api_status, 200, "the operator token from the SSM parameter opens /api\n{}", server.log());
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if ecr.client().manifest(REPO, "1.0").is_some_and(|m| m.digest == image.digest()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not promoted into the ECR registry within 60 s:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for secret in [GENERIC_SECRET, OPERATOR_TOKEN, ECR_PASSWORD] {
+        assert!(!server.log().contains(secret), "the log shows a secret");
+    }
+}
