@@ -122,3 +122,43 @@ source = "{build}/{REPO}"
         assert!(!server.log().contains(secret), "the log shows a secret");
     }
 }
+
+#[test]
+fn a_secret_arn_that_cannot_be_read_stops_serve_and_is_named_by_config_check() {
+    let moto = moto::Moto::start();
+    let missing = "arn:aws:secretsmanager:us-east-1:123456789012:secret:ferry/missing-AbCdEf";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[server]
+data_dir = {data:?}
+[registries."127.0.0.1:5001"]
+[sources.generic]
+secret_arn = "{missing}"
+"#,
+            data = dir.path().join("data").display().to_string()
+        ),
+    )
+    .unwrap();
+    let with_aws = |command: support::FerryCommand| {
+        aws_env(&moto).into_iter().fold(command.timeout(Duration::from_secs(60)), |c, (k, v)| c.env(k, v))
+    };
+
+    let serve = with_aws(support::ferry("serve").arg("--config").arg(&path).args(["--listen", "127.0.0.1:0"])).run();
+    let error = serve.failure();
+    assert!(
+        error.contains("sources.generic.secret_arn") && error.contains(missing) && error.contains("check the ARN"),
+        "{error}"
+    );
+
+    let check = with_aws(support::ferry("config").arg("check").arg(&path)).run();
+    check.success();
+    assert!(
+        check.stderr.contains("warning: sources.generic.secret_arn") && check.stderr.contains(missing),
+        "{}",
+        check.stderr
+    );
+}
