@@ -105,11 +105,13 @@ pub fn resolve(
 }
 
 #[cfg(feature = "aws")]
+pub(crate) use self::aws::describe;
+#[cfg(feature = "aws")]
 pub use self::aws::read;
 
 #[cfg(feature = "aws")]
 mod aws {
-    use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata};
+    use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
     use super::{SecretArn, SecretError};
     use crate::error::ErrorClass;
@@ -125,10 +127,21 @@ mod aws {
             hint: "fix the ARN".into(),
         })?;
         let failed = |code: Option<&str>, message: String, grant: &str| {
+            // A 403 whose body the SDK could not read is still a refusal.
+            let code = code.or(message.starts_with("HTTP 403").then_some("AccessDenied"));
             let (class, hint) = match code {
-                Some("AccessDeniedException" | "AccessDenied" | "UnrecognizedClientException") => (
+                Some("AccessDeniedException" | "AccessDenied") => (
                     ErrorClass::Permanent,
                     format!("grant the function's role {grant} on this ARN (and kms:Decrypt on its key)"),
+                ),
+                Some(
+                    "UnrecognizedClientException"
+                    | "InvalidClientTokenId"
+                    | "InvalidSignatureException"
+                    | "ExpiredTokenException",
+                ) => (
+                    ErrorClass::Permanent,
+                    "AWS refused the credentials: check the credential chain (role, AWS_* variables, profile)".into(),
                 ),
                 Some("ResourceNotFoundException" | "ParameterNotFound") => {
                     (ErrorClass::Permanent, "check the ARN: no such secret in that account and region".into())
@@ -150,10 +163,7 @@ mod aws {
                     .secret_id(arn)
                     .send()
                     .await
-                    .map_err(|e| {
-                        let code = e.code().map(str::to_string);
-                        failed(code.as_deref(), DisplayErrorContext(&e).to_string(), "secretsmanager:GetSecretValue")
-                    })?;
+                    .map_err(|e| failed(e.code(), describe(&e), "secretsmanager:GetSecretValue"))?;
                 match out.secret_string {
                     Some(text) => text,
                     None => {
@@ -177,10 +187,7 @@ mod aws {
                     .with_decryption(true)
                     .send()
                     .await
-                    .map_err(|e| {
-                        let code = e.code().map(str::to_string);
-                        failed(code.as_deref(), DisplayErrorContext(&e).to_string(), "ssm:GetParameter")
-                    })?;
+                    .map_err(|e| failed(e.code(), describe(&e), "ssm:GetParameter"))?;
                 let Some(parameter) = out.parameter else {
                     return Err(SecretError::Empty { key: key.into(), arn: arn.into() });
                 };
@@ -194,6 +201,25 @@ mod aws {
             return Err(SecretError::Empty { key: key.into(), arn: arn.into() });
         }
         Ok(Secret::new(value))
+    }
+
+    /// What an AWS call's failure says, in one line: the service's code and message, or the
+    /// HTTP status and the start of a body the SDK could not read, or why no answer came.
+    pub(crate) fn describe<E>(error: &SdkError<E>) -> String
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        if let Some(code) = error.code() {
+            return format!("{code}: {}", error.message().unwrap_or("(no message)"));
+        }
+        match error.raw_response() {
+            Some(response) => {
+                let body = response.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
+                let body: String = body.chars().map(|c| if c.is_control() { ' ' } else { c }).take(300).collect();
+                format!("HTTP {}: {}", response.status().as_u16(), body.trim())
+            }
+            None => DisplayErrorContext(error).to_string(),
+        }
     }
 
     impl SecretError {

@@ -153,3 +153,74 @@ async fn ecr_credentials_are_user_aws_and_the_decoded_token_password() {
         assert_eq!(password.expose(), "123456789012-auth-token", "{host}");
     }
 }
+
+/// One IAM query-API call to moto while it still takes requests without authentication (the
+/// service is named in the credential scope); the response XML.
+async fn iam(moto: &moto::Moto, params: &[(&str, &str)]) -> String {
+    let response = reqwest::Client::new()
+        .post(&moto.endpoint)
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20250101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .form(&[params, &[("Version", "2010-05-08")]].concat())
+        .send()
+        .await
+        .expect("moto answers");
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "IAM {params:?}: {status} {text}");
+    text
+}
+
+fn xml_value<'a>(xml: &'a str, tag: &str) -> &'a str {
+    let start = xml.find(&format!("<{tag}>")).unwrap_or_else(|| panic!("no <{tag}> in {xml}")) + tag.len() + 2;
+    &xml[start..start + xml[start..].find('<').expect("closing tag")]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_denied_names_the_key_the_arn_and_the_permission_to_grant() {
+    let moto = moto::Moto::start();
+    let sdk = moto.sdk_config();
+    let source_arn = secret(&sdk, GENERIC_SECRET).await;
+    let token_arn = secure_parameter(&sdk, OPERATOR_TOKEN).await;
+
+    // From here on moto enforces IAM, after the three calls that make a user who may read SSM
+    // parameters and nothing else.
+    let reset = reqwest::Client::new().post(format!("{}/moto-api/reset-auth", moto.endpoint)).body("3").send().await;
+    assert!(reset.unwrap().status().is_success());
+    iam(&moto, &[("Action", "CreateUser"), ("UserName", "ferry-fn")]).await;
+    let key = iam(&moto, &[("Action", "CreateAccessKey"), ("UserName", "ferry-fn")]).await;
+    let policy =
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ssm:GetParameter","Resource":"*"}]}"#;
+    iam(
+        &moto,
+        &[("Action", "PutUserPolicy"), ("UserName", "ferry-fn"), ("PolicyName", "ssm"), ("PolicyDocument", policy)],
+    )
+    .await;
+    let function = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(&moto.endpoint)
+        .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
+            aws_sdk_sqs::config::Credentials::new(
+                xml_value(&key, "AccessKeyId"),
+                xml_value(&key, "SecretAccessKey"),
+                None,
+                None,
+                "iam-user",
+            ),
+        ))
+        .build();
+
+    let mut config = config(&source_arn, &token_arn);
+    let error = config.read_secrets_with(&function).await.unwrap_err();
+    let text = error.to_string();
+    assert!(
+        text.contains("sources.generic.secret_arn")
+            && text.contains(&source_arn)
+            && text.contains("grant the function's role secretsmanager:GetSecretValue"),
+        "{text}"
+    );
+    assert_eq!(error.class(), ferry_core::error::ErrorClass::Permanent, "{text}");
+}

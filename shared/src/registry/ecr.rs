@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_ecr::error::ProvideErrorMetadata;
 use base64::Engine as _;
 use tokio::sync::{Mutex, OnceCell};
 
@@ -94,21 +94,28 @@ impl EcrCredentials {
         if let Some(region) = &self.region {
             conf = conf.region(aws_sdk_ecr::config::Region::new(region.clone()));
         }
-        let out =
-            aws_sdk_ecr::Client::from_conf(conf.build()).get_authorization_token().send().await.map_err(|e| match e
-                .code()
-            {
-                Some("AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException") => error(
+        let out = aws_sdk_ecr::Client::from_conf(conf.build()).get_authorization_token().send().await.map_err(|e| {
+            let text = crate::secrets::describe(&e);
+            // A 403 whose body the SDK could not read is still a refusal.
+            let refused = text.starts_with("HTTP 403")
+                || matches!(
+                    e.code(),
+                    Some("AccessDenied" | "AccessDeniedException" | "UnrecognizedClientException" | "InvalidSignatureException")
+                );
+            if refused {
+                error(
                     ErrorClass::Permanent,
-                    format!("GetAuthorizationToken refused: {}", DisplayErrorContext(&e)),
-                    "grant the role ecr:GetAuthorizationToken (and pull/push on the repositories)",
-                ),
-                _ => error(
+                    format!("GetAuthorizationToken refused: {text}"),
+                    "grant the role ecr:GetAuthorizationToken (and pull/push on the repositories), and check the credential chain",
+                )
+            } else {
+                error(
                     ErrorClass::Transient,
-                    format!("GetAuthorizationToken failed: {}", DisplayErrorContext(&e)),
+                    format!("GetAuthorizationToken failed: {text}"),
                     "check the AWS region, credentials and the network path to ECR",
-                ),
-            })?;
+                )
+            }
+        })?;
         let data = out.authorization_data().first().ok_or_else(|| {
             error(ErrorClass::Transient, "GetAuthorizationToken returned no authorization data".into(), "try again")
         })?;
