@@ -3,6 +3,10 @@
 //! the generic sender's secret and the operator token come from ARNs, and the target registry's
 //! password is the one moto's `GetAuthorizationToken` hands out (`ecr = true`).
 
+#[allow(dead_code)]
+#[rustfmt::skip] // support/lambda.rs is formatted with support/mod.rs, once that includes it
+#[path = "support/lambda.rs"]
+mod lambda_runtime;
 #[path = "../shared/tests/conformance/moto.rs"]
 mod moto;
 mod support;
@@ -161,4 +165,86 @@ secret_arn = "{missing}"
         "{}",
         check.stderr
     );
+}
+
+/// `target/debug/ferry-webhook`, built now (the functions are workspace members, not this
+/// package's binaries, so cargo does not build them for this test).
+fn webhook_function() -> std::path::PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-p", "ferry-webhook"])
+        .current_dir(root)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p ferry-webhook failed");
+    // The test binary is target/debug/deps/aws_secrets-…; the function is two levels up.
+    let exe = std::env::current_exe().unwrap();
+    exe.parent().and_then(|deps| deps.parent()).expect("target/debug").join("ferry-webhook")
+}
+
+#[test]
+fn the_webhook_function_reads_its_secret_arn_at_cold_start_and_verifies_with_it() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let moto = moto::Moto::start();
+    let sdk = moto.sdk_config();
+    let (secret_arn, queue_url, table) = runtime.block_on(async {
+        let secret = aws_sdk_secretsmanager::Client::new(&sdk)
+            .create_secret()
+            .name("ferry/generic")
+            .secret_string(GENERIC_SECRET)
+            .send()
+            .await
+            .expect("create the secret");
+        (secret.arn().unwrap().to_string(), moto.fifo_queue_with_dlq(5).await, moto.ledger_table().await)
+    });
+    let config = format!(
+        r#"
+[queue]
+kind = "sqs"
+url = "{queue_url}"
+[ledger]
+kind = "dynamodb"
+table = "{table}"
+[registries."build.example:5000"]
+[registries."dev.example:5000"]
+[sources.generic]
+secret_arn = "{secret_arn}"
+[[pipelines]]
+name = "shop-api"
+source = "build.example:5000/{REPO}"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "dev.example:5000/{REPO}"
+"#
+    );
+    let mut envs = aws_env(&moto);
+    envs.push(("FERRY_CONFIG", config));
+    let mut lambda = lambda_runtime::LambdaRuntime::start();
+    lambda.run_function(&webhook_function(), "ferry-webhook", &envs);
+
+    let event = |secret: &str| {
+        let body = json!({ "repository": format!("build.example:5000/{REPO}"), "tag": "1.0",
+                           "digest": format!("sha256:{}", "cd".repeat(32)) })
+        .to_string();
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
+        let signature = ferry_core::intake::verify::generic_signature(secret.as_bytes(), &timestamp, body.as_bytes());
+        // A Function URL event (payload format 2.0).
+        json!({
+            "version": "2.0", "routeKey": "$default", "rawPath": "/hooks/generic", "rawQueryString": "",
+            "headers": { "content-type": "application/json", "x-ferry-timestamp": timestamp, "x-ferry-signature": signature },
+            "requestContext": {
+                "accountId": "anonymous", "apiId": "ferry", "domainName": "ferry.lambda-url.us-east-1.on.aws",
+                "domainPrefix": "ferry", "requestId": "r", "routeKey": "$default", "stage": "$default",
+                "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 0,
+                "http": { "method": "POST", "path": "/hooks/generic", "protocol": "HTTP/1.1",
+                          "sourceIp": "127.0.0.1", "userAgent": "test" }
+            },
+            "body": body, "isBase64Encoded": false
+        })
+    };
+    let forged = lambda.invoke(&event("not-the-secret"), Duration::from_secs(60)).response();
+    assert_eq!(forged["statusCode"], 401, "{forged:#}\n{}", lambda.log());
+    let accepted = lambda.invoke(&event(GENERIC_SECRET), Duration::from_secs(60)).response();
+    assert_eq!(accepted["statusCode"], 202, "{accepted:#}\n{}", lambda.log());
+    assert!(!lambda.log().contains(GENERIC_SECRET), "the function logged its secret");
 }
