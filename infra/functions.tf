@@ -46,8 +46,8 @@ data "aws_iam_policy_document" "assume_lambda" {
   }
 }
 
-# Secrets named by secret_arn in the config, read at cold start; every function may need some
-# (sender secrets: webhook; registry and notifier secrets: worker and api).
+# Secrets named by the config's *_arn keys: every function reads all of them at cold start
+# (one config for all three), so each role may read each listed ARN.
 data "aws_iam_policy_document" "secrets" {
   dynamic "statement" {
     for_each = length(var.secret_arns) > 0 ? [1] : []

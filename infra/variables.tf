@@ -79,7 +79,7 @@ variable "api_zip" {
 }
 
 variable "ferry_config" {
-  description = "Ferry's TOML configuration (registries, sources, pipelines) without [queue] and [ledger]: the module appends those. Secrets are named by secret_arn, never written here."
+  description = "Ferry's TOML configuration (registries, sources, pipelines) without [queue] and [ledger]: the module appends those. Secrets are named by their ARN in the *_arn keys (secret_arn, operator_token_arn, password_arn, ...), never written here."
   type        = string
   default     = ""
 }
@@ -107,13 +107,13 @@ variable "worker_batch_size" {
 }
 
 variable "secret_arns" {
-  description = "Secrets Manager secret ARNs the config names with secret_arn; the functions may read these and no others."
+  description = "Secrets Manager secret ARNs the config names in its *_arn keys; the functions read all of them at cold start and may read no others."
   type        = list(string)
   default     = []
 }
 
 variable "secure_string_parameter_arns" {
-  description = "SSM SecureString parameter ARNs the config names with secret_arn."
+  description = "SSM SecureString parameter ARNs the config names in its *_arn keys."
   type        = list(string)
   default     = []
 }

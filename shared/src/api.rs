@@ -17,16 +17,21 @@ use crate::registry::auth::Secret;
 
 pub const USER_HEADER: &str = "x-ferry-user";
 
-/// The operator token `server.operator_token_env` names, if the operations API is on: at least
-/// 16 characters, from the environment.
+/// The operator token `server.operator_token_env` (or `_arn`) names, if the operations API is
+/// on: at least 16 characters.
 pub fn operator_token(config: &crate::config::Config) -> Result<Option<Secret>, String> {
-    let Some(var) = &config.server.operator_token_env else { return Ok(None) };
-    let token =
-        std::env::var(var).map_err(|_| format!("server.operator_token_env: environment variable {var} is not set"))?;
-    if token.len() < 16 {
-        return Err(format!("{var}: the operator token must be at least 16 characters"));
+    let server = &config.server;
+    let Some(token) = config
+        .secret("server.operator_token", server.operator_token_env.as_ref(), server.operator_token_arn.as_ref())
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    if token.expose().len() < 16 {
+        let source = server.operator_token_env.as_ref().or(server.operator_token_arn.as_ref()).expect("set");
+        return Err(format!("{source}: the operator token must be at least 16 characters"));
     }
-    Ok(Some(Secret::new(token)))
+    Ok(Some(token))
 }
 
 struct ApiState {

@@ -1,5 +1,6 @@
-//! Ferry's configuration: one TOML file, with secrets named by environment variable (or file),
-//! never written in it. Read once at start; errors name the key and the line.
+//! Ferry's configuration: one TOML file, with secrets named by environment variable, file or
+//! AWS ARN (`*_arn`, read once at start-up by [`Config::read_secrets`]), never written in it.
+//! Read once at start; errors name the key and the line.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use toml::Spanned;
 use crate::intake::Sender;
 use crate::registry::RegistryRef;
 use crate::registry::auth::Secret;
+use crate::secrets::{SecretArn, SecretError, SecretValues};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +39,9 @@ pub struct Config {
     pub ledger: LedgerBackend,
     /// Entra ID credentials and endpoints for the Azure notifiers (App Service).
     pub azure: Option<Azure>,
+    /// The values of the `*_arn` secrets, filled by [`Config::read_secrets`].
+    #[serde(skip)]
+    pub secret_values: SecretValues,
 }
 
 /// `[queue]`: `kind = "sqlite"` (default: `queue.db` in `server.data_dir`) or `kind = "sqs"`
@@ -81,6 +86,8 @@ pub struct Azure {
     pub client_id: Option<String>,
     /// Environment variable holding the client secret.
     pub client_secret_env: Option<String>,
+    /// Or the Secrets Manager secret / SSM SecureString parameter (ARN) holding it.
+    pub client_secret_arn: Option<String>,
     /// Entra ID's host (sovereign clouds; a fake in tests). `http://` only for loopback hosts.
     pub authority_host: Option<Spanned<String>>,
     /// ARM's endpoint; ARM tokens are requested for `{resource_manager}/.default`.
@@ -106,6 +113,8 @@ pub struct Server {
     /// Environment variable holding the operator token for `/api/*` (status, approve, rollback …).
     /// Without it the operations API is off.
     pub operator_token_env: Option<String>,
+    /// Or the Secrets Manager secret / SSM SecureString parameter (ARN) holding it.
+    pub operator_token_arn: Option<String>,
     /// Serve `/api/*` on this address only (e.g. a private interface), so that webhooks can face
     /// the internet while operations do not. Without it, `/api/*` shares `listen`.
     pub api_listen: Option<SocketAddr>,
@@ -141,6 +150,7 @@ impl Default for Server {
             data_dir: default_data_dir(),
             max_clock_skew_secs: default_clock_skew(),
             operator_token_env: None,
+            operator_token_arn: None,
             api_listen: None,
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout(),
@@ -173,6 +183,13 @@ pub struct Registry {
     /// Environment variables holding the username and password (or token).
     pub username_env: Option<String>,
     pub password_env: Option<String>,
+    /// Or Secrets Manager secrets / SSM SecureString parameters (ARNs) holding them.
+    pub username_arn: Option<String>,
+    pub password_arn: Option<String>,
+    /// An Amazon ECR registry: credentials from the AWS credential chain (ECR
+    /// `GetAuthorizationToken`, user `AWS`), refreshed before the token expires.
+    #[serde(default)]
+    pub ecr: bool,
     /// The registry's token service when it lives on another host (an https URL, compared with
     /// the challenge's realm without its query). Ferry refuses any other foreign realm, since
     /// the realm receives the registry's credentials. Docker Hub's `auth.docker.io` is built in.
@@ -200,11 +217,13 @@ fn https_url<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option
     Ok(Some(url))
 }
 
-/// Where a secret comes from: an environment variable, or a file (e.g. a mounted secret).
+/// Where a secret comes from: an environment variable, a file (e.g. a mounted secret), or an
+/// AWS Secrets Manager secret / SSM SecureString parameter (ARN).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     pub secret_env: Option<String>,
+    pub secret_arn: Option<String>,
     pub secret_file: Option<PathBuf>,
     /// For header-secret senders: the header that carries it (default `Authorization`). The
     /// value may be the secret itself or `Bearer <secret>`.
@@ -333,7 +352,7 @@ pub enum Gate {
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
 pub enum Notify {
     /// POST a signed JSON event (same HMAC scheme as `/hooks/generic`).
-    Webhook { url: String, secret_env: Option<String> },
+    Webhook { url: String, secret_env: Option<String>, secret_arn: Option<String> },
     /// Point an Azure App Service web app (or a slot, optionally swapped into production) at the
     /// digest: `linuxFxVersion = "DOCKER|<registry>/<repo>@sha256:…"`.
     #[serde(rename = "app-service")]
@@ -546,10 +565,12 @@ impl Config {
                 ));
             }
             let s = source.get_ref();
-            if s.secret_env.is_none() == s.secret_file.is_none() {
+            if [s.secret_env.is_some(), s.secret_arn.is_some(), s.secret_file.is_some()].iter().filter(|&&b| b).count()
+                != 1
+            {
                 return Err(at(
                     source.span(),
-                    format!("sources.{name}: set exactly one of `secret_env` or `secret_file`"),
+                    format!("sources.{name}: set exactly one of `secret_env`, `secret_arn` or `secret_file`"),
                 ));
             }
         }
@@ -573,6 +594,7 @@ impl Config {
             }
         }
         config.check_backends().map_err(|message| ConfigError::File { path: path.to_string(), message })?;
+        config.check_secrets().map_err(|message| ConfigError::File { path: path.to_string(), message })?;
         if let Some(azure) = &config.azure {
             for (key, value) in
                 [("authority_host", &azure.authority_host), ("resource_manager", &azure.resource_manager)]
@@ -719,6 +741,119 @@ impl Config {
         Ok(())
     }
 
+    /// Every secret key the configuration has, by key without its `_env`/`_arn` suffix, with
+    /// the environment variable and the ARN it names.
+    fn secret_keys(&self) -> Vec<(String, Option<&String>, Option<&String>)> {
+        let mut keys = vec![(
+            "server.operator_token".to_string(),
+            self.server.operator_token_env.as_ref(),
+            self.server.operator_token_arn.as_ref(),
+        )];
+        for (name, source) in &self.sources {
+            let s = source.get_ref();
+            keys.push((format!("sources.{name}.secret"), s.secret_env.as_ref(), s.secret_arn.as_ref()));
+        }
+        for (host, r) in &self.registries {
+            keys.push((format!("registries.\"{host}\".username"), r.username_env.as_ref(), r.username_arn.as_ref()));
+            keys.push((format!("registries.\"{host}\".password"), r.password_env.as_ref(), r.password_arn.as_ref()));
+        }
+        for pipeline in &self.pipelines {
+            for stage in &pipeline.stages {
+                if let Some(Notify::Webhook { secret_env, secret_arn, .. }) = &stage.notify {
+                    keys.push((
+                        format!("pipelines.{}.stages.{}.notify.secret", pipeline.name.get_ref(), stage.name.get_ref()),
+                        secret_env.as_ref(),
+                        secret_arn.as_ref(),
+                    ));
+                }
+            }
+        }
+        if let Some(azure) = &self.azure {
+            keys.push((
+                "azure.client_secret".into(),
+                azure.client_secret_env.as_ref(),
+                azure.client_secret_arn.as_ref(),
+            ));
+        }
+        keys
+    }
+
+    /// The `*_arn` secrets to read at start-up: (key, ARN).
+    pub fn secret_arns(&self) -> Vec<(String, String)> {
+        self.secret_keys().into_iter().filter_map(|(key, _, arn)| Some((format!("{key}_arn"), arn?.clone()))).collect()
+    }
+
+    fn check_secrets(&self) -> Result<(), String> {
+        for (key, env, arn) in self.secret_keys() {
+            if env.is_some() && arn.is_some() {
+                return Err(format!("{key}: set `{key}_env` or `{key}_arn`, not both"));
+            }
+            if let Some(arn) = arn {
+                SecretArn::parse(arn).map_err(|e| format!("{key}_arn: {e}"))?;
+                if !cfg!(feature = "aws") {
+                    return Err(SecretError::NoAwsFeature { key: format!("{key}_arn"), arn: arn.clone() }.to_string());
+                }
+            }
+        }
+        for (host, r) in &self.registries {
+            let user = r.username_env.is_some() || r.username_arn.is_some();
+            let pass = r.password_env.is_some() || r.password_arn.is_some();
+            if user != pass {
+                return Err(format!(
+                    "registries.\"{host}\": set both a username (`username_env` or `username_arn`) and a password (`password_env` or `password_arn`), or neither"
+                ));
+            }
+            if r.ecr && user {
+                return Err(format!(
+                    "registries.\"{host}\": `ecr = true` takes its credentials from the AWS credential chain; remove the username and password keys"
+                ));
+            }
+            if r.ecr && !cfg!(feature = "aws") {
+                return Err(format!(
+                    "registries.\"{host}\".ecr: this build of Ferry has no `aws` feature; build ferry-core with features = [\"aws\"]"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the `*_arn` secrets (Secrets Manager, SSM) once, with the standard AWS
+    /// configuration (region, credential chain, `AWS_ENDPOINT_URL`), into memory. Does nothing
+    /// when the configuration names no ARN.
+    pub async fn read_secrets(&mut self) -> Result<(), SecretError> {
+        if self.secret_arns().is_empty() {
+            return Ok(());
+        }
+        #[cfg(feature = "aws")]
+        {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+            self.read_secrets_with(&sdk).await
+        }
+        #[cfg(not(feature = "aws"))]
+        {
+            let (key, arn) = self.secret_arns().remove(0);
+            Err(SecretError::NoAwsFeature { key, arn })
+        }
+    }
+
+    /// [`Config::read_secrets`] with a given AWS configuration.
+    #[cfg(feature = "aws")]
+    pub async fn read_secrets_with(&mut self, sdk: &aws_config::SdkConfig) -> Result<(), SecretError> {
+        for (key, arn) in self.secret_arns() {
+            if self.secret_values.get(&arn).is_none() {
+                let value = crate::secrets::read(sdk, &key, &arn).await?;
+                self.secret_values.insert(arn, value);
+            }
+        }
+        Ok(())
+    }
+
+    /// One secret of the configuration (`key` without `_env`/`_arn`): from its environment
+    /// variable, or as read from its ARN at start-up.
+    pub fn secret(&self, key: &str, env: Option<&String>, arn: Option<&String>) -> Result<Option<Secret>, SecretError> {
+        crate::secrets::resolve(&self.secret_values, key, env, arn)
+    }
+
     fn check_registry(&self, name: &RepoName, key: &str, field: &str) -> Result<(), String> {
         if self.registries.contains_key(&name.registry) {
             Ok(())
@@ -736,16 +871,23 @@ impl Config {
             return Ok(None);
         };
         let source = source.get_ref();
-        let value = if let Some(var) = &source.secret_env {
-            std::env::var(var)
-                .map_err(|_| format!("sources.{}: environment variable {var} is not set", sender.as_str()))?
+        let value = if source.secret_env.is_some() || source.secret_arn.is_some() {
+            self.secret(
+                &format!("sources.{}.secret", sender.as_str()),
+                source.secret_env.as_ref(),
+                source.secret_arn.as_ref(),
+            )
+            .map_err(|e| e.to_string())?
+            .expect("validated: secret_env or secret_arn is set")
+            .expose()
+            .to_string()
         } else if let Some(file) = &source.secret_file {
             std::fs::read_to_string(file)
                 .map_err(|e| format!("sources.{}: cannot read secret_file {}: {e}", sender.as_str(), file.display()))?
                 .trim()
                 .to_string()
         } else {
-            unreachable!("validated: one of secret_env or secret_file")
+            unreachable!("validated: one of secret_env, secret_arn or secret_file")
         };
         if value.is_empty() {
             return Err(format!("sources.{}: the secret is empty", sender.as_str()));
@@ -918,6 +1060,63 @@ tags = ["v*"]
         let sender = GOOD.replace("[sources.generic]", "[sources.gitlab]");
         let err = Config::parse(&sender, "f").unwrap_err().to_string();
         assert!(err.contains("sources.gitlab: unknown sender"), "{err}");
+    }
+
+    #[test]
+    fn every_secret_key_takes_an_arn_instead_of_an_env_var_but_not_both() {
+        const SM: &str = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:ferry/x-AbCdEf";
+        const SSM: &str = "arn:aws:ssm:eu-west-1:123456789012:parameter/ferry/y";
+        let text = GOOD
+            .replace("secret_env = \"FERRY_GENERIC_SECRET\"", &format!("secret_arn = \"{SM}\""))
+            .replace("listen = \"127.0.0.1:8080\"", &format!("operator_token_arn = \"{SSM}\""))
+            .replacen("plain_http = true\n", &format!("plain_http = true\nusername_arn = \"{SM}\"\npassword_arn = \"{SSM}\"\n"), 1)
+            .replace(
+                "target = \"127.0.0.1:5002/shop/api\"",
+                &format!("target = \"127.0.0.1:5002/shop/api\"\n  notify = {{ kind = \"webhook\", url = \"https://d.example/h\", secret_arn = \"{SM}\" }}"),
+            )
+            + &format!("[azure]\ntenant_id = \"t\"\nclient_id = \"c\"\nclient_secret_arn = \"{SSM}\"\n");
+        let config = Config::parse(&text, "f").unwrap();
+        let keys: Vec<String> = config.secret_arns().into_iter().map(|(key, _)| key).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.operator_token_arn",
+                "sources.generic.secret_arn",
+                "registries.\"127.0.0.1:5001\".username_arn",
+                "registries.\"127.0.0.1:5001\".password_arn",
+                "pipelines.shop-api.stages.dev.notify.secret_arn",
+                "azure.client_secret_arn",
+            ]
+        );
+
+        let both = GOOD.replace(
+            "secret_env = \"FERRY_GENERIC_SECRET\"",
+            &format!("secret_env = \"FERRY_GENERIC_SECRET\"\nsecret_arn = \"{SM}\""),
+        );
+        let err = Config::parse(&both, "f").unwrap_err().to_string();
+        assert!(err.contains("sources.generic: set exactly one of `secret_env`, `secret_arn`"), "{err}");
+        let both = GOOD.replace(
+            "listen = \"127.0.0.1:8080\"",
+            &format!("operator_token_env = \"T\"\noperator_token_arn = \"{SSM}\""),
+        );
+        let err = Config::parse(&both, "f").unwrap_err().to_string();
+        assert!(err.contains("`server.operator_token_env` or `server.operator_token_arn`, not both"), "{err}");
+        let wrong = GOOD.replace("listen = \"127.0.0.1:8080\"", "operator_token_arn = \"ferry/operator-token\"");
+        let err = Config::parse(&wrong, "f").unwrap_err().to_string();
+        assert!(err.contains("server.operator_token_arn: `ferry/operator-token` is not a Secrets Manager"), "{err}");
+        let half = GOOD.replacen("plain_http = true\n", &format!("plain_http = true\npassword_arn = \"{SM}\"\n"), 1);
+        let err = Config::parse(&half, "f").unwrap_err().to_string();
+        assert!(err.contains("set both a username"), "{err}");
+    }
+
+    #[test]
+    fn an_ecr_registry_takes_no_username_or_password() {
+        let ecr = GOOD.replacen("plain_http = true\n", "plain_http = true\necr = true\n", 1);
+        assert!(Config::parse(&ecr, "f").unwrap().registries["127.0.0.1:5001"].ecr);
+        let with_password =
+            GOOD.replacen("plain_http = true\n", "ecr = true\nusername_env = \"U\"\npassword_env = \"P\"\n", 1);
+        let err = Config::parse(&with_password, "f").unwrap_err().to_string();
+        assert!(err.contains("`ecr = true` takes its credentials from the AWS credential chain"), "{err}");
     }
 
     #[test]

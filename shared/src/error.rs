@@ -110,7 +110,8 @@ impl From<CopyError> for WorkError {
         let message = match &error {
             CopyError::Auth { registry, scope, detail } => format!(
                 "{registry}: authentication failed for scope `{scope}`: {detail}; set username_env and password_env \
-                 under [registries.\"{registry}\"] to credentials with pull (source) or push (target) rights"
+                 (or username_arn and password_arn; `ecr = true` for ECR) under [registries.\"{registry}\"] to \
+                 credentials with pull (source) or push (target) rights"
             ),
             CopyError::Transport { registry, detail, hint } if !hint.is_empty() => {
                 let fix = if hint.contains("ca_cert") || hint.contains("--ca-cert") {

@@ -27,10 +27,12 @@ pub fn init_tracing() {
     tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).without_time().with_target(false).init();
 }
 
-/// The configuration (`FERRY_CONFIG` or `FERRY_CONFIG_FILE`) and its stores, opened once per
-/// cold start.
+/// The configuration (`FERRY_CONFIG` or `FERRY_CONFIG_FILE`) with its `*_arn` secrets read,
+/// and its stores, opened once per cold start.
 pub async fn start() -> Result<(Arc<Config>, Stores), Error> {
-    let config = Arc::new(Config::from_environment()?);
+    let mut config = Config::from_environment()?;
+    config.read_secrets().await?;
+    let config = Arc::new(config);
     let stores = backend::open(&config).await?;
     Ok((config, stores))
 }
@@ -42,10 +44,10 @@ pub fn intake(config: &Config, stores: &Stores) -> Result<Intake, Error> {
     Ok(Intake::new(config, stores.queue.clone())?.with_replay_guard(replay))
 }
 
-/// The operator token of the API function (`server.operator_token_env`, required there).
+/// The operator token of the API function (`server.operator_token_env` or `_arn`, required there).
 pub fn operator_token(config: &Config) -> Result<Secret, Error> {
     crate::api::operator_token(config)?
-        .ok_or_else(|| "set server.operator_token_env: the API function serves /api/* only with a token".into())
+        .ok_or_else(|| "set server.operator_token_env or server.operator_token_arn: the API function serves /api/* only with a token".into())
 }
 
 /// The SQS queue a worker function settles its records with (`[queue] kind = "sqs"`).

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod person;
 pub mod queue;
 pub mod registry;
+pub mod secrets;
 pub mod server;
 pub mod settle;
 pub mod smooth;

@@ -28,10 +28,10 @@ use crate::ledger::{
     DeploymentRecord, EnvironmentEntry, GateDecision, Ledger, PromotionRecord, PromotionState, promotion_id,
 };
 use crate::queue::{Delivery, JobQueue};
-use crate::registry::auth::{Credential, Secret};
+use crate::registry::auth::Credential;
 use crate::registry::client::{ClientOptions, Deadlines, HttpClients, RegistryClient, pull_scope};
 use crate::registry::reference::ImageRef;
-use crate::registry::{Access, CopyError, CopyOptions, Digest, Location, Progress, RegistryRef, Tag, copy};
+use crate::registry::{Access, CopyOptions, Digest, Location, Progress, RegistryRef, Tag, copy};
 use crate::settle::{RetrySettings, Settlement, settlement};
 
 pub fn now_ms() -> i64 {
@@ -68,10 +68,30 @@ impl Handled {
     }
 }
 
+/// How Ferry proves who it is to one registry: a credential fixed at start-up, or one that is
+/// fetched and renewed while Ferry runs (ECR's 12-hour tokens).
+#[derive(Clone)]
+pub enum RegistryCredential {
+    Fixed(Credential),
+    #[cfg(feature = "aws")]
+    Ecr(Arc<crate::registry::ecr::EcrCredentials>),
+}
+
+impl RegistryCredential {
+    /// The credential to use for the next job.
+    pub async fn current(&self) -> Result<Credential, WorkError> {
+        match self {
+            RegistryCredential::Fixed(credential) => Ok(credential.clone()),
+            #[cfg(feature = "aws")]
+            RegistryCredential::Ecr(ecr) => ecr.credential().await.map_err(|e| WorkError::new(e.class, e.to_string())),
+        }
+    }
+}
+
 /// How Ferry reaches the configured registries (and no others).
 pub struct RegistrySettings {
     client: ClientOptions,
-    credentials: HashMap<String, Credential>,
+    credentials: HashMap<String, RegistryCredential>,
     /// One trust store per registry that names a `ca_cert`, one shared by the others.
     http: HttpClients,
 }
@@ -107,38 +127,60 @@ impl RegistrySettings {
                 ));
             }
             client.registry_deadlines.insert(api_host(host).to_string(), deadlines);
-            match (&registry.username_env, &registry.password_env) {
-                (Some(user_var), Some(pass_var)) => {
-                    let username = std::env::var(user_var)
-                        .map_err(|_| format!("registries.\"{host}\": environment variable {user_var} is not set"))?;
-                    let password = std::env::var(pass_var)
-                        .map_err(|_| format!("registries.\"{host}\": environment variable {pass_var} is not set"))?;
-                    credentials.insert(host.clone(), Credential::Basic { username, password: Secret::new(password) });
+            let key = |name: &str| format!("registries.\"{host}\".{name}");
+            let username = config
+                .secret(&key("username"), registry.username_env.as_ref(), registry.username_arn.as_ref())
+                .map_err(|e| e.to_string())?;
+            let password = config
+                .secret(&key("password"), registry.password_env.as_ref(), registry.password_arn.as_ref())
+                .map_err(|e| e.to_string())?;
+            match (username, password) {
+                (Some(username), Some(password)) => {
+                    let username = username.expose().to_string();
+                    credentials
+                        .insert(host.clone(), RegistryCredential::Fixed(Credential::Basic { username, password }));
                 }
                 (None, None) => {}
-                _ => return Err(format!("registries.\"{host}\": set both username_env and password_env, or neither")),
+                _ => return Err(format!("registries.\"{host}\": set both a username and a password, or neither")),
+            }
+            if registry.ecr {
+                #[cfg(feature = "aws")]
+                credentials.insert(
+                    host.clone(),
+                    RegistryCredential::Ecr(Arc::new(crate::registry::ecr::EcrCredentials::new(host))),
+                );
+                #[cfg(not(feature = "aws"))]
+                return Err(format!("registries.\"{host}\".ecr: this build of Ferry has no `aws` feature"));
             }
         }
         let http = HttpClients::new(&client).map_err(|e| e.to_string())?;
         Ok(RegistrySettings { client, credentials, http })
     }
 
-    fn access(&self, source: &RepoName, target: &RepoName) -> Access {
-        Access {
-            client: self.client.clone(),
-            source_credential: self.credentials.get(&source.registry).cloned(),
-            target_credential: self.credentials.get(&target.registry).cloned(),
-            docker_config: Default::default(),
+    /// The credential for `registry` now (renewed when it is about to expire).
+    pub async fn credential(&self, registry: &str) -> Result<Option<Credential>, WorkError> {
+        match self.credentials.get(registry) {
+            Some(credential) => credential.current().await.map(Some),
+            None => Ok(None),
         }
     }
 
-    fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, CopyError> {
-        RegistryClient::new(
+    async fn access(&self, source: &RepoName, target: &RepoName) -> Result<Access, WorkError> {
+        Ok(Access {
+            client: self.client.clone(),
+            source_credential: self.credential(&source.registry).await?,
+            target_credential: self.credential(&target.registry).await?,
+            docker_config: Default::default(),
+        })
+    }
+
+    async fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, WorkError> {
+        Ok(RegistryClient::new(
             self.http.for_registry(api_host(registry)),
             api_host(registry),
             &self.client,
-            self.credentials.get(registry).cloned(),
-        )
+            self.credential(registry).await?,
+        )?)
     }
 }
 
@@ -193,13 +235,14 @@ impl Worker {
             for stage in &pipeline.stages {
                 let notifier: Arc<dyn Notifier> = match &stage.notify {
                     None => Arc::new(NoopNotifier),
-                    Some(Notify::Webhook { url, secret_env }) => {
-                        let secret = match secret_env {
-                            Some(var) => Some(Secret::new(std::env::var(var).map_err(|_| {
-                                format!("stage {}: environment variable {var} is not set", stage.name.get_ref())
-                            })?)),
-                            None => None,
-                        };
+                    Some(Notify::Webhook { url, secret_env, secret_arn }) => {
+                        let key = format!(
+                            "pipelines.{}.stages.{}.notify.secret",
+                            pipeline.name.get_ref(),
+                            stage.name.get_ref()
+                        );
+                        let secret =
+                            config.secret(&key, secret_env.as_ref(), secret_arn.as_ref()).map_err(|e| e.to_string())?;
                         Arc::new(WebhookNotifier::new(url, secret).map_err(|e| e.to_string())?)
                     }
                     Some(Notify::AppService { subscription, resource_group, app, slot, swap }) => {
@@ -596,7 +639,7 @@ impl Worker {
         let from = Location::Registry(registry_ref(source, ImageRef { tag: None, digest: Some(digest.clone()) }));
         let to = Location::Registry(registry_ref(target, ImageRef { tag: first, digest: None }));
         let options = CopyOptions { extra_tags: rest, ..CopyOptions::default() };
-        let access = self.registries.access(source, target);
+        let access = self.registries.access(source, target).await?;
         let report = copy(&from, &to, &access, &options, Arc::new(Progress::default()))
             .await
             .map_err(|e| WorkError::from(e).context(format_args!("copy {from} → {to}")))?;
@@ -679,7 +722,7 @@ impl Worker {
         source: &RepoName,
         request: &PromotionRequest,
     ) -> Result<(Digest, Option<Digest>), WorkError> {
-        let client = self.registries.client(&source.registry)?;
+        let client = self.registries.client(&source.registry).await?;
         let scope = vec![pull_scope(&source.repository)];
         let by_tag = match &request.tag {
             Some(tag) => client.head_manifest(&source.repository, tag, &scope).await?,

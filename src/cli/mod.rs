@@ -82,7 +82,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Copy(args) => copy::run(args).await,
         Command::Serve(args) => serve::run(args).await,
-        Command::Config(args) => config::run(args),
+        Command::Config(args) => config::run(args).await,
         Command::Status { connection, args } => ops::status(&connection, args).await,
         Command::Promote { connection, args } => ops::promote(&connection, args).await,
         Command::Approve { connection, args } => ops::approve(&connection, args).await,

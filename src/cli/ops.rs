@@ -117,7 +117,7 @@ impl Backend {
         let Some(path) = &c.config else {
             bail!("say where Ferry runs: --server URL (a running ferry serve) or --config FILE (its stores)");
         };
-        let config = Arc::new(Config::load(path)?);
+        let mut config = Config::load(path)?;
         // Operator commands work on what `ferry serve` keeps; they never create an empty store.
         if matches!(config.queue, ferry_core::config::QueueBackend::Sqlite {}) {
             let data_dir = &config.server.data_dir;
@@ -130,6 +130,8 @@ impl Backend {
                 path.display()
             );
         }
+        config.read_secrets().await?;
+        let config = Arc::new(config);
         let stores = super::serve::open_stores(&config).await?;
         let worker = Worker::new(config, stores.queue, stores.ledger).map_err(anyhow::Error::msg)?;
         Ok(Backend::Local { ops: Operations::new(Arc::new(worker)), user })

@@ -44,7 +44,10 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Arc::new(Config::load(&args.config)?);
+    let mut config = Config::load(&args.config)?;
+    // `*_arn` secrets are read once, here, and kept in memory only.
+    config.read_secrets().await?;
+    let config = Arc::new(config);
     let stores = open_stores(&config).await?;
     let replay = ferry_core::backend::replay_guard(&config, &stores)?;
     let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?.with_replay_guard(replay);

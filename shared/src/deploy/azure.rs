@@ -529,13 +529,13 @@ pub fn arm_client(config: &crate::config::Config) -> Result<ArmClient, AzureErro
     };
     let resource_manager =
         azure.resource_manager.as_ref().map(|r| r.get_ref().clone()).unwrap_or_else(|| DEFAULT_RESOURCE_MANAGER.into());
-    let client_secret =
-        match &azure.client_secret_env {
-            Some(var) => Some(Secret::new(env(var).ok_or_else(|| {
-                AzureError::Config(format!("client_secret_env: environment variable {var} is not set"))
-            })?)),
-            None => None,
-        };
+    let client_secret = config
+        .secret("azure.client_secret", azure.client_secret_env.as_ref(), azure.client_secret_arn.as_ref())
+        .map_err(|e| AzureError::Config(e.to_string()))?
+        .filter(|s| !s.expose().is_empty());
+    if client_secret.is_none() && azure.client_secret_env.is_some() {
+        return Err(AzureError::Config("azure.client_secret_env: the environment variable is empty".into()));
+    }
     let ca_cert_pem = match &azure.ca_cert {
         Some(path) => Some(
             std::fs::read(path)

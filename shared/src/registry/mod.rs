@@ -4,6 +4,8 @@ pub mod archive;
 pub mod auth;
 pub mod client;
 pub mod copy;
+#[cfg(feature = "aws")]
+pub mod ecr;
 pub mod error;
 pub mod layout;
 pub mod manifest;

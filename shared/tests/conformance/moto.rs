@@ -60,6 +60,20 @@ impl Moto {
         Moto { child, endpoint: format!("http://127.0.0.1:{port}") }
     }
 
+    /// The standard AWS configuration pointed at this moto (static test credentials), for
+    /// code that builds its own clients (secrets, ECR).
+    #[allow(dead_code)]
+    pub fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(REGION))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_sqs::config::SharedCredentialsProvider::new(
+                aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "static"),
+            ))
+            .build()
+    }
+
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
