@@ -61,6 +61,12 @@ impl Aws {
 
     /// The next message of `queue_url` as an SQS event record, as Lambda's event source sends it.
     fn next_record(&self, queue_url: &str) -> Value {
+        self.next_records(queue_url, 1).remove(0)
+    }
+
+    /// The next `n` messages, received in one call as Lambda's poller does (a FIFO queue hands
+    /// out no later message of a group while an earlier one is in flight).
+    fn next_records(&self, queue_url: &str, n: i32) -> Vec<Value> {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let messages = self.runtime.block_on(async {
@@ -68,7 +74,7 @@ impl Aws {
                     .sqs()
                     .receive_message()
                     .queue_url(queue_url)
-                    .max_number_of_messages(1)
+                    .max_number_of_messages(n)
                     .visibility_timeout(120)
                     .message_system_attribute_names(MessageSystemAttributeName::All)
                     .message_attribute_names("All")
@@ -78,31 +84,10 @@ impl Aws {
                     .messages
                     .unwrap_or_default()
             });
-            if let Some(message) = messages.into_iter().next() {
-                let attributes: serde_json::Map<String, Value> = message
-                    .attributes()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
-                    .collect();
-                let message_attributes: serde_json::Map<String, Value> = message
-                    .message_attributes()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| (k.clone(), json!({ "stringValue": v.string_value(), "dataType": v.data_type() })))
-                    .collect();
-                return json!({
-                    "messageId": message.message_id(),
-                    "receiptHandle": message.receipt_handle(),
-                    "body": message.body(),
-                    "attributes": attributes,
-                    "messageAttributes": message_attributes,
-                    "md5OfBody": message.md5_of_body(),
-                    "eventSource": "aws:sqs",
-                    "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ferry-jobs.fifo",
-                    "awsRegion": "us-east-1"
-                });
+            if messages.len() == n as usize {
+                return messages.iter().map(record_of).collect();
             }
+            assert!(messages.is_empty(), "received {} of {n} messages at once", messages.len());
             assert!(std::time::Instant::now() < deadline, "no message in {queue_url} after 30 s");
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -125,6 +110,33 @@ impl Aws {
                 .unwrap();
         });
     }
+}
+
+/// An SQS message as the record of an SQS event.
+fn record_of(message: &aws_sdk_sqs::types::Message) -> Value {
+    let attributes: serde_json::Map<String, Value> = message
+        .attributes()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str().to_string(), Value::String(v.clone())))
+        .collect();
+    let message_attributes: serde_json::Map<String, Value> = message
+        .message_attributes()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), json!({ "stringValue": v.string_value(), "dataType": v.data_type() })))
+        .collect();
+    json!({
+        "messageId": message.message_id(),
+        "receiptHandle": message.receipt_handle(),
+        "body": message.body(),
+        "attributes": attributes,
+        "messageAttributes": message_attributes,
+        "md5OfBody": message.md5_of_body(),
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:ferry-jobs.fifo",
+        "awsRegion": "us-east-1"
+    })
 }
 
 /// The configuration every function reads from `FERRY_CONFIG`.
@@ -332,6 +344,45 @@ fn failing_messages_are_reported_as_batch_item_failures_then_dead_lettered_with_
     assert_eq!(errors.len(), 2, "{dead:#}");
     assert!(errors.iter().any(|e| e.contains("gave up after 2 attempts") && e.contains(&down)), "{errors:#?}");
     assert!(errors.iter().any(|e| e.contains("unreadable job payload") && e.contains("not retried")), "{errors:#?}");
+}
+
+#[test]
+fn the_worker_starts_nothing_near_its_deadline_and_holds_back_the_rest_of_a_failing_group() {
+    let aws = Aws::start(5);
+    let down = format!("127.0.0.1:{}", free_port());
+    let dev = Registry::plain();
+    // Every receive counts as an attempt in SQS, also a record handed back unprocessed.
+    let config = config(&aws, &down, dev.host()).replace("max_attempts = 2", "max_attempts = 5");
+    let mut worker = LambdaRuntime::start();
+    worker.run_function(&function_binary("ferry-worker"), "ferry-worker", &function_env(&aws, &config));
+    let job = |tag: &str| {
+        json!({
+            "kind": "promote", "pipeline": "shop-api", "stage": "dev", "source": format!("{down}/{REPO}"),
+            "request": { "sender": "generic", "registry": down, "repository": REPO, "tag": tag,
+                         "digest": format!("sha256:{}", "cd".repeat(32)) }
+        })
+        .to_string()
+    };
+    aws.send(&job("1.0"), "shop-api/dev");
+    aws.send(&job("1.1"), "shop-api/dev");
+    let records = aws.next_records(&aws.queue_url, 2);
+    let ids = json!([{ "itemIdentifier": records[0]["messageId"] }, { "itemIdentifier": records[1]["messageId"] }]);
+
+    // 10 s before the deadline nothing starts: both records go back untouched, at once.
+    let started = std::time::Instant::now();
+    let answer = worker
+        .invoke_with_deadline(&json!({ "Records": records }), Duration::from_secs(10), Duration::from_secs(30))
+        .response();
+    assert_eq!(answer["batchItemFailures"], ids, "{answer:#}\n{}", worker.log());
+    assert!(started.elapsed() < Duration::from_secs(5), "the worker worked near its deadline: {:?}", started.elapsed());
+    assert!(!worker.log().contains("cannot reach"), "a record was processed:\n{}", worker.log());
+
+    // With time: the first fails (its registry is down) and holds back the second of its group.
+    let records = aws.next_records(&aws.queue_url, 2);
+    let ids = json!([{ "itemIdentifier": records[0]["messageId"] }, { "itemIdentifier": records[1]["messageId"] }]);
+    let answer = worker.invoke(&json!({ "Records": records }), Duration::from_secs(120)).response();
+    assert_eq!(answer["batchItemFailures"], ids, "{answer:#}\n{}", worker.log());
+    assert_eq!(worker.log().matches("attempt failed; will retry").count(), 1, "{}", worker.log());
 }
 
 /// The Lambda figures for BENCHMARKS.md (`bench/lambda.sh`, not part of the test suite): each

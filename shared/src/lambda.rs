@@ -12,8 +12,8 @@ use serde::Deserialize;
 use crate::backend::{self, Stores};
 use crate::config::Config;
 use crate::http::Intake;
-use crate::queue::SqsQueue;
 use crate::queue::sqs::{JOB_ID_ATTRIBUTE, ReceivedMessage};
+use crate::queue::{JobQueue, SqsQueue};
 use crate::registry::auth::Secret;
 use crate::worker::Worker;
 
@@ -79,6 +79,14 @@ pub async fn sqs_batch(worker: &Worker, queue: &SqsQueue, event: SqsEvent, deadl
         let group = message.attributes.get("MessageGroupId").cloned();
         let held = group.as_ref().is_some_and(|g| held_groups.contains(g));
         if held || near_deadline(deadline_ms) {
+            // Handed back untouched and visible again at once, not after the queue's visibility
+            // timeout; FIFO still delivers a held message only after the failed one before it.
+            if let Ok(received) = received(&message) {
+                let receipt = queue.adopt(received, lease).receipt;
+                if let Err(e) = queue.extend(&receipt, Duration::ZERO).await {
+                    tracing::warn!(message.id = %id, error = %e, "could not hand a message back early");
+                }
+            }
             response.add_failure(id);
             continue;
         }

@@ -117,10 +117,16 @@ impl LambdaRuntime {
         }
     }
 
-    /// Hands `event` to the function and waits for its answer.
+    /// Hands `event` to the function and waits for its answer (the invocation's deadline is
+    /// 15 minutes away, Lambda's longest).
     pub fn invoke(&self, event: &Value, timeout: Duration) -> Answer {
+        self.invoke_with_deadline(event, Duration::from_secs(900), timeout)
+    }
+
+    /// Like [`LambdaRuntime::invoke`], with the function told its deadline is `deadline` away.
+    pub fn invoke_with_deadline(&self, event: &Value, deadline: Duration, timeout: Duration) -> Answer {
         let id = uuid_like();
-        let deadline_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64 + 900_000;
+        let deadline_ms = (SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + deadline).as_millis() as u64;
         self.state.shared.lock().unwrap().queued.push_back((id.clone(), event.clone(), deadline_ms));
         self.state.changed.notify_waiters();
         let deadline = Instant::now() + timeout;
