@@ -220,6 +220,8 @@ fn a_flood_of_valid_and_hostile_webhooks_queues_each_push_once_and_refuses_the_r
     assert!(rss < 256 * 1024, "ferry serve peaked at {rss} KiB during the flood");
     eprintln!("flood: {total} requests, /healthz slowest {slowest_health:?}, peak RSS {} MiB", rss / 1024);
 
+    assert!(!server.log().contains(SECRET), "the sender's secret appears in the log");
+
     // Exactly one job per distinct push, none for anything refused.
     server.kill();
     let queued: Vec<String> = runtime.block_on(async {
