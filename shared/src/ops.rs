@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Gate;
 use crate::error::{ErrorClass, WorkError};
-use crate::ledger::{EnvironmentEntry, GateDecision, PromotionRecord, PromotionState};
+use crate::ledger::{EnvironmentEntry, GateDecision, JobRecord, JobState, PromotionRecord, PromotionState};
 use crate::queue::DeadLetter;
 use crate::registry::{Digest, Tag};
 use crate::worker::{Worker, now_ms};
@@ -40,6 +40,9 @@ pub struct Approved {
     pub required: u32,
     /// Enough approvals: the promotion was queued to continue.
     pub released: bool,
+    /// The queue job that continues it, when released (`GET /api/jobs/{id}` follows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// Why an operation was refused; maps to an HTTP status.
@@ -186,11 +189,12 @@ impl Operations {
         promotion.updated_at_ms = now;
         ledger.put_promotion(promotion.clone()).await.map_err(Self::failed)?;
         let released = counted as u32 >= required;
+        let mut job = None;
         if released {
-            self.worker.wake(&promotion, "approved").await.map_err(Self::failed)?;
+            job = Some(self.worker.wake(&promotion, "approved").await.map_err(Self::failed)?);
             promotion.state = PromotionState::Pending;
         }
-        Ok(Approved { promotion, approvals: counted, required, released })
+        Ok(Approved { promotion, approvals: counted, required, released, job })
     }
 
     pub async fn reject(&self, id: &str, by: &str, reason: Option<&str>) -> Result<PromotionRecord, OpsError> {
@@ -258,9 +262,37 @@ impl Operations {
     }
 
     pub async fn redrive(&self, id: &str) -> Result<(), OpsError> {
-        match self.worker.queue().redrive(id).await.map_err(Self::failed)? {
-            true => Ok(()),
-            false => Err(OpsError::NotFound(format!("no dead letter {id}"))),
+        let previous = self.worker.ledger().job(id).await.map_err(Self::failed)?;
+        if !self.worker.queue().redrive(id).await.map_err(Self::failed)? {
+            return Err(OpsError::NotFound(format!("no dead letter {id}")));
         }
+        // The job runs again under the same id: its earlier failure is no longer its outcome.
+        let queued = JobRecord {
+            id: id.to_string(),
+            state: JobState::Queued,
+            promotion: previous.and_then(|p| p.promotion),
+            detail: Some("redriven from the dead letters".into()),
+            error: None,
+            updated_at_ms: now_ms(),
+        };
+        self.worker.ledger().put_job(queued).await.map_err(Self::failed)?;
+        Ok(())
+    }
+
+    /// What became of queue job `id`. The queue cannot be asked about one job (SQS cannot), so a
+    /// job the worker has not picked up yet, or an id that was never issued, is `queued`.
+    pub async fn job(&self, id: &str) -> Result<JobRecord, OpsError> {
+        if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+            return Err(OpsError::Invalid(format!("`{id}` is not a job id")));
+        }
+        let known = self.worker.ledger().job(id).await.map_err(Self::failed)?;
+        Ok(known.unwrap_or_else(|| JobRecord {
+            id: id.to_string(),
+            state: JobState::Queued,
+            promotion: None,
+            detail: None,
+            error: None,
+            updated_at_ms: now_ms(),
+        }))
     }
 }
