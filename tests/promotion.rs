@@ -1108,3 +1108,44 @@ fn a_soak_gate_opens_on_time_not_at_the_next_sweep() {
     assert!(waited >= 3_000, "prod came {waited} ms after dev, before the 3 s soak");
     assert!(waited < 15_000, "prod came {waited} ms after dev: the soak waited for the sweep\n{}", server.log());
 }
+
+/// What a parked promotion waits for is computed when `ferry status` asks, not frozen when it
+/// parked: an approval counts up, a soak counts down.
+#[test]
+fn waiting_texts_are_computed_when_shown() {
+    let port = free_port();
+    let source = Registry::plain();
+    let (dev, prod, later) = (Registry::plain(), Registry::plain(), Registry::plain());
+    let stages = format!(
+        "[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n\
+         [[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"approval\"\napprovers = 2\n\
+         [[pipelines.stages]]\nname = \"archive\"\ntarget = \"{}/{REPO}\"\ngate = \"soak\"\nsoak_secs = 600\n",
+        dev.host(),
+        prod.host(),
+        later.host()
+    );
+    let server = start_ferry_with_stages(port, source.host(), &[dev.host(), prod.host(), later.host()], &stages, "");
+    let digest = push(&source, "1.0", &[100_000]);
+    server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--user", "alice"]).run().success();
+
+    let id = id_of(&wait_for_pending(&server, "prod", &digest));
+    let text = server.cli("status").run();
+    assert!(text.success().contains("waiting for approval (0 of 2)"), "{}", text.stdout);
+    server.cli("approve").args([&id, "--user", "bob"]).run().success();
+    let text = server.cli("status").run();
+    assert!(text.success().contains("waiting for approval (1 of 2)"), "{}", text.stdout);
+    server.cli("approve").args([&id, "--user", "carol", "--wait"]).run().success();
+
+    let seconds_to_go = || {
+        let status = pipeline_status(&server);
+        let pending = &stage(&status, "archive")["pending"][0];
+        let waiting = pending["waiting"].as_str().unwrap_or_else(|| panic!("{status:#}")).to_string();
+        let to_go = waiting.strip_prefix("soaking in prod: ").and_then(|w| w.strip_suffix(" s to go"));
+        to_go.unwrap_or_else(|| panic!("{waiting}")).parse::<u64>().unwrap()
+    };
+    wait_for_pending(&server, "archive", &digest);
+    let first = seconds_to_go();
+    std::thread::sleep(Duration::from_millis(2_100));
+    let then = seconds_to_go();
+    assert!(then < first && first <= 600, "the soak did not count down: {first} s, then {then} s");
+}

@@ -20,10 +20,20 @@ pub struct StageStatus {
     pub current: Option<EnvironmentEntry>,
     pub previous: Option<EnvironmentEntry>,
     /// Promotions into this stage parked on its gate.
-    pub pending: Vec<PromotionRecord>,
+    pub pending: Vec<Pending>,
     /// The stage's newest promotion, when its runtime reported the deployment failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_failed: Option<PromotionRecord>,
+}
+
+/// A parked promotion and what it waits for, computed when asked (the texts in its gate
+/// decisions are as they were when it parked).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    #[serde(flatten)]
+    pub record: PromotionRecord,
+    /// E.g. "soaking in dev: 12 s to go", "waiting for approval (1 of 2): ferry approve p-…".
+    pub waiting: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,7 +117,12 @@ impl Operations {
         for p in config.pipelines.iter().filter(|p| pipeline.is_none_or(|n| p.name.get_ref() == n)) {
             let parked = ledger.parked(Some(p.name.get_ref())).await.map_err(Self::failed)?;
             let mut stages = Vec::new();
-            for stage in &p.stages {
+            for (index, stage) in p.stages.iter().enumerate() {
+                let mut pending = Vec::new();
+                for record in parked.iter().filter(|r| &r.stage == stage.name.get_ref()) {
+                    let waiting = self.waiting(p, index, record).await?;
+                    pending.push(Pending { record: record.clone(), waiting });
+                }
                 let env = ledger.environment(p.name.get_ref(), stage.name.get_ref()).await.map_err(Self::failed)?;
                 let newest =
                     ledger.history(p.name.get_ref(), Some(stage.name.get_ref()), 1).await.map_err(Self::failed)?;
@@ -118,13 +133,60 @@ impl Operations {
                     gate: format!("{:?}", stage.gate).to_lowercase(),
                     current: env.as_ref().map(|e| e.current.clone()),
                     previous: env.and_then(|e| e.previous),
-                    pending: parked.iter().filter(|r| &r.stage == stage.name.get_ref()).cloned().collect(),
+                    pending,
                     deploy_failed,
                 });
             }
             out.push(PipelineStatus { name: p.name.get_ref().clone(), source: p.source.get_ref().clone(), stages });
         }
         Ok(out)
+    }
+
+    /// What parked `record` (in stage `index` of `pipeline`) waits for, as of now.
+    async fn waiting(
+        &self,
+        pipeline: &crate::config::Pipeline,
+        index: usize,
+        record: &PromotionRecord,
+    ) -> Result<String, OpsError> {
+        let stage = &pipeline.stages[index];
+        let previous = index.checked_sub(1).map(|i| pipeline.stages[i].name.get_ref().as_str());
+        let now = now_ms();
+        let text = match (stage.gate, previous) {
+            (Gate::Approval, _) => {
+                let have = crate::worker::counted_approvers(stage, record).len();
+                let mut text =
+                    format!("waiting for approval ({have} of {}): ferry approve {}", stage.approvers, record.id);
+                if let Some(expiry) = stage.approval_expiry() {
+                    let left_s = (record.created_at_ms + expiry.as_millis() as i64 - now).max(0) / 1000;
+                    text.push_str(&format!(" (expires in {left_s} s)"));
+                }
+                text
+            }
+            (Gate::Soak | Gate::After, Some(previous)) => {
+                let env = self
+                    .worker
+                    .ledger()
+                    .environment(pipeline.name.get_ref(), previous)
+                    .await
+                    .map_err(Self::failed)?
+                    .filter(|e| e.current.digest == record.digest);
+                match env {
+                    None => format!("{previous} is not running {} (yet)", record.digest),
+                    Some(_) if stage.gate == Gate::After => format!("waiting for {previous} to report deployed"),
+                    Some(env) => {
+                        let left_ms = env.current.since_ms + stage.soak().as_millis() as i64 - now;
+                        if left_ms > 0 {
+                            format!("soaking in {previous}: {} s to go", (left_ms + 999) / 1000)
+                        } else {
+                            format!("soaked in {previous}: promoting shortly")
+                        }
+                    }
+                }
+            }
+            _ => record.gates.last().map(|g| g.detail.clone()).unwrap_or_default(),
+        };
+        Ok(text)
     }
 
     pub async fn promote(

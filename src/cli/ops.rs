@@ -246,8 +246,10 @@ pub async fn status(c: &Connection, args: StatusArgs) -> anyhow::Result<()> {
             };
             println!("  {:<10} {:<9} {running}", s(&stage["name"]), s(&stage["gate"]));
             for pending in stage["pending"].as_array().into_iter().flatten() {
-                let why =
-                    pending["gates"].as_array().and_then(|g| g.last()).map(|g| s(&g["detail"])).unwrap_or_default();
+                // `waiting` is computed by the server as of now; older servers send only the gates.
+                let why = opt(&pending["waiting"])
+                    .or_else(|| pending["gates"].as_array().and_then(|g| g.last()).map(|g| s(&g["detail"])))
+                    .unwrap_or_default();
                 println!("    waiting: {} {}  {why}", s(&pending["id"]), short_digest(&s(&pending["digest"])));
             }
             let failed = &stage["deploy_failed"];
