@@ -1149,3 +1149,42 @@ fn waiting_texts_are_computed_when_shown() {
     let then = seconds_to_go();
     assert!(then < first && first <= 600, "the soak did not count down: {first} s, then {then} s");
 }
+
+/// A job that fails for good: `promote --wait` says failed (exit 1) with the error and how to
+/// redrive; `dlq redrive --wait` then reports it promoted. A job no worker takes: exit 4.
+#[test]
+fn a_failed_job_is_reported_and_a_redrive_waits_for_its_outcome() {
+    let port = free_port();
+    let source = Registry::plain();
+    let dev = Registry::plain();
+    let broken = FaultyProxy::start(&dev, Fault::ServerErrors);
+    let server = start_ferry(
+        port,
+        source.host(),
+        &[("dev", broken.host(), "auto")],
+        "[worker]\nmax_attempts = 2\nretry_base_ms = 100\n",
+    );
+    let digest = push(&source, "1.0", &[100_000]);
+
+    let failed = server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--user", "alice"]).run();
+    let error = failed.failure();
+    assert_eq!(failed.status.code(), Some(1), "{error}");
+    assert!(error.contains("failed") && error.contains(broken.host()) && error.contains("dlq redrive"), "{error}");
+    let job = failed.stdout.strip_prefix("queued job ").and_then(|s| s.split(':').next()).unwrap().to_string();
+    assert!(error.contains(&job), "names the job to redrive: {error}");
+
+    broken.set_fault(Fault::PassThrough);
+    let redriven = server.cli("dlq").args(["redrive", &job, "--wait"]).run();
+    let out = redriven.success();
+    assert!(out.contains("back in the queue") && out.contains("promoted") && out.contains(&digest), "{out}");
+    assert_digest_exact(&dev, "1.0", &digest);
+
+    // No worker: the wait ends at the timeout with exit 4, saying the job goes on.
+    let idle_port = free_port();
+    let idle = start_ferry(idle_port, source.host(), &[("dev", dev.host(), "auto")], "[worker]\nenabled = false\n");
+    let waited =
+        idle.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--timeout", "1", "--user", "a"]).run();
+    let error = waited.failure();
+    assert_eq!(waited.status.code(), Some(4), "{error}");
+    assert!(error.contains("still queued after 1 s") && error.contains("goes on"), "{error}");
+}
