@@ -16,12 +16,14 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
+            // A waited-for job that was refused, failed or is still running has its own code.
+            let code = err.downcast_ref::<cli::ops::Exit>().map_or(ExitCode::FAILURE, |e| ExitCode::from(e.code));
             // Errors quote payloads and server answers: escape what could drive the terminal,
             // keeping the lines of a message that has several.
             let message = format!("{err:#}");
             let lines: Vec<_> = message.split('\n').map(ferry_core::escape::escape_control).collect();
             eprintln!("error: {}", lines.join("\n"));
-            ExitCode::FAILURE
+            code
         }
     }
 }

@@ -1013,3 +1013,178 @@ fn an_operator_action_during_a_registry_outage_answers_503() {
     assert!(error.contains("503") && error.contains("cannot reach"), "{error}");
     assert!(!error.contains("--plain-http") && !error.contains("--src-creds"), "serve advises CLI flags: {error}");
 }
+
+/// `ferry promote --wait` (and `approve --wait`) reports what became of the job, with exit codes
+/// that tell refused (3) from done (0), through the HTTP API and on the stores directly.
+#[test]
+fn promote_waits_and_reports_the_outcome() {
+    let port = free_port();
+    let (source, dev, prod) = (Registry::plain(), Registry::plain(), Registry::plain());
+    let server =
+        start_ferry(port, source.host(), &[("dev", dev.host(), "auto"), ("prod", prod.host(), "approval")], "");
+    let digest = push(&source, "1.0", &[200_000]);
+
+    // A good tag: promoted, with the target and the digest.
+    let promoted = server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--user", "alice"]).run();
+    let out = promoted.success();
+    assert!(out.contains("promoted") && out.contains(&format!("{}/{REPO}@{digest}", dev.host())), "{out}");
+    assert_digest_exact(&dev, "1.0", &digest);
+
+    // A tag that does not exist: refused at once, exit 3, the reason printed.
+    let missing = server.cli("promote").args([PIPELINE, "9.9.9", "--to", "dev", "--wait", "--user", "alice"]).run();
+    let error = missing.failure();
+    assert_eq!(missing.status.code(), Some(3), "{error}");
+    assert!(error.contains("refused") && error.contains("shop/api:9.9.9 does not exist"), "{error}");
+
+    // The same through the stores (`--config`), not the API.
+    let local = support::cli::ferry("promote")
+        .args(["--config".as_ref(), server.config_path().as_os_str()])
+        .args([PIPELINE, "9.9.8", "--to", "dev", "--wait", "--user", "alice"])
+        .env("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET)
+        .env("E2E_GENERIC_SECRET", GENERIC_SECRET)
+        .timeout(Duration::from_secs(60))
+        .run();
+    let error = local.failure();
+    assert_eq!(local.status.code(), Some(3), "{error}");
+    assert!(error.contains("refused") && error.contains("9.9.8"), "{error}");
+
+    // --no-wait keeps the old behaviour: the job id, exit 0, whatever becomes of it.
+    let queued = server.cli("promote").args([PIPELINE, "9.9.7", "--to", "dev", "--no-wait", "--user", "alice"]).run();
+    assert!(queued.success().starts_with("queued job "), "{}", queued.stdout);
+    let job = queued.stdout["queued job ".len()..].split(':').next().unwrap().to_string();
+    // GET /api/jobs/{id} leads from that id to the outcome.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = reqwest::Client::new();
+    let answer = wait_until("the job's outcome", Duration::from_secs(60), &server, || {
+        let request = client.get(server.url(&format!("/api/jobs/{job}"))).bearer_auth(OPERATOR_TOKEN).send();
+        let value: Value = runtime.block_on(async { request.await.ok()?.json().await.ok() })?;
+        (value["state"] != "queued" && value["state"] != "running").then_some(value)
+    });
+    assert_eq!(answer["state"], "refused", "{answer:#}");
+    assert!(answer["error"].as_str().unwrap().contains("9.9.7"), "{answer:#}");
+
+    // An approval stage: parked, with the reason; approving as someone else promotes it.
+    let parked = server.cli("promote").args([PIPELINE, "1.0", "--to", "prod", "--wait", "--user", "alice"]).run();
+    let out = parked.success();
+    assert!(out.contains("parked") && out.contains("waiting for approval (0 of 1)"), "{out}");
+    let id = id_of(&wait_for_pending(&server, "prod", &digest));
+    let approved = server.cli("approve").args([&id, "--wait", "--user", "bob"]).run();
+    let out = approved.success();
+    assert!(out.contains("promotion continues") && out.contains(&format!("promoted ({id})")), "{out}");
+    assert_digest_exact(&prod, "1.0", &digest);
+
+    // Rejected earlier: asking again is refused, not silently accepted.
+    let second = push(&source, "2.0", &[100_000]);
+    server.cli("promote").args([PIPELINE, "2.0", "--to", "dev", "--wait", "--user", "alice"]).run().success();
+    let pending = id_of(&wait_for_pending(&server, "prod", &second));
+    server.cli("reject").args([&pending, "--user", "bob"]).run().success();
+    let again = server.cli("promote").args([PIPELINE, "2.0", "--to", "prod", "--wait", "--user", "alice"]).run();
+    let error = again.failure();
+    assert_eq!(again.status.code(), Some(3), "{error}");
+    assert!(error.contains("refused") && error.contains("rejected"), "{error}");
+}
+
+/// A soak gate opens when its time is up, not at the next sweep: with `sweep_secs = 30`, a 3 s
+/// soak lands in prod well before the sweep would have looked again.
+#[test]
+fn a_soak_gate_opens_on_time_not_at_the_next_sweep() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let stages = format!(
+        "[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"soak\"\nsoak_secs = 3\n",
+        dev.host(),
+        prod.host()
+    );
+    let server =
+        start_ferry_with_stages(port, build.host(), &[dev.host(), prod.host()], &stages, "[worker]\nsweep_secs = 30\n");
+    let digest = push(&build, "1.0", &[200_000]);
+    wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
+    wait_for_tag(&server, &prod, "prod", &digest, Duration::from_secs(60));
+    let status = pipeline_status(&server);
+    let dev_since = stage(&status, "dev")["current"]["since_ms"].as_i64().unwrap();
+    let prod_since = stage(&status, "prod")["current"]["since_ms"].as_i64().unwrap();
+    let waited = prod_since - dev_since;
+    assert!(waited >= 3_000, "prod came {waited} ms after dev, before the 3 s soak");
+    assert!(waited < 15_000, "prod came {waited} ms after dev: the soak waited for the sweep\n{}", server.log());
+}
+
+/// What a parked promotion waits for is computed when `ferry status` asks, not frozen when it
+/// parked: an approval counts up, a soak counts down.
+#[test]
+fn waiting_texts_are_computed_when_shown() {
+    let port = free_port();
+    let source = Registry::plain();
+    let (dev, prod, later) = (Registry::plain(), Registry::plain(), Registry::plain());
+    let stages = format!(
+        "[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n\
+         [[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"approval\"\napprovers = 2\n\
+         [[pipelines.stages]]\nname = \"archive\"\ntarget = \"{}/{REPO}\"\ngate = \"soak\"\nsoak_secs = 600\n",
+        dev.host(),
+        prod.host(),
+        later.host()
+    );
+    let server = start_ferry_with_stages(port, source.host(), &[dev.host(), prod.host(), later.host()], &stages, "");
+    let digest = push(&source, "1.0", &[100_000]);
+    server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--user", "alice"]).run().success();
+
+    let id = id_of(&wait_for_pending(&server, "prod", &digest));
+    let text = server.cli("status").run();
+    assert!(text.success().contains("waiting for approval (0 of 2)"), "{}", text.stdout);
+    server.cli("approve").args([&id, "--user", "bob"]).run().success();
+    let text = server.cli("status").run();
+    assert!(text.success().contains("waiting for approval (1 of 2)"), "{}", text.stdout);
+    server.cli("approve").args([&id, "--user", "carol", "--wait"]).run().success();
+
+    let seconds_to_go = || {
+        let status = pipeline_status(&server);
+        let pending = &stage(&status, "archive")["pending"][0];
+        let waiting = pending["waiting"].as_str().unwrap_or_else(|| panic!("{status:#}")).to_string();
+        let to_go = waiting.strip_prefix("soaking in prod: ").and_then(|w| w.strip_suffix(" s to go"));
+        to_go.unwrap_or_else(|| panic!("{waiting}")).parse::<u64>().unwrap()
+    };
+    wait_for_pending(&server, "archive", &digest);
+    let first = seconds_to_go();
+    std::thread::sleep(Duration::from_millis(2_100));
+    let then = seconds_to_go();
+    assert!(then < first && first <= 600, "the soak did not count down: {first} s, then {then} s");
+}
+
+/// A job that fails for good: `promote --wait` says failed (exit 1) with the error and how to
+/// redrive; `dlq redrive --wait` then reports it promoted. A job no worker takes: exit 4.
+#[test]
+fn a_failed_job_is_reported_and_a_redrive_waits_for_its_outcome() {
+    let port = free_port();
+    let source = Registry::plain();
+    let dev = Registry::plain();
+    let broken = FaultyProxy::start(&dev, Fault::ServerErrors);
+    let server = start_ferry(
+        port,
+        source.host(),
+        &[("dev", broken.host(), "auto")],
+        "[worker]\nmax_attempts = 2\nretry_base_ms = 100\n",
+    );
+    let digest = push(&source, "1.0", &[100_000]);
+
+    let failed = server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--user", "alice"]).run();
+    let error = failed.failure();
+    assert_eq!(failed.status.code(), Some(1), "{error}");
+    assert!(error.contains("failed") && error.contains(broken.host()) && error.contains("dlq redrive"), "{error}");
+    let job = failed.stdout.strip_prefix("queued job ").and_then(|s| s.split(':').next()).unwrap().to_string();
+    assert!(error.contains(&job), "names the job to redrive: {error}");
+
+    broken.set_fault(Fault::PassThrough);
+    let redriven = server.cli("dlq").args(["redrive", &job, "--wait"]).run();
+    let out = redriven.success();
+    assert!(out.contains("back in the queue") && out.contains("promoted") && out.contains(&digest), "{out}");
+    assert_digest_exact(&dev, "1.0", &digest);
+
+    // No worker: the wait ends at the timeout with exit 4, saying the job goes on.
+    let idle_port = free_port();
+    let idle = start_ferry(idle_port, source.host(), &[("dev", dev.host(), "auto")], "[worker]\nenabled = false\n");
+    let waited =
+        idle.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--timeout", "1", "--user", "a"]).run();
+    let error = waited.failure();
+    assert_eq!(waited.status.code(), Some(4), "{error}");
+    assert!(error.contains("still queued after 1 s") && error.contains("goes on"), "{error}");
+}

@@ -50,6 +50,7 @@ pub fn router(ops: Arc<Operations>, token: Secret) -> Router {
         .route("/api/history/{pipeline}", get(history))
         .route("/api/dlq", get(dlq))
         .route("/api/dlq/{id}/redrive", post(redrive))
+        .route("/api/jobs/{id}", get(job))
         .with_state(Arc::new(ApiState { ops, token }))
 }
 
@@ -257,6 +258,16 @@ async fn redrive(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id
     }
     match state.ops.redrive(&id).await {
         Ok(()) => ok(json!({ "status": "redriven", "id": id })),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn job(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = operator(&state, &headers) {
+        return r.into_response();
+    }
+    match state.ops.job(&id).await {
+        Ok(job) => ok(job),
         Err(e) => e.into_response(),
     }
 }

@@ -449,8 +449,9 @@ fn default_sweep_secs() -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    /// Not a `source`: the message says it once (`{err:#}` would repeat a source).
+    #[error("{path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     At { path: String, line: usize, column: usize, message: String },
     #[error("{path}: {message}")]
@@ -488,7 +489,7 @@ impl Config {
     /// `ferry serve` did.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.display().to_string(), error })?;
         let mut config = Self::parse(&text, &path.display().to_string())?;
         let folder = match path.parent() {
             Some(folder) if !folder.as_os_str().is_empty() => folder.to_path_buf(),
@@ -743,7 +744,7 @@ impl Config {
 
     /// Every secret key the configuration has, by key without its `_env`/`_arn` suffix, with
     /// the environment variable and the ARN it names.
-    fn secret_keys(&self) -> Vec<(String, Option<&String>, Option<&String>)> {
+    pub(crate) fn secret_keys(&self) -> Vec<(String, Option<&String>, Option<&String>)> {
         let mut keys = vec![(
             "server.operator_token".to_string(),
             self.server.operator_token_env.as_ref(),

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Gate;
 use crate::error::{ErrorClass, WorkError};
-use crate::ledger::{EnvironmentEntry, GateDecision, PromotionRecord, PromotionState};
+use crate::ledger::{EnvironmentEntry, GateDecision, JobRecord, JobState, PromotionRecord, PromotionState};
 use crate::queue::DeadLetter;
 use crate::registry::{Digest, Tag};
 use crate::worker::{Worker, now_ms};
@@ -20,10 +20,20 @@ pub struct StageStatus {
     pub current: Option<EnvironmentEntry>,
     pub previous: Option<EnvironmentEntry>,
     /// Promotions into this stage parked on its gate.
-    pub pending: Vec<PromotionRecord>,
+    pub pending: Vec<Pending>,
     /// The stage's newest promotion, when its runtime reported the deployment failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_failed: Option<PromotionRecord>,
+}
+
+/// A parked promotion and what it waits for, computed when asked (the texts in its gate
+/// decisions are as they were when it parked).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pending {
+    #[serde(flatten)]
+    pub record: PromotionRecord,
+    /// E.g. "soaking in dev: 12 s to go", "waiting for approval (1 of 2): ferry approve p-…".
+    pub waiting: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +50,9 @@ pub struct Approved {
     pub required: u32,
     /// Enough approvals: the promotion was queued to continue.
     pub released: bool,
+    /// The queue job that continues it, when released (`GET /api/jobs/{id}` follows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// Why an operation was refused; maps to an HTTP status.
@@ -104,7 +117,12 @@ impl Operations {
         for p in config.pipelines.iter().filter(|p| pipeline.is_none_or(|n| p.name.get_ref() == n)) {
             let parked = ledger.parked(Some(p.name.get_ref())).await.map_err(Self::failed)?;
             let mut stages = Vec::new();
-            for stage in &p.stages {
+            for (index, stage) in p.stages.iter().enumerate() {
+                let mut pending = Vec::new();
+                for record in parked.iter().filter(|r| &r.stage == stage.name.get_ref()) {
+                    let waiting = self.waiting(p, index, record).await?;
+                    pending.push(Pending { record: record.clone(), waiting });
+                }
                 let env = ledger.environment(p.name.get_ref(), stage.name.get_ref()).await.map_err(Self::failed)?;
                 let newest =
                     ledger.history(p.name.get_ref(), Some(stage.name.get_ref()), 1).await.map_err(Self::failed)?;
@@ -115,13 +133,60 @@ impl Operations {
                     gate: format!("{:?}", stage.gate).to_lowercase(),
                     current: env.as_ref().map(|e| e.current.clone()),
                     previous: env.and_then(|e| e.previous),
-                    pending: parked.iter().filter(|r| &r.stage == stage.name.get_ref()).cloned().collect(),
+                    pending,
                     deploy_failed,
                 });
             }
             out.push(PipelineStatus { name: p.name.get_ref().clone(), source: p.source.get_ref().clone(), stages });
         }
         Ok(out)
+    }
+
+    /// What parked `record` (in stage `index` of `pipeline`) waits for, as of now.
+    async fn waiting(
+        &self,
+        pipeline: &crate::config::Pipeline,
+        index: usize,
+        record: &PromotionRecord,
+    ) -> Result<String, OpsError> {
+        let stage = &pipeline.stages[index];
+        let previous = index.checked_sub(1).map(|i| pipeline.stages[i].name.get_ref().as_str());
+        let now = now_ms();
+        let text = match (stage.gate, previous) {
+            (Gate::Approval, _) => {
+                let have = crate::worker::counted_approvers(stage, record).len();
+                let mut text =
+                    format!("waiting for approval ({have} of {}): ferry approve {}", stage.approvers, record.id);
+                if let Some(expiry) = stage.approval_expiry() {
+                    let left_s = (record.created_at_ms + expiry.as_millis() as i64 - now).max(0) / 1000;
+                    text.push_str(&format!(" (expires in {left_s} s)"));
+                }
+                text
+            }
+            (Gate::Soak | Gate::After, Some(previous)) => {
+                let env = self
+                    .worker
+                    .ledger()
+                    .environment(pipeline.name.get_ref(), previous)
+                    .await
+                    .map_err(Self::failed)?
+                    .filter(|e| e.current.digest == record.digest);
+                match env {
+                    None => format!("{previous} is not running {} (yet)", record.digest),
+                    Some(_) if stage.gate == Gate::After => format!("waiting for {previous} to report deployed"),
+                    Some(env) => {
+                        let left_ms = env.current.since_ms + stage.soak().as_millis() as i64 - now;
+                        if left_ms > 0 {
+                            format!("soaking in {previous}: {} s to go", (left_ms + 999) / 1000)
+                        } else {
+                            format!("soaked in {previous}: promoting shortly")
+                        }
+                    }
+                }
+            }
+            _ => record.gates.last().map(|g| g.detail.clone()).unwrap_or_default(),
+        };
+        Ok(text)
     }
 
     pub async fn promote(
@@ -186,11 +251,12 @@ impl Operations {
         promotion.updated_at_ms = now;
         ledger.put_promotion(promotion.clone()).await.map_err(Self::failed)?;
         let released = counted as u32 >= required;
+        let mut job = None;
         if released {
-            self.worker.wake(&promotion, "approved").await.map_err(Self::failed)?;
+            job = Some(self.worker.wake(&promotion, "approved").await.map_err(Self::failed)?);
             promotion.state = PromotionState::Pending;
         }
-        Ok(Approved { promotion, approvals: counted, required, released })
+        Ok(Approved { promotion, approvals: counted, required, released, job })
     }
 
     pub async fn reject(&self, id: &str, by: &str, reason: Option<&str>) -> Result<PromotionRecord, OpsError> {
@@ -258,9 +324,37 @@ impl Operations {
     }
 
     pub async fn redrive(&self, id: &str) -> Result<(), OpsError> {
-        match self.worker.queue().redrive(id).await.map_err(Self::failed)? {
-            true => Ok(()),
-            false => Err(OpsError::NotFound(format!("no dead letter {id}"))),
+        let previous = self.worker.ledger().job(id).await.map_err(Self::failed)?;
+        if !self.worker.queue().redrive(id).await.map_err(Self::failed)? {
+            return Err(OpsError::NotFound(format!("no dead letter {id}")));
         }
+        // The job runs again under the same id: its earlier failure is no longer its outcome.
+        let queued = JobRecord {
+            id: id.to_string(),
+            state: JobState::Queued,
+            promotion: previous.and_then(|p| p.promotion),
+            detail: Some("redriven from the dead letters".into()),
+            error: None,
+            updated_at_ms: now_ms(),
+        };
+        self.worker.ledger().put_job(queued).await.map_err(Self::failed)?;
+        Ok(())
+    }
+
+    /// What became of queue job `id`. The queue cannot be asked about one job (SQS cannot), so a
+    /// job the worker has not picked up yet, or an id that was never issued, is `queued`.
+    pub async fn job(&self, id: &str) -> Result<JobRecord, OpsError> {
+        if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+            return Err(OpsError::Invalid(format!("`{id}` is not a job id")));
+        }
+        let known = self.worker.ledger().job(id).await.map_err(Self::failed)?;
+        Ok(known.unwrap_or_else(|| JobRecord {
+            id: id.to_string(),
+            state: JobState::Queued,
+            promotion: None,
+            detail: None,
+            error: None,
+            updated_at_ms: now_ms(),
+        }))
     }
 }

@@ -8,7 +8,8 @@
 //! copy engine and tag the target, notify the stage, record the result, and queue the next stage.
 //! Every step is idempotent, so a job redelivered after a crash re-runs safely and finishes.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +26,8 @@ use crate::error::WorkError;
 use crate::intake::{Build, PromotionRequest, Sender};
 use crate::job::{DeploymentJob, PromotionJob, QueuedJob};
 use crate::ledger::{
-    DeploymentRecord, EnvironmentEntry, GateDecision, Ledger, PromotionRecord, PromotionState, promotion_id,
+    DeploymentRecord, EnvironmentEntry, GateDecision, JobRecord, JobState, Ledger, PromotionRecord, PromotionState,
+    promotion_id,
 };
 use crate::queue::{Delivery, JobQueue};
 use crate::registry::auth::Credential;
@@ -213,7 +215,9 @@ enum Delivered {
 /// Where a gate left a promotion.
 enum GateResult {
     Pass,
-    Wait(PromotionState, String),
+    /// Parked in this state, for this reason; the gate may open by itself at `wake_at_ms`
+    /// (a soak's end, an approval's expiry), when the worker looks again.
+    Wait(PromotionState, String, Option<i64>),
     Reject(String),
 }
 
@@ -223,6 +227,10 @@ pub struct Worker {
     ledger: Arc<dyn Ledger>,
     registries: RegistrySettings,
     notifiers: HashMap<(String, String), Arc<dyn Notifier>>,
+    /// When to look at a parked promotion again (unix ms, promotion id), earliest first; the
+    /// loop in [`Worker::run`] wakes them on time, the sweep catches what a restart forgot.
+    timers: std::sync::Mutex<BinaryHeap<Reverse<(i64, String)>>>,
+    timer_added: tokio::sync::Notify,
 }
 
 impl Worker {
@@ -288,7 +296,15 @@ impl Worker {
                 notifiers.insert((pipeline.name.get_ref().clone(), stage.name.get_ref().clone()), notifier);
             }
         }
-        Ok(Worker { config, queue, ledger, registries, notifiers })
+        Ok(Worker {
+            config,
+            queue,
+            ledger,
+            registries,
+            notifiers,
+            timers: std::sync::Mutex::new(BinaryHeap::new()),
+            timer_added: tokio::sync::Notify::new(),
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -313,6 +329,13 @@ impl Worker {
             if *shutdown.borrow() {
                 break;
             }
+            let next_timer = self.next_timer();
+            // A zero sleep is not ready on its first poll, and a new one is made every turn while
+            // the queue branch always is: fire due timers here, or they would starve.
+            if next_timer == Some(Duration::ZERO) {
+                self.fire_timers().await;
+                continue;
+            }
             tokio::select! {
                 _ = sweep.tick() => {
                     if let Err(e) = self.sweep().await {
@@ -320,6 +343,17 @@ impl Worker {
                     }
                     continue;
                 }
+                _ = async {
+                    match next_timer {
+                        Some(delay) => tokio::time::sleep(delay).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.fire_timers().await;
+                    continue;
+                }
+                // An earlier timer may have been set: compute the sleep again.
+                _ = self.timer_added.notified() => continue,
                 _ = shutdown.changed() => break,
                 permit = slots.clone().acquire_owned() => {
                     let permit = permit.expect("semaphore never closed");
@@ -350,6 +384,43 @@ impl Worker {
         }
         // Let jobs in flight finish (or be redelivered later if the process dies first).
         let _ = slots.acquire_many(settings.concurrency.max(1) as u32).await;
+    }
+
+    /// Looks at promotion `id` again at `at_ms` (unix ms).
+    fn wake_at(&self, at_ms: i64, id: &str) {
+        self.timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(Reverse((at_ms, id.to_string())));
+        self.timer_added.notify_one();
+    }
+
+    /// How long until the earliest timer is due.
+    fn next_timer(&self) -> Option<Duration> {
+        let timers = self.timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Reverse((at_ms, _)) = timers.peek()?;
+        Some(Duration::from_millis((at_ms - now_ms()).max(0) as u64))
+    }
+
+    /// Wakes every parked promotion whose timer is due.
+    async fn fire_timers(&self) {
+        let now = now_ms();
+        let due: Vec<String> = {
+            let mut timers = self.timers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut due = Vec::new();
+            while timers.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                due.extend(timers.pop().map(|Reverse((_, id))| id));
+            }
+            due
+        };
+        for id in due {
+            let woken = match self.ledger.promotion(&id).await {
+                Ok(Some(record)) if record.state.is_parked() => self.wake(&record, "timer").await.map(|_| ()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = woken {
+                // The sweep tries again.
+                tracing::warn!(promotion = %id, error = %e, "could not wake a parked promotion on time");
+            }
+        }
     }
 
     /// Processes one delivery and settles it with the queue.
@@ -428,13 +499,83 @@ impl Worker {
     pub async fn process(&self, job: &QueuedJob, job_id: &str, attempt: u32) -> Outcome {
         match job {
             QueuedJob::Promote(job) => {
+                self.record_job(JobRecord {
+                    id: job_id.to_string(),
+                    state: JobState::Running,
+                    promotion: job.promotion.clone(),
+                    detail: None,
+                    error: None,
+                    updated_at_ms: now_ms(),
+                })
+                .await;
                 let mut promotion = None;
                 let result = self.promote(job, job_id, attempt, &mut promotion).await;
-                result.unwrap_or_else(|error| Outcome::Failed { error, promotion })
+                let outcome = result.unwrap_or_else(|error| Outcome::Failed { error, promotion: promotion.clone() });
+                let record = self.job_record(job_id, attempt, &outcome, promotion).await;
+                self.record_job(record).await;
+                outcome
             }
             QueuedJob::Deployment(job) => {
                 self.deployment_reported(job).await.unwrap_or_else(|error| Outcome::Failed { error, promotion: None })
             }
+        }
+    }
+
+    /// What `outcome` means to the person who asked for the job (see [`JobState`]).
+    async fn job_record(&self, job_id: &str, attempt: u32, outcome: &Outcome, promotion: Option<String>) -> JobRecord {
+        let mut record = JobRecord {
+            id: job_id.to_string(),
+            state: JobState::Running,
+            promotion,
+            detail: None,
+            error: None,
+            updated_at_ms: now_ms(),
+        };
+        match outcome {
+            Outcome::Done(what) => {
+                let promoted = match &record.promotion {
+                    Some(id) => self.ledger.promotion(id).await.ok().flatten(),
+                    None => None,
+                };
+                record.detail = Some(what.clone());
+                record.state = match promoted.as_ref().map(|p| p.state) {
+                    Some(PromotionState::Succeeded) => JobState::Promoted,
+                    Some(PromotionState::DeployFailed) => {
+                        record.error = promoted.and_then(|p| p.error);
+                        JobState::Failed
+                    }
+                    _ => JobState::Refused,
+                };
+            }
+            Outcome::Parked(why) => {
+                record.state = JobState::Parked;
+                record.detail = Some(why.clone());
+            }
+            Outcome::Failed { error, .. } => {
+                let settings = RetrySettings::from_config(&self.config.worker);
+                record.state = match settlement(outcome, attempt, settings) {
+                    Settlement::Retry { .. } => {
+                        record.error = Some(format!("attempt {attempt} failed, will retry: {error}"));
+                        JobState::Running
+                    }
+                    _ if error.class == crate::error::ErrorClass::NotFound => {
+                        record.error = Some(error.to_string());
+                        JobState::Refused
+                    }
+                    _ => {
+                        record.error = Some(format!("{}: {error}", dead_letter_reason(error, attempt)));
+                        JobState::Failed
+                    }
+                };
+            }
+        }
+        record
+    }
+
+    /// Best effort: the job's outcome is for the person waiting on it; the work itself is done.
+    async fn record_job(&self, record: JobRecord) {
+        if let Err(e) = self.ledger.put_job(record).await {
+            tracing::warn!(error = %e, "could not record the job's outcome for `ferry promote --wait`");
         }
     }
 
@@ -529,7 +670,8 @@ impl Worker {
                 created_at_ms: now,
                 updated_at_ms: now,
                 finished_at_ms: None,
-                job_id: None,
+                // From its creation, so the id `ferry promote` printed leads here.
+                job_id: Some(job_id.to_string()),
             },
         };
         if let Some(moved) = &tag_moved_to {
@@ -538,7 +680,10 @@ impl Worker {
 
         match self.evaluate_gate(pipeline, index, stage, &mut record).await? {
             GateResult::Pass => {}
-            GateResult::Wait(state, why) => {
+            GateResult::Wait(state, why, wake_at_ms) => {
+                if let Some(at_ms) = wake_at_ms {
+                    self.wake_at(at_ms, &id);
+                }
                 record.state = state;
                 record.updated_at_ms = now_ms();
                 self.ledger.put_promotion(record).await?;
@@ -792,7 +937,8 @@ impl Worker {
                 }
                 let why = format!("waiting for approval ({have} of {}): ferry approve {}", stage.approvers, record.id);
                 decide(record, "approval", "wait", why.clone());
-                Ok(GateResult::Wait(PromotionState::AwaitingApproval, why))
+                let expires_at = stage.approval_expiry().map(|e| record.created_at_ms + e.as_millis() as i64 + 1);
+                Ok(GateResult::Wait(PromotionState::AwaitingApproval, why, expires_at))
             }
             Gate::After | Gate::Soak => {
                 let previous = previous.expect("validated: after/soak need a previous stage");
@@ -801,7 +947,7 @@ impl Worker {
                     let why = format!("{} is not running {} (yet)", previous, record.digest);
                     let gate = if stage.gate == Gate::After { "after" } else { "soak" };
                     decide(record, gate, "wait", why.clone());
-                    return Ok(GateResult::Wait(PromotionState::AwaitingGate, why));
+                    return Ok(GateResult::Wait(PromotionState::AwaitingGate, why, None));
                 };
                 if stage.gate == Gate::After {
                     let reports = self.ledger.deployments(pipeline.name.get_ref(), &previous, 20).await?;
@@ -816,7 +962,7 @@ impl Worker {
                     }
                     let why = format!("waiting for {previous} to report deployed");
                     decide(record, "after", "wait", why.clone());
-                    return Ok(GateResult::Wait(PromotionState::AwaitingGate, why));
+                    return Ok(GateResult::Wait(PromotionState::AwaitingGate, why, None));
                 }
                 let soaked_ms = now - env.current.since_ms;
                 let needed_ms = stage.soak().as_millis() as i64;
@@ -826,7 +972,7 @@ impl Worker {
                 }
                 let why = format!("soaking in {previous}: {} s to go", (needed_ms - soaked_ms + 999) / 1000);
                 decide(record, "soak", "wait", why.clone());
-                Ok(GateResult::Wait(PromotionState::AwaitingGate, why))
+                Ok(GateResult::Wait(PromotionState::AwaitingGate, why, Some(env.current.since_ms + needed_ms)))
             }
         }
     }
@@ -878,7 +1024,7 @@ impl Worker {
     }
 
     /// Re-queues a parked promotion so its gate is evaluated again.
-    pub async fn wake(&self, record: &PromotionRecord, why: &str) -> Result<(), WorkError> {
+    pub async fn wake(&self, record: &PromotionRecord, why: &str) -> Result<String, WorkError> {
         let gone = || WorkError::permanent(format!("{}/{} is no longer configured", record.pipeline, record.stage));
         let pipeline = self.config.pipeline(&record.pipeline).ok_or_else(gone)?;
         let (index, _) = pipeline.stage(&record.stage).ok_or_else(gone)?;
@@ -887,8 +1033,8 @@ impl Worker {
         job.promotion = Some(record.id.clone());
         // Never collapse into the job that parked it.
         let key = format!("wake/{}/{}/{}", record.id, record.approvals.len(), now_ms());
-        self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await?;
-        Ok(())
+        let enqueued = self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await?;
+        Ok(enqueued[0].id.clone())
     }
 
     async fn deployment_reported(&self, job: &DeploymentJob) -> Result<Outcome, WorkError> {

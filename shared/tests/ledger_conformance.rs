@@ -9,8 +9,8 @@ use std::any::Any;
 use std::sync::Arc;
 
 use ferry_core::ledger::{
-    Approval, DeploymentRecord, DynamoLedger, EnvironmentEntry, GateDecision, Ledger, LedgerError, PromotionRecord,
-    PromotionState, SqliteLedger, promotion_id,
+    Approval, DeploymentRecord, DynamoLedger, EnvironmentEntry, GateDecision, JobRecord, JobState, Ledger, LedgerError,
+    PromotionRecord, PromotionState, SqliteLedger, promotion_id,
 };
 
 const PIPELINE: &str = "web";
@@ -63,6 +63,7 @@ conformance!(
     racing_promotions_of_different_digests_are_all_kept,
     racing_puts_leave_one_consistent_record,
     deployments_are_newest_first,
+    job_records_round_trip_and_are_replaced,
 );
 
 fn record(stage: &str, digest: &str, state: PromotionState, created_at_ms: i64) -> PromotionRecord {
@@ -341,4 +342,25 @@ mod dynamodb_only {
         let missing = DynamoLedger::open(client, "no-such-table").await.err().expect("refused");
         assert!(matches!(missing, LedgerError::Unavailable(ref m) if m.contains("no-such-table")), "{missing}");
     }
+}
+
+async fn job_records_round_trip_and_are_replaced(backend: Backend) {
+    let ledger = &backend.ledger;
+    assert_eq!(ledger.job("01-unknown").await.unwrap(), None);
+    let mut job = JobRecord {
+        id: "01-job".into(),
+        state: JobState::Running,
+        promotion: None,
+        detail: None,
+        error: None,
+        updated_at_ms: 1,
+    };
+    ledger.put_job(job.clone()).await.unwrap();
+    assert_eq!(ledger.job("01-job").await.unwrap().as_ref(), Some(&job));
+    job.state = JobState::Parked;
+    job.promotion = Some(promotion_id(PIPELINE, "prod", "sha256:aa"));
+    job.detail = Some("waiting for approval (0 of 2)".into());
+    job.updated_at_ms = 2;
+    ledger.put_job(job.clone()).await.unwrap();
+    assert_eq!(ledger.job("01-job").await.unwrap(), Some(job));
 }

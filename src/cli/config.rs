@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ferry_core::config::Config;
+use ferry_core::config_check::{Finding, Severity};
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
@@ -14,46 +15,77 @@ pub struct ConfigArgs {
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate a configuration file: syntax, known keys, pipelines that reference configured
-    /// registries. Errors name the file, line, column and key. Exit 0 when valid.
+    /// registries, then everything `ferry serve` would refuse (unset `*_env` variables, a short
+    /// operator token, a soak without duration, a target equal to its source) and keys it would
+    /// ignore (warnings), all at once in file order. Exit 0 when there is no error.
     Check {
         /// The configuration file (TOML).
         file: PathBuf,
+        /// Treat warnings as errors.
+        #[arg(long)]
+        strict: bool,
     },
 }
 
 pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
     match args.command {
-        ConfigCommand::Check { file } => {
-            let mut config = Config::load(&file)?;
-            let mut missing = Vec::new();
-            // The `*_arn` secrets are read as `ferry serve` would, to show that they can be.
-            let arns_read = match config.read_secrets().await {
-                Ok(()) => true,
-                Err(why) => {
-                    missing.push(why.to_string());
-                    false
-                }
-            };
-            for (name, source) in &config.sources {
-                if source.get_ref().secret_arn.is_some() && !arns_read {
-                    continue;
-                }
-                let sender = ferry_core::config::sender_named(name).expect("validated");
-                if let Err(why) = config.source_secret(sender) {
-                    missing.push(why);
+        ConfigCommand::Check { file, strict } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let mut config = Config::parse(&text, &file.display().to_string())?;
+            let mut findings = ferry_core::config_check::check(&config, &text, |var| std::env::var(var).ok());
+            // The `*_arn` secrets are read as `ferry serve` would, to show that they can be, and
+            // `secret_file`s too; where they cannot be read here is a warning, like an unset variable.
+            if !config.secret_arns().is_empty() {
+                if let Err(why) = config.read_secrets().await {
+                    findings.push(unreadable(why.to_string()));
                 }
             }
+            for (name, source) in &config.sources {
+                if source.get_ref().secret_file.is_some() {
+                    let sender = ferry_core::config::sender_named(name).expect("validated");
+                    if let Err(why) = config.source_secret(sender) {
+                        findings.push(unreadable(why));
+                    }
+                }
+            }
+            if strict {
+                for finding in &mut findings {
+                    finding.severity = Severity::Error;
+                }
+            }
+            for f in &findings {
+                match f.line {
+                    0 => eprintln!("{}: {}: {}", file.display(), f.severity, f.message),
+                    line => eprintln!("{}:{line}:{}: {}: {}", file.display(), f.column, f.severity, f.message),
+                }
+            }
+            let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+            let warnings = findings.len() - errors;
+            if errors > 0 {
+                anyhow::bail!(
+                    "{}: {errors} error(s), {warnings} warning(s): ferry serve would refuse this configuration",
+                    file.display()
+                );
+            }
             println!(
-                "{}: ok ({} registries, {} sources, {} pipelines)",
+                "{}: ok ({} registries, {} sources, {} pipelines){}",
                 file.display(),
                 config.registries.len(),
                 config.sources.len(),
-                config.pipelines.len()
+                config.pipelines.len(),
+                if warnings > 0 { format!(", {warnings} warning(s)") } else { String::new() }
             );
-            for why in missing {
-                eprintln!("warning: {why} (ferry serve will refuse to start without it)");
-            }
             Ok(())
         }
+    }
+}
+
+/// A secret that cannot be read where the check runs (no line: it is about the secret's store).
+fn unreadable(why: String) -> Finding {
+    Finding {
+        line: 0,
+        column: 0,
+        severity: Severity::Warning,
+        message: format!("{why} (ferry serve will refuse to start without it)"),
     }
 }

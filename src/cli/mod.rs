@@ -3,7 +3,7 @@
 mod config;
 mod copy;
 mod log;
-mod ops;
+pub mod ops;
 pub(crate) mod serve;
 
 use clap::{Parser, Subcommand};

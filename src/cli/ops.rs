@@ -3,6 +3,7 @@
 //! configuration names directly (`--config`: SQLite files, or SQS and DynamoDB).
 
 use std::borrow::Cow;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,6 +44,40 @@ pub struct StatusArgs {
     json: bool,
 }
 
+/// Whether a command that starts work waits for its outcome.
+#[derive(Debug, Args, Clone)]
+pub struct WaitArgs {
+    /// Wait for the outcome and report it (the default when stdout is a terminal).
+    #[arg(long, conflicts_with = "no_wait")]
+    wait: bool,
+    /// Print the queued job's id and return at once.
+    #[arg(long)]
+    no_wait: bool,
+    /// How long to wait; then exit 4 (the job goes on).
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    timeout: u64,
+}
+
+impl WaitArgs {
+    fn waits(&self) -> bool {
+        self.wait || (!self.no_wait && std::io::stdout().is_terminal())
+    }
+}
+
+/// Exit codes of a waited-for job (see README "Exit codes").
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_REFUSED: u8 = 3;
+pub const EXIT_STILL_RUNNING: u8 = 4;
+
+/// A waited-for job that was not promoted or parked: its outcome, and the exit code that says
+/// which it was.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
     pipeline: String,
@@ -51,12 +86,16 @@ pub struct PromoteArgs {
     /// The stage to promote into.
     #[arg(long)]
     to: String,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ApproveArgs {
     /// The promotion id (from `ferry status`).
     id: String,
+    #[command(flatten)]
+    wait: WaitArgs,
 }
 
 #[derive(Debug, Args)]
@@ -93,7 +132,11 @@ pub enum DlqCommand {
         json: bool,
     },
     /// Put a dead-lettered job back in the queue.
-    Redrive { id: String },
+    Redrive {
+        id: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
 }
 
 enum Backend {
@@ -203,8 +246,10 @@ pub async fn status(c: &Connection, args: StatusArgs) -> anyhow::Result<()> {
             };
             println!("  {:<10} {:<9} {running}", s(&stage["name"]), s(&stage["gate"]));
             for pending in stage["pending"].as_array().into_iter().flatten() {
-                let why =
-                    pending["gates"].as_array().and_then(|g| g.last()).map(|g| s(&g["detail"])).unwrap_or_default();
+                // `waiting` is computed by the server as of now; older servers send only the gates.
+                let why = opt(&pending["waiting"])
+                    .or_else(|| pending["gates"].as_array().and_then(|g| g.last()).map(|g| s(&g["detail"])))
+                    .unwrap_or_default();
                 println!("    waiting: {} {}  {why}", s(&pending["id"]), short_digest(&s(&pending["digest"])));
             }
             let failed = &stage["deploy_failed"];
@@ -235,7 +280,75 @@ pub async fn promote(c: &Connection, args: PromoteArgs) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     };
     println!("queued job {job}: {} {} → {}", args.pipeline, args.reference, args.to);
+    if args.wait.waits() {
+        wait_for(&backend, &job, &args.wait).await?;
+    }
     Ok(())
+}
+
+/// What became of job `id`: `{state, promotion?, detail?, error?}`.
+async fn job_state(backend: &Backend, id: &str) -> anyhow::Result<Value> {
+    match backend {
+        Backend::Http { .. } => backend.http(reqwest::Method::GET, &format!("/api/jobs/{id}"), None).await,
+        Backend::Local { ops, .. } => to_value(ops.job(id).await),
+    }
+}
+
+/// Polls job `id` until it settles or the timeout passes, prints the outcome, and fails with the
+/// outcome's exit code when it was refused, failed or is still running.
+async fn wait_for(backend: &Backend, id: &str, wait: &WaitArgs) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait.timeout);
+    let last = loop {
+        let job = job_state(backend, id).await?;
+        let settled = !matches!(job["state"].as_str(), Some("queued" | "running") | None);
+        if settled || tokio::time::Instant::now() >= deadline {
+            break job;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let promotion = opt(&last["promotion"]).map(|p| format!(" ({p})")).unwrap_or_default();
+    let detail = opt(&last["detail"]).or_else(|| opt(&last["error"])).unwrap_or_default();
+    let error = opt(&last["error"]).unwrap_or_default();
+    let state = s(&last["state"]);
+    let (code, message) = match state.as_ref() {
+        "promoted" => {
+            let record = promotion_record(backend, &last).await;
+            let target = record.as_ref().map(|r| format!("{}@{}", s(&r["target"]), s(&r["digest"])));
+            println!("promoted{promotion}: {}", target.unwrap_or_else(|| detail.to_string()));
+            return Ok(());
+        }
+        "parked" => {
+            println!("parked{promotion}: {detail}");
+            return Ok(());
+        }
+        "refused" => (EXIT_REFUSED, format!("refused{promotion}: {detail}")),
+        "failed" => (
+            EXIT_FAILED,
+            format!(
+                "failed{promotion}: {error} (dead-lettered: see `ferry dlq list`; `ferry dlq redrive {id}` retries)"
+            ),
+        ),
+        _ => {
+            let note = if error.is_empty() { String::new() } else { format!("; last attempt: {error}") };
+            (
+                EXIT_STILL_RUNNING,
+                format!(
+                    "still {state} after {} s: job {id} goes on without you (GET /api/jobs/{id} follows it){note}",
+                    wait.timeout
+                ),
+            )
+        }
+    };
+    Err(Exit { code, message }.into())
+}
+
+/// The promotion record a job names, for the digest and target of a promoted job.
+async fn promotion_record(backend: &Backend, job: &Value) -> Option<Value> {
+    let id = job["promotion"].as_str()?;
+    match backend {
+        Backend::Http { .. } => backend.http(reqwest::Method::GET, &format!("/api/promotions/{id}"), None).await.ok(),
+        Backend::Local { ops, .. } => to_value(ops.promotion(id).await).ok(),
+    }
 }
 
 pub async fn approve(c: &Connection, args: ApproveArgs) -> anyhow::Result<()> {
@@ -252,6 +365,9 @@ pub async fn approve(c: &Connection, args: ApproveArgs) -> anyhow::Result<()> {
     let (have, need) = (value["approvals"].as_u64().unwrap_or(0), value["required"].as_u64().unwrap_or(0));
     if value["released"].as_bool() == Some(true) {
         println!("approved {} ({have} of {need}): promotion continues", args.id);
+        if let (Some(job), true) = (value["job"].as_str(), args.wait.waits()) {
+            wait_for(&backend, job, &args.wait).await?;
+        }
     } else {
         println!("approved {} ({have} of {need}): still waiting", args.id);
     }
@@ -355,7 +471,7 @@ pub async fn dlq(c: &Connection, command: DlqCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        DlqCommand::Redrive { id } => {
+        DlqCommand::Redrive { id, wait } => {
             match &backend {
                 Backend::Http { .. } => {
                     backend.http(reqwest::Method::POST, &format!("/api/dlq/{id}/redrive"), None).await?;
@@ -363,6 +479,9 @@ pub async fn dlq(c: &Connection, command: DlqCommand) -> anyhow::Result<()> {
                 Backend::Local { ops, .. } => ops.redrive(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?,
             }
             println!("redriven {id}: back in the queue");
+            if wait.waits() {
+                wait_for(&backend, &id, &wait).await?;
+            }
         }
     }
     Ok(())

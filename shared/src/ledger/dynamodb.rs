@@ -40,7 +40,8 @@ use aws_sdk_dynamodb::types::{AttributeValue, KeyType};
 use crate::intake::replay::{ReplayError, ReplayFuture, SeenSignatures};
 
 use super::{
-    Approval, DeploymentRecord, EnvironmentEntry, EnvironmentState, Ledger, LedgerError, LedgerFuture, PromotionRecord,
+    Approval, DeploymentRecord, EnvironmentEntry, EnvironmentState, JobRecord, Ledger, LedgerError, LedgerFuture,
+    PromotionRecord,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -545,6 +546,30 @@ impl Ledger for DynamoLedger {
     fn deployments(&self, pipeline: &str, stage: &str, limit: usize) -> LedgerFuture<'_, Vec<DeploymentRecord>> {
         let (pipeline, stage) = (pipeline.to_string(), stage.to_string());
         Box::pin(async move { self.read_deployments(&pipeline, &stage, limit).await })
+    }
+
+    fn put_job(&self, record: JobRecord) -> LedgerFuture<'_, ()> {
+        Box::pin(async move {
+            let json = serde_json::to_string(&record)
+                .map_err(|e| LedgerError::Unavailable(format!("job {} does not serialize: {e}", record.id)))?;
+            let item = Item::from([
+                ("pk".to_string(), s(&format!("JOB#{}", record.id))),
+                ("sk".to_string(), s("JOB")),
+                ("record".to_string(), s(&json)),
+            ]);
+            self.put(item, None).await.map(|_| ())
+        })
+    }
+
+    fn job(&self, id: &str) -> LedgerFuture<'_, Option<JobRecord>> {
+        let pk = format!("JOB#{id}");
+        Box::pin(async move {
+            let Some(item) = self.get(&pk, "JOB").await? else { return Ok(None) };
+            let json = string(&item, "record")?;
+            serde_json::from_str(&json)
+                .map(Some)
+                .map_err(|e| LedgerError::Unavailable(format!("{pk} in the ledger is not a job record: {e}")))
+        })
     }
 }
 

@@ -144,6 +144,48 @@ pub struct DeploymentRecord {
     pub at_ms: i64,
 }
 
+/// Where a queue job stands, as `ferry promote --wait` and `GET /api/jobs/{id}` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Enqueued (or redriven), not yet picked up; also what an id the ledger never saw reports.
+    Queued,
+    /// A worker has it (or it failed an attempt and will be retried: see `error`).
+    Running,
+    /// The digest is in the target.
+    Promoted,
+    /// Waiting on the stage's gate: `detail` says why.
+    Parked,
+    /// Will not be promoted: rejected earlier, a tag filter, a source that does not exist.
+    Refused,
+    /// Gave up: the job is in the dead letters with `error`.
+    Failed,
+}
+
+impl JobState {
+    /// Nothing more happens to the job (parked is final for the job: a wake is a new job).
+    pub fn is_settled(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Running)
+    }
+}
+
+/// What became of one queue job: the link from the id an API or webhook answered with to the
+/// promotion it worked on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub state: JobState,
+    /// The promotion record the job worked on, once known (a tag is resolved first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promotion: Option<String>,
+    /// Why it is parked or refused, or what it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub updated_at_ms: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {
     #[error("ledger unavailable: {0}")]
@@ -175,4 +217,7 @@ pub trait Ledger: Send + Sync + 'static {
     fn record_deployment(&self, record: DeploymentRecord) -> LedgerFuture<'_, ()>;
     /// The newest deployment reports of a stage, newest first.
     fn deployments(&self, pipeline: &str, stage: &str, limit: usize) -> LedgerFuture<'_, Vec<DeploymentRecord>>;
+    /// Inserts or replaces what became of queue job `record.id`.
+    fn put_job(&self, record: JobRecord) -> LedgerFuture<'_, ()>;
+    fn job(&self, id: &str) -> LedgerFuture<'_, Option<JobRecord>>;
 }

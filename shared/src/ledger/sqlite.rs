@@ -19,8 +19,8 @@ use crate::store::{self, StoreKind};
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 use super::{
-    Approval, DeploymentRecord, EnvironmentEntry, EnvironmentState, Ledger, LedgerError, LedgerFuture, PromotionRecord,
-    PromotionState,
+    Approval, DeploymentRecord, EnvironmentEntry, EnvironmentState, JobRecord, Ledger, LedgerError, LedgerFuture,
+    PromotionRecord, PromotionState,
 };
 
 /// The states [`Ledger::parked`] lists (those for which [`PromotionState::is_parked`] holds).
@@ -76,6 +76,15 @@ CREATE TABLE deployments (
 );
 CREATE INDEX deployments_stage ON deployments (pipeline, stage, at_ms, seq);
 ";
+/// Added after schema 1 without changing its version: ledgers of schema 1 get it when opened.
+const JOBS_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id            TEXT    PRIMARY KEY,
+    updated_at_ms INTEGER NOT NULL,
+    -- The whole JobRecord as JSON.
+    record        TEXT    NOT NULL
+);
+";
 
 /// The embedded, durable [`Ledger`]. Open it once and share it (`Arc<dyn Ledger>`); the file
 /// may also be opened by other handles and processes at the same time.
@@ -125,6 +134,9 @@ impl SqliteLedger {
     /// something other than a Ferry ledger, or has a schema newer than this build knows.
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let conn = open_connection(path)?;
+        conn.execute_batch(JOBS_TABLE).map_err(|e| {
+            LedgerError::Unavailable(format!("adding the jobs table to ledger database {}: {e}", path.display()))
+        })?;
         tracing::debug!(path = %path.display(), "ledger opened");
         Ok(Self { inner: Arc::new(Inner { path: path.to_owned(), conn: Mutex::new(conn) }) })
     }
@@ -358,6 +370,29 @@ impl Ledger for SqliteLedger {
                 Ok(())
             },
         )
+    }
+
+    fn put_job(&self, record: JobRecord) -> LedgerFuture<'_, ()> {
+        self.run(format!("storing job {}", record.id), move |conn| {
+            let json = serde_json::to_string(&record)?;
+            conn.prepare_cached(
+                "INSERT INTO jobs (id, updated_at_ms, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET updated_at_ms = excluded.updated_at_ms, record = excluded.record",
+            )?
+            .execute(params![record.id, record.updated_at_ms, json])?;
+            Ok(())
+        })
+    }
+
+    fn job(&self, id: &str) -> LedgerFuture<'_, Option<JobRecord>> {
+        let id = id.to_owned();
+        self.run(format!("reading job {id}"), move |conn| {
+            let json: Option<String> = conn
+                .prepare_cached("SELECT record FROM jobs WHERE id = ?1")?
+                .query_row([&id], |row| row.get(0))
+                .optional()?;
+            Ok(json.map(|json| serde_json::from_str(&json)).transpose()?)
+        })
     }
 
     fn deployments(&self, pipeline: &str, stage: &str, limit: usize) -> LedgerFuture<'_, Vec<DeploymentRecord>> {
