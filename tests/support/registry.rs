@@ -454,11 +454,13 @@ impl RegistryClient {
         let req = self
             .request(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
             .header(header::ACCEPT, MANIFEST_ACCEPT);
-        let (status, _, _) = self.send(req);
+        let (status, headers, bytes) = self.send(req);
         if status.is_server_error() || status == StatusCode::NOT_FOUND {
             return None;
         }
-        self.manifest(repo, reference)
+        assert!(status.is_success(), "GET {}/v2/{repo}/manifests/{reference}: {status}", self.base);
+        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        Some(Manifest { digest: text("docker-content-digest"), content_type: text("content-type"), bytes })
     }
 
     /// `GET /v2/<repo>/manifests/<reference>`; `None` on 404.
