@@ -463,12 +463,24 @@ impl RegistryClient {
         Some(Manifest { digest: text("docker-content-digest"), content_type: text("content-type"), bytes })
     }
 
-    /// `GET /v2/<repo>/manifests/<reference>`; `None` on 404.
+    /// `GET /v2/<repo>/manifests/<reference>`; `None` on 404. A 5xx is asked again a few
+    /// times first: distribution's filesystem driver answers 500 for a moment while a tag link
+    /// of the repository is being written, which Ferry may be doing while a test looks.
     pub fn manifest(&self, repo: &str, reference: &str) -> Option<Manifest> {
-        let req = self
-            .request(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
-            .header(header::ACCEPT, MANIFEST_ACCEPT);
-        let (status, headers, bytes) = self.send(req);
+        let get = || {
+            let req = self
+                .request(Method::GET, &format!("/v2/{repo}/manifests/{reference}"))
+                .header(header::ACCEPT, MANIFEST_ACCEPT);
+            self.send(req)
+        };
+        let (mut status, mut headers, mut bytes) = get();
+        for _ in 0..5 {
+            if !status.is_server_error() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            (status, headers, bytes) = get();
+        }
         if status == StatusCode::NOT_FOUND {
             return None;
         }
