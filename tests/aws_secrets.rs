@@ -164,19 +164,6 @@ secret_arn = "{missing}"
     );
 }
 
-/// `target/debug/ferry-webhook`, which `scripts/test` builds before the tests
-/// (`cargo build --workspace --bins`).
-fn webhook_function() -> std::path::PathBuf {
-    let dir = std::path::PathBuf::from(env!("CARGO_BIN_EXE_ferry")).parent().unwrap().to_path_buf();
-    let binary = dir.join("ferry-webhook");
-    assert!(
-        binary.exists(),
-        "{} is missing: build the functions first (`cargo build --workspace --bins`, as scripts/test does)",
-        binary.display()
-    );
-    binary
-}
-
 #[test]
 fn the_webhook_function_reads_its_secret_arn_at_cold_start_and_verifies_with_it() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -215,7 +202,7 @@ source = "build.example:5000/{REPO}"
     let mut envs = aws_env(&moto);
     envs.push(("FERRY_CONFIG", config));
     let mut lambda = support::lambda::LambdaRuntime::start();
-    lambda.run_function(&webhook_function(), "ferry-webhook", &envs);
+    lambda.run_function(&support::lambda::function_binary("ferry-webhook"), "ferry-webhook", &envs);
 
     let event = |secret: &str| {
         let body = json!({ "repository": format!("build.example:5000/{REPO}"), "tag": "1.0",

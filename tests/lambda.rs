@@ -12,25 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::{Value, json};
-use support::lambda::LambdaRuntime;
+use support::lambda::{LambdaRuntime, function_binary};
 use support::registry::free_port;
 use support::{OciLayout, Registry, ferry};
 
 const SECRET: &str = "lambda-e2e-generic-secret";
 const OPERATOR_TOKEN: &str = "lambda-e2e-operator-token";
 const REPO: &str = "shop/api";
-
-/// A function binary cargo built beside the `ferry` binary (`scripts/test` builds them first).
-fn function_binary(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_ferry")).parent().unwrap().to_path_buf();
-    let binary = dir.join(name);
-    assert!(
-        binary.exists(),
-        "{} is missing: build the functions first (`cargo build --workspace --bins`, as scripts/test does)",
-        binary.display()
-    );
-    binary
-}
 
 struct Aws {
     runtime: tokio::runtime::Runtime,

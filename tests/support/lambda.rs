@@ -20,6 +20,19 @@ use axum::routing::{get, post};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+/// A Lambda function binary cargo built beside the `ferry` binary (`scripts/test` builds every
+/// binary before the tests: `cargo build --workspace --bins`).
+pub fn function_binary(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_BIN_EXE_ferry")).parent().unwrap().to_path_buf();
+    let binary = dir.join(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: build the functions first (`cargo build --workspace --bins`, as scripts/test does)",
+        binary.display()
+    );
+    binary
+}
+
 /// What a function answered to one invocation.
 #[derive(Debug, Clone)]
 pub enum Answer {
