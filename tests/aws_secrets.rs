@@ -20,16 +20,6 @@ const OPERATOR_TOKEN: &str = "aws-secrets-e2e-operator-token";
 const ECR_PASSWORD: &str = "123456789012-auth-token";
 const REPO: &str = "shop/api";
 
-fn aws_env(moto: &moto::Moto) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-    ]
-}
-
 #[test]
 fn serve_reads_arn_secrets_at_start_and_promotes_into_an_ecr_registry_with_its_token() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -81,7 +71,7 @@ source = "{build}/{REPO}"
         build = build.host(),
         ecr = ecr.host(),
     );
-    let envs = aws_env(&moto);
+    let envs = moto.aws_env();
     let env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = FerryServer::start_with_server_keys(
         free_port(),
@@ -145,7 +135,7 @@ secret_arn = "{missing}"
     )
     .unwrap();
     let with_aws = |command: support::FerryCommand| {
-        aws_env(&moto).into_iter().fold(command.timeout(Duration::from_secs(60)), |c, (k, v)| c.env(k, v))
+        moto.aws_env().into_iter().fold(command.timeout(Duration::from_secs(60)), |c, (k, v)| c.env(k, v))
     };
 
     let serve = with_aws(support::ferry("serve").arg("--config").arg(&path).args(["--listen", "127.0.0.1:0"])).run();
@@ -199,7 +189,7 @@ source = "build.example:5000/{REPO}"
   target = "dev.example:5000/{REPO}"
 "#
     );
-    let mut envs = aws_env(&moto);
+    let mut envs = moto.aws_env();
     envs.push(("FERRY_CONFIG", config));
     let mut lambda = support::lambda::LambdaRuntime::start();
     lambda.run_function(&support::lambda::function_binary("ferry-webhook"), "ferry-webhook", &envs);

@@ -45,24 +45,13 @@ source = "build.example:5000/shop/api"
     )
 }
 
-/// The standard AWS settings, pointed at moto (no profile, no instance metadata).
-fn aws_env(moto: &moto::Moto) -> Vec<(&'static str, String)> {
-    vec![
-        ("AWS_ENDPOINT_URL", moto.endpoint.clone()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("AWS_ACCESS_KEY_ID", "test".into()),
-        ("AWS_SECRET_ACCESS_KEY", "test".into()),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-    ]
-}
-
 #[test]
 fn serve_queues_into_sqs_and_operator_commands_open_the_same_stores() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let moto = moto::Moto::start();
     let (queue_url, table) =
         runtime.block_on(async { (moto.fifo_queue_with_dlq(10).await, moto.ledger_table().await) });
-    let mut envs = aws_env(&moto);
+    let mut envs = moto.aws_env();
     envs.push(("AWS_STORES_SECRET", SECRET.into()));
     let env_refs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let server = FerryServer::start(free_port(), &config(&queue_url, &table), &env_refs);
@@ -128,7 +117,7 @@ fn serve_queues_into_sqs_and_operator_commands_open_the_same_stores() {
 #[test]
 fn a_queue_that_does_not_exist_is_named_in_the_error() {
     let moto = moto::Moto::start();
-    let envs = aws_env(&moto);
+    let envs = moto.aws_env();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ferry.toml");
     let missing = format!("{}/000000000000/missing.fifo", moto.endpoint);

@@ -36,17 +36,6 @@ impl Aws {
         Aws { runtime, moto, queue_url, table }
     }
 
-    /// The standard AWS settings, pointed at moto.
-    fn env(&self) -> Vec<(&'static str, String)> {
-        vec![
-            ("AWS_ENDPOINT_URL", self.moto.endpoint.clone()),
-            ("AWS_REGION", "us-east-1".into()),
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ]
-    }
-
     /// The next message of `queue_url` as an SQS event record, as Lambda's event source sends it.
     fn next_record(&self, queue_url: &str) -> Value {
         self.next_records(queue_url, 1).remove(0)
@@ -167,7 +156,7 @@ source = "{build}/{REPO}"
 }
 
 fn function_env(aws: &Aws, config: &str) -> Vec<(&'static str, String)> {
-    let mut env = aws.env();
+    let mut env = aws.moto.aws_env();
     env.push(("FERRY_CONFIG", config.to_string()));
     env.push(("FERRY_GENERIC_SECRET", SECRET.into()));
     env.push(("FERRY_OPERATOR_TOKEN", OPERATOR_TOKEN.into()));

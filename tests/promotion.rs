@@ -779,8 +779,17 @@ fn after_gate_waits_until_the_previous_stage_reports_deployed() {
     assert_eq!(gates.last(), Some(&"pass"), "{record:#}");
 }
 
-#[test]
-fn soak_gate_waits_its_time_in_the_previous_stage() {
+/// A push through dev into prod behind a 3 s soak gate, with the worker sweeping every
+/// `sweep_secs`: how long after dev prod got it (ms), and what it ran on.
+struct Soaked {
+    waited_ms: i64,
+    server: FerryServer,
+    prod: Registry,
+    digest: String,
+    _registries: (Registry, Registry),
+}
+
+fn soak_into_prod(sweep_secs: u64) -> Soaked {
     let port = free_port();
     let build = notifying_build_registry(port);
     let (dev, prod) = (Registry::plain(), Registry::plain());
@@ -789,16 +798,23 @@ fn soak_gate_waits_its_time_in_the_previous_stage() {
         dev.host(),
         prod.host()
     );
-    let server =
-        start_ferry_with_stages(port, build.host(), &[dev.host(), prod.host()], &stages, "[worker]\nsweep_secs = 1\n");
+    let worker = format!("[worker]\nsweep_secs = {sweep_secs}\n");
+    let server = start_ferry_with_stages(port, build.host(), &[dev.host(), prod.host()], &stages, &worker);
     let digest = push(&build, "1.0", &[200_000]);
     wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
     wait_for_tag(&server, &prod, "prod", &digest, Duration::from_secs(60));
     let status = pipeline_status(&server);
     let dev_since = stage(&status, "dev")["current"]["since_ms"].as_i64().unwrap();
     let prod_since = stage(&status, "prod")["current"]["since_ms"].as_i64().unwrap();
-    assert!(prod_since - dev_since >= 3_000, "prod came {} ms after dev, before the 3 s soak", prod_since - dev_since);
-    assert_digest_exact(&prod, "1.0", &digest);
+    Soaked { waited_ms: prod_since - dev_since, server, prod, digest, _registries: (build, dev) }
+}
+
+#[test]
+fn soak_gate_waits_its_time_in_the_previous_stage() {
+    let soaked = soak_into_prod(1);
+    let waited = soaked.waited_ms;
+    assert!(waited >= 3_000, "prod came {waited} ms after dev, before the 3 s soak");
+    assert_digest_exact(&soaked.prod, "1.0", &soaked.digest);
 }
 
 /// A deploy-webhook receiver: checks Ferry's signature and keeps what arrived.
@@ -1088,23 +1104,7 @@ fn promote_waits_and_reports_the_outcome() {
 /// soak lands in prod well before the sweep would have looked again.
 #[test]
 fn a_soak_gate_opens_on_time_not_at_the_next_sweep() {
-    let port = free_port();
-    let build = notifying_build_registry(port);
-    let (dev, prod) = (Registry::plain(), Registry::plain());
-    let stages = format!(
-        "[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{}/{REPO}\"\n[[pipelines.stages]]\nname = \"prod\"\ntarget = \"{}/{REPO}\"\ngate = \"soak\"\nsoak_secs = 3\n",
-        dev.host(),
-        prod.host()
-    );
-    let server =
-        start_ferry_with_stages(port, build.host(), &[dev.host(), prod.host()], &stages, "[worker]\nsweep_secs = 30\n");
-    let digest = push(&build, "1.0", &[200_000]);
-    wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
-    wait_for_tag(&server, &prod, "prod", &digest, Duration::from_secs(60));
-    let status = pipeline_status(&server);
-    let dev_since = stage(&status, "dev")["current"]["since_ms"].as_i64().unwrap();
-    let prod_since = stage(&status, "prod")["current"]["since_ms"].as_i64().unwrap();
-    let waited = prod_since - dev_since;
+    let Soaked { waited_ms: waited, server, .. } = soak_into_prod(30);
     assert!(waited >= 3_000, "prod came {waited} ms after dev, before the 3 s soak");
     assert!(waited < 15_000, "prod came {waited} ms after dev: the soak waited for the sweep\n{}", server.log());
 }

@@ -74,6 +74,19 @@ impl Moto {
             .build()
     }
 
+    /// The standard AWS settings a Ferry process needs to use this moto: its endpoint, the
+    /// region, static test credentials, and no instance-metadata lookups.
+    #[allow(dead_code)] // Used by the root crate's tests that start `ferry` and the functions.
+    pub fn aws_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_REGION", REGION.into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
