@@ -90,10 +90,19 @@ fn wait_until<T>(what: &str, timeout: Duration, server: &FerryServer, mut probe:
     }
 }
 
-/// Waits until `shop/api:TAG` in `registry` is the image `digest`.
+/// Waits until `shop/api:TAG` in `registry` is the image `digest`, and the ledger has recorded
+/// the promotion that put it there (the tag is written before the record: a test that acts on
+/// the ledger right after seeing the tag would race the worker).
 fn wait_for_tag(server: &FerryServer, registry: &Registry, tag: &str, digest: &str, timeout: Duration) {
     wait_until(&format!("{}/{REPO}:{tag} is {digest}", registry.host()), timeout, server, || {
         registry.client().manifest_when_ready(REPO, tag).filter(|m| m.digest == digest).map(|_| ())
+    });
+    let target = format!("{}/{REPO}", registry.host());
+    wait_until(&format!("the ledger records {digest} promoted to {target}"), timeout, server, || {
+        history(server, None)
+            .iter()
+            .any(|r| r["digest"] == digest && r["target"] == target.as_str() && r["state"] == "succeeded")
+            .then_some(())
     });
 }
 

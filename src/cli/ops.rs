@@ -176,7 +176,7 @@ impl Backend {
         config.read_secrets().await?;
         let config = Arc::new(config);
         let stores = super::serve::open_stores(&config).await?;
-        let worker = Worker::new(config, stores.queue, stores.ledger).map_err(anyhow::Error::msg)?;
+        let worker = Worker::new(config, stores.queue, stores.ledger)?;
         Ok(Backend::Local { ops: Operations::new(Arc::new(worker)), user })
     }
 

@@ -51,8 +51,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let stores = open_stores(&config).await?;
     let replay = ferry_core::backend::replay_guard(&config, &stores)?;
     let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?.with_replay_guard(replay);
-    let worker =
-        Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone()).map_err(anyhow::Error::msg)?);
+    let worker = Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone())?);
     let intake_app = router(Arc::new(intake));
     let api_app = ferry_core::api::operator_token(&config)
         .map_err(anyhow::Error::msg)?

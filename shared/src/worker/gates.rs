@@ -1,0 +1,201 @@
+use super::promote::is_release_semver;
+use super::{GateResult, Outcome, Worker, now_ms};
+use crate::config::{Gate, Pipeline, Stage, tag_matches};
+use crate::error::WorkError;
+use crate::job::DeploymentJob;
+use crate::ledger::{DeploymentRecord, GateDecision, PromotionRecord, PromotionState};
+
+impl Worker {
+    pub(super) async fn evaluate_gate(
+        &self,
+        pipeline: &Pipeline,
+        index: usize,
+        stage: &Stage,
+        record: &mut PromotionRecord,
+    ) -> Result<GateResult, WorkError> {
+        let now = now_ms();
+        if !stage.tags.is_empty() || stage.semver {
+            let tag = record.tag.clone().unwrap_or_default();
+            let pattern_ok = stage.tags.is_empty() || stage.tags.iter().any(|p| tag_matches(p, &tag));
+            let semver_ok = !stage.semver || is_release_semver(&tag);
+            if !(pattern_ok && semver_ok) {
+                let why = format!(
+                    "tag `{tag}` is not allowed into {} (tags {:?}, semver {})",
+                    stage.name.get_ref(),
+                    stage.tags,
+                    stage.semver
+                );
+                decide(record, "tags", "reject", why.clone());
+                return Ok(GateResult::Reject(why));
+            }
+            decide(record, "tags", "pass", format!("tag `{tag}` allowed"));
+        }
+        let previous = index.checked_sub(1).map(|i| pipeline.stages[i].name.get_ref().clone());
+        match stage.gate {
+            Gate::Auto => {
+                decide(record, "auto", "pass", "automatic".into());
+                Ok(GateResult::Pass)
+            }
+            Gate::Approval => {
+                let valid = counted_approvers(stage, record);
+                let have = valid.len() as u32;
+                if have >= stage.approvers {
+                    let detail = format!("approved by {}", valid.join(", "));
+                    decide(record, "approval", "pass", detail);
+                    return Ok(GateResult::Pass);
+                }
+                if let Some(expiry) = stage.approval_expiry() {
+                    if now - record.created_at_ms > expiry.as_millis() as i64 {
+                        let why = format!("not approved within {} h", expiry.as_secs() / 3600);
+                        decide(record, "approval", "reject", why.clone());
+                        return Ok(GateResult::Reject(why));
+                    }
+                }
+                let why = format!("waiting for approval ({have} of {}): ferry approve {}", stage.approvers, record.id);
+                decide(record, "approval", "wait", why.clone());
+                let expires_at = stage.approval_expiry().map(|e| record.created_at_ms + e.as_millis() as i64 + 1);
+                Ok(GateResult::Wait(PromotionState::AwaitingApproval, why, expires_at))
+            }
+            Gate::After | Gate::Soak => {
+                let previous = previous.expect("validated: after/soak need a previous stage");
+                let env = self.ledger.environment(&pipeline.name.get_ref().clone(), &previous).await?;
+                let Some(env) = env.filter(|e| e.current.digest == record.digest) else {
+                    let why = format!("{} is not running {} (yet)", previous, record.digest);
+                    let gate = if stage.gate == Gate::After { "after" } else { "soak" };
+                    decide(record, gate, "wait", why.clone());
+                    return Ok(GateResult::Wait(PromotionState::AwaitingGate, why, None));
+                };
+                if stage.gate == Gate::After {
+                    let reports = self.ledger.deployments(pipeline.name.get_ref(), &previous, 20).await?;
+                    let deployed = reports.iter().any(|r| {
+                        r.status.eq_ignore_ascii_case("succeeded")
+                            && r.at_ms >= env.current.since_ms - 1_000
+                            && r.digest.as_deref().is_none_or(|d| d == record.digest)
+                    });
+                    if deployed {
+                        decide(record, "after", "pass", format!("{previous} reported deployed"));
+                        return Ok(GateResult::Pass);
+                    }
+                    let why = format!("waiting for {previous} to report deployed");
+                    decide(record, "after", "wait", why.clone());
+                    return Ok(GateResult::Wait(PromotionState::AwaitingGate, why, None));
+                }
+                let soaked_ms = now - env.current.since_ms;
+                let needed_ms = stage.soak().as_millis() as i64;
+                if soaked_ms >= needed_ms {
+                    decide(record, "soak", "pass", format!("ran {} s in {previous}", soaked_ms / 1000));
+                    return Ok(GateResult::Pass);
+                }
+                let why = format!("soaking in {previous}: {} s to go", (needed_ms - soaked_ms + 999) / 1000);
+                decide(record, "soak", "wait", why.clone());
+                Ok(GateResult::Wait(PromotionState::AwaitingGate, why, Some(env.current.since_ms + needed_ms)))
+            }
+        }
+    }
+
+    /// Re-queues a parked promotion so its gate is evaluated again.
+    pub async fn wake(&self, record: &PromotionRecord, why: &str) -> Result<String, WorkError> {
+        let gone = || WorkError::permanent(format!("{}/{} is no longer configured", record.pipeline, record.stage));
+        let pipeline = self.config.pipeline(&record.pipeline).ok_or_else(gone)?;
+        let (index, _) = pipeline.stage(&record.stage).ok_or_else(gone)?;
+        let mut job = self.job_for(pipeline, index, record, why.to_string(), None);
+        job.trigger = Some(record.trigger.clone());
+        job.promotion = Some(record.id.clone());
+        // Never collapse into the job that parked it.
+        let key = format!("wake/{}/{}/{}", record.id, record.approvals.len(), now_ms());
+        let enqueued = self.queue.enqueue(vec![job.to_new_job_keyed(key)]).await?;
+        Ok(enqueued[0].id.clone())
+    }
+
+    pub(super) async fn deployment_reported(&self, job: &DeploymentJob) -> Result<Outcome, WorkError> {
+        let current = self.ledger.environment(&job.pipeline, &job.stage).await?;
+        // A report naming a build concerns the digest that build produced in this stage; one
+        // that cannot be tied to a digest here opens nothing, so it is not recorded.
+        let digest = match &job.build_number {
+            None => None,
+            Some(build) => {
+                let history = self.ledger.history(&job.pipeline, Some(&job.stage), 200).await?;
+                let produced = history.into_iter().find(|r| {
+                    r.build_number.as_deref() == Some(build.as_str()) && r.state == PromotionState::Succeeded
+                });
+                let Some(produced) = produced else {
+                    let why = format!(
+                        "{} {}: deployment report about build {} ignored: no promotion of that build in this stage",
+                        job.pipeline,
+                        job.stage,
+                        crate::escape::escape_control(build)
+                    );
+                    tracing::warn!("{why}");
+                    return Ok(Outcome::Done(why));
+                };
+                Some(produced.digest)
+            }
+        };
+        self.ledger
+            .record_deployment(DeploymentRecord {
+                pipeline: job.pipeline.clone(),
+                stage: job.stage.clone(),
+                status: job.report.status.clone(),
+                digest: digest.clone(),
+                reporter: "azure-devops".into(),
+                detail: job.report.release.clone(),
+                at_ms: now_ms(),
+            })
+            .await?;
+        if job.report.status.eq_ignore_ascii_case("succeeded") {
+            // A later stage waiting for this one to be deployed may go now.
+            for record in self.ledger.parked(Some(&job.pipeline)).await? {
+                let waits_on_this = record.state == PromotionState::AwaitingGate
+                    && current.as_ref().is_some_and(|c| c.current.digest == record.digest)
+                    && digest.as_ref().is_none_or(|d| *d == record.digest);
+                if waits_on_this {
+                    self.wake(&record, "gate-passed").await?;
+                }
+            }
+        }
+        Ok(Outcome::Done(format!("{} {} reported {}", job.pipeline, job.stage, job.report.status)))
+    }
+
+    /// Wakes parked promotions whose gate may have opened with time (soak) or expired (approval).
+    pub async fn sweep(&self) -> Result<(), WorkError> {
+        self.reconcile_dead_letters().await?;
+        let now = now_ms();
+        for record in self.ledger.parked(None).await? {
+            let Some(pipeline) = self.config.pipeline(&record.pipeline) else { continue };
+            let Some((_, stage)) = pipeline.stage(&record.stage) else { continue };
+            let due = match stage.gate {
+                Gate::Soak => true,
+                Gate::Approval => {
+                    stage.approval_expiry().is_some_and(|e| now - record.created_at_ms > e.as_millis() as i64)
+                }
+                _ => false,
+            };
+            if due {
+                self.wake(&record, "sweep").await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The people whose approvals count for `record` in `stage`: distinct persons (names compared in
+/// canonical form), allowed by the stage, and never the person who triggered the promotion.
+pub fn counted_approvers(stage: &Stage, record: &PromotionRecord) -> Vec<String> {
+    let trigger = record.triggered_by.as_deref().and_then(|t| crate::person::canonical(t).ok());
+    let mut people: Vec<String> = Vec::new();
+    for approval in &record.approvals {
+        let Ok(person) = crate::person::canonical(&approval.by) else { continue };
+        if Some(&person) != trigger.as_ref() && stage.may_approve(&person) && !people.contains(&person) {
+            people.push(person);
+        }
+    }
+    people
+}
+
+/// Records a gate decision, unless it repeats the last one (a re-evaluated parked promotion).
+pub(super) fn decide(record: &mut PromotionRecord, gate: &str, decision: &str, detail: String) {
+    let repeated = record.gates.last().is_some_and(|d| d.gate == gate && d.decision == decision && d.detail == detail);
+    if !repeated {
+        record.gates.push(GateDecision { gate: gate.into(), decision: decision.into(), detail, at_ms: now_ms() });
+    }
+}

@@ -1,0 +1,144 @@
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::{Config, RepoName};
+use crate::error::WorkError;
+use crate::registry::auth::Credential;
+use crate::registry::client::{ClientOptions, Deadlines, HttpClients, RegistryClient};
+use crate::registry::reference::ImageRef;
+use crate::registry::{Access, RegistryRef};
+
+/// How Ferry proves who it is to one registry: a credential fixed at start-up, or one that is
+/// fetched and renewed while Ferry runs (ECR's 12-hour tokens).
+#[derive(Clone)]
+pub enum RegistryCredential {
+    Fixed(Credential),
+    #[cfg(feature = "aws")]
+    Ecr(Arc<crate::registry::ecr::EcrCredentials>),
+}
+
+impl RegistryCredential {
+    /// The credential to use for the next job.
+    pub async fn current(&self) -> Result<Credential, WorkError> {
+        match self {
+            RegistryCredential::Fixed(credential) => Ok(credential.clone()),
+            #[cfg(feature = "aws")]
+            RegistryCredential::Ecr(ecr) => ecr.credential().await.map_err(|e| WorkError::new(e.class, e.to_string())),
+        }
+    }
+}
+
+/// How Ferry reaches the configured registries (and no others).
+pub struct RegistrySettings {
+    client: ClientOptions,
+    credentials: HashMap<String, RegistryCredential>,
+    /// One trust store per registry that names a `ca_cert`, one shared by the others.
+    http: HttpClients,
+}
+
+impl RegistrySettings {
+    pub fn from_config(config: &Config) -> Result<Self, WorkError> {
+        let mut client = ClientOptions::default();
+        let mut credentials = HashMap::new();
+        for (host, registry) in &config.registries {
+            if registry.plain_http {
+                client.plain_http.push(api_host(host).to_string());
+            }
+            if let Some(path) = &registry.ca_cert {
+                // Trusted for this registry alone: a private CA must not vouch for other hosts.
+                client.registry_ca_certs.insert(
+                    api_host(host).to_string(),
+                    std::fs::read(path).map_err(|e| {
+                        WorkError::permanent(format!(
+                            "registries.\"{host}\".ca_cert: cannot read {}: {e}",
+                            path.display()
+                        ))
+                    })?,
+                );
+            }
+            if let Some(realm) = &registry.token_realm {
+                client.token_realms.insert(api_host(host).to_string(), realm.clone());
+            }
+            let defaults = Deadlines::default();
+            let deadlines = Deadlines {
+                request: registry.request_deadline_secs.map(Duration::from_secs).unwrap_or(defaults.request),
+                blob_min_bytes: registry.blob_min_kib.map(|kib| kib << 10).unwrap_or(defaults.blob_min_bytes),
+                blob_window: registry.blob_window_secs.map(Duration::from_secs).unwrap_or(defaults.blob_window),
+            };
+            if deadlines.request.is_zero() || deadlines.blob_window.is_zero() {
+                return Err(WorkError::permanent(format!(
+                    "registries.\"{host}\": request_deadline_secs and blob_window_secs must be at least 1"
+                )));
+            }
+            client.registry_deadlines.insert(api_host(host).to_string(), deadlines);
+            let key = |name: &str| format!("registries.\"{host}\".{name}");
+            let username = config
+                .secret(&key("username"), registry.username_env.as_ref(), registry.username_arn.as_ref())
+                .map_err(|e| WorkError::permanent(e.to_string()))?;
+            let password = config
+                .secret(&key("password"), registry.password_env.as_ref(), registry.password_arn.as_ref())
+                .map_err(|e| WorkError::permanent(e.to_string()))?;
+            match (username, password) {
+                (Some(username), Some(password)) => {
+                    let username = username.expose().to_string();
+                    credentials
+                        .insert(host.clone(), RegistryCredential::Fixed(Credential::Basic { username, password }));
+                }
+                (None, None) => {}
+                _ => {
+                    return Err(WorkError::permanent(format!(
+                        "registries.\"{host}\": set both a username and a password, or neither"
+                    )));
+                }
+            }
+            if registry.ecr {
+                #[cfg(feature = "aws")]
+                credentials.insert(
+                    host.clone(),
+                    RegistryCredential::Ecr(Arc::new(crate::registry::ecr::EcrCredentials::new(host))),
+                );
+                #[cfg(not(feature = "aws"))]
+                return Err(WorkError::permanent(format!(
+                    "registries.\"{host}\".ecr: this build of Ferry has no `aws` feature"
+                )));
+            }
+        }
+        let http = HttpClients::new(&client).map_err(|e| WorkError::permanent(e.to_string()))?;
+        Ok(RegistrySettings { client, credentials, http })
+    }
+
+    /// The credential for `registry` now (renewed when it is about to expire).
+    pub async fn credential(&self, registry: &str) -> Result<Option<Credential>, WorkError> {
+        match self.credentials.get(registry) {
+            Some(credential) => credential.current().await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) async fn access(&self, source: &RepoName, target: &RepoName) -> Result<Access, WorkError> {
+        Ok(Access {
+            client: self.client.clone(),
+            source_credential: self.credential(&source.registry).await?,
+            target_credential: self.credential(&target.registry).await?,
+            docker_config: Default::default(),
+        })
+    }
+
+    pub(super) async fn client(&self, registry: &str) -> Result<Arc<RegistryClient>, WorkError> {
+        Ok(RegistryClient::new(
+            self.http.for_registry(api_host(registry)),
+            api_host(registry),
+            &self.client,
+            self.credential(registry).await?,
+        )?)
+    }
+}
+
+pub(super) fn api_host(registry: &str) -> &str {
+    if registry == crate::registry::reference::DOCKER_HUB { "registry-1.docker.io" } else { registry }
+}
+
+pub(super) fn registry_ref(repo: &RepoName, image: ImageRef) -> RegistryRef {
+    RegistryRef { registry: repo.registry.clone(), repository: repo.repository.clone(), image }
+}
