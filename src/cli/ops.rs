@@ -551,11 +551,13 @@ async fn wait_for(backend: &Backend, id: &str, wait: &WaitArgs, json: bool) -> a
         ),
         _ => {
             let note = if error.is_empty() { String::new() } else { format!("; last attempt: {error}") };
+            // A job no worker has picked up yet is known to the queue only.
+            let follow = if state == "running" { format!("`ferry show {id}`") } else { format!("GET /api/jobs/{id}") };
             (
                 "still_running",
                 EXIT_STILL_RUNNING,
                 format!(
-                    "still {state} after {} s: job {id} goes on without you (`ferry show {id}` follows it){note}",
+                    "still {state} after {} s: job {id} goes on without you ({follow} follows it){note}",
                     wait.timeout
                 ),
             )
