@@ -127,6 +127,19 @@ fn config_check_reports_everything_serve_would_refuse_in_file_order() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("error: registries.\"b.example\".username_env"), "{stderr}");
 
+    // --json: the findings as data, errors as {"error": {class, message, findings}} on stdout.
+    let json = Command::new(FERRY).args(["config", "check", "--json", "--strict"]).arg(&config).output().unwrap();
+    assert_eq!(json.status.code(), Some(1), "{}", String::from_utf8_lossy(&json.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(answer["error"]["class"], "config", "{answer:#}");
+    let findings = answer["error"]["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 2, "{answer:#}");
+    assert_eq!((&findings[0]["line"], &findings[0]["severity"]), (&serde_json::json!(3), &serde_json::json!("error")));
+    let json = Command::new(FERRY).args(["config", "check", "--json"]).arg(&config).output().unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(json.status.success(), "{answer:#}");
+    assert_eq!((&answer["ok"], &answer["warnings"], &answer["pipelines"]), (&true.into(), &2.into(), &1.into()));
+
     let missing = Command::new(FERRY).args(["config", "check"]).arg(dir.path().join("nope.toml")).output().unwrap();
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success(), "{stderr}");
@@ -149,9 +162,9 @@ fn one_sentence(run: &support::FerryRun) -> String {
     error
 }
 
-/// An HTTP server that is not Ferry: every path answers 404 with an HTML page, as a web server
-/// or another service on the port would.
-fn not_ferry_server() -> (u16, std::thread::JoinHandle<()>) {
+/// An axum server on 127.0.0.1 (port 0) answering each path with `answer(path)`: status,
+/// content type, body. It runs until the test process ends.
+fn http_server(answer: fn(&str) -> (u16, &'static str, &'static str)) -> (u16, std::thread::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let handle = std::thread::spawn(move || {
@@ -159,16 +172,20 @@ fn not_ferry_server() -> (u16, std::thread::JoinHandle<()>) {
         runtime.block_on(async move {
             listener.set_nonblocking(true).unwrap();
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            let page = (
-                axum::http::StatusCode::NOT_FOUND,
-                [("content-type", "text/html")],
-                "<html><body><h1>404 Not Found</h1></body></html>",
-            );
-            let app = axum::Router::new().fallback(move || async move { page });
+            let app = axum::Router::new().fallback(move |uri: axum::http::Uri| async move {
+                let (status, content_type, body) = answer(uri.path());
+                (axum::http::StatusCode::from_u16(status).unwrap(), [("content-type", content_type)], body)
+            });
             axum::serve(listener, app).await.unwrap();
         });
     });
     (port, handle)
+}
+
+/// An HTTP server that is not Ferry: every path answers 404 with an HTML page, as a web server
+/// or another service on the port would.
+fn not_ferry_server() -> (u16, std::thread::JoinHandle<()>) {
+    http_server(|_| (404, "text/html", "<html><body><h1>404 Not Found</h1></body></html>"))
 }
 
 /// `--server` mistakes each get one sentence that says what to check: no scheme, nothing
@@ -194,6 +211,17 @@ fn server_errors_say_what_to_check_in_one_sentence() {
     let error = one_sentence(&run);
     assert!(error.contains("operations API") && error.contains("is off"), "{error}");
     assert!(error.contains("server.operator_token_env"), "says what to set: {error}");
+
+    // A Ferry from before the `api_off` answer: an empty 404 for /api/*, its /healthz answer.
+    let (port, _old) = http_server(|path| match path {
+        "/healthz" => (200, "application/json", r#"{"status":"ok"}"#),
+        _ => (404, "text/plain", ""),
+    });
+    let old = format!("http://127.0.0.1:{port}");
+    let run = ferry("status").args(["--server", &old, "--token", TOKEN]).run();
+    let error = one_sentence(&run);
+    assert!(error.contains(&format!("{old} is a ferry serve without its operations API")), "{error}");
+    assert!(error.contains("server.operator_token_env") && error.contains("server.api_listen"), "{error}");
 
     // Something else on the port.
     let (port, _server) = not_ferry_server();

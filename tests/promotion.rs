@@ -1300,6 +1300,13 @@ fn show_follows_a_job_to_its_promotion_and_every_command_speaks_json() {
     assert_times_are_ms(&rolled, "rollback");
     let text = server.cli("show").arg(id_of(&rolled)).run();
     assert!(text.success().contains("trigger    rollback by oscar"), "{}", text.stdout);
+    // A waited-for job that is refused: exit 3, the error as JSON with the job's state.
+    let refused = server.cli("promote").args([PIPELINE, "9.9.9", "--to", "dev", "--wait", "--json", "--user", "alice"]);
+    let refused = refused.run();
+    assert_eq!(refused.status.code(), Some(3), "{}", refused.stdout);
+    let error: Value = serde_json::from_str(refused.stdout.trim()).unwrap();
+    assert_eq!((&error["error"]["class"], &error["error"]["job"]["state"]), (&json!("refused"), &json!("refused")));
+    assert!(error["error"]["message"].as_str().unwrap().contains("9.9.9"), "{error:#}");
     let missing = server.cli("dlq").args(["redrive", "no-such-job", "--json"]).run();
     assert_eq!(missing.status.code(), Some(1));
     let error: Value = serde_json::from_str(missing.stdout.trim()).unwrap();

@@ -269,18 +269,20 @@ impl Backend {
             )
             .into());
         };
-        let mut config = Config::load(path)?;
+        let mut config = Config::load(path).map_err(|e| Failure::new("config", EXIT_FAILED, format!("{e:#}")))?;
         // Operator commands work on what `ferry serve` keeps; they never create an empty store.
         if matches!(config.queue, ferry_core::config::QueueBackend::Sqlite {}) {
             let data_dir = &config.server.data_dir;
-            anyhow::ensure!(
-                data_dir.join("queue.db").exists() && data_dir.join("ledger.db").exists(),
-                "no Ferry data in {} (data_dir of {}): start `ferry serve --config {}` first, or check the \
-                 configuration file",
-                data_dir.display(),
-                path.display(),
-                path.display()
-            );
+            if !(data_dir.join("queue.db").exists() && data_dir.join("ledger.db").exists()) {
+                let message = format!(
+                    "no Ferry data in {} (data_dir of {}): start `ferry serve --config {}` first, or check the \
+                     configuration file",
+                    data_dir.display(),
+                    path.display(),
+                    path.display()
+                );
+                return Err(Failure::new("config", EXIT_FAILED, message).into());
+            }
         }
         config.read_secrets().await?;
         let config = Arc::new(config);
