@@ -892,6 +892,50 @@ mod tests {
     }
 
     #[test]
+    fn the_history_header_lines_up_with_its_rows_and_rows_name_approvers() {
+        let record = json!({
+            "created_at_ms": 1_795_309_991_557_i64, "stage": "prod", "state": "succeeded", "trigger": "manual",
+            "digest": "sha256:05b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f", "tag": "1.4.2",
+            "triggered_by": "alice", "approvals": [{"by": "bob", "at_ms": 1}, {"by": "carol", "at_ms": 2}],
+        });
+        let (header, line) = (history_header(), history_line(&record));
+        // Where a column starts, in characters (the digest is shortened with `…`).
+        let at = |text: &str, needle: &str| text[..text.find(&format!(" {needle}")).unwrap()].chars().count();
+        for (title, value) in [("STAGE", "prod"), ("STATE", "succeeded"), ("DIGEST", "sha256:"), ("TAG", "1.4.2")] {
+            assert_eq!(at(&header, title), at(&line, value), "{title}:\n{header}\n{line}");
+        }
+        assert!(line.ends_with("manual by alice  approved by bob, carol"), "{line}");
+    }
+
+    #[test]
+    fn show_prints_gates_approvals_with_their_channel_and_the_job() {
+        let shown = json!({
+            "promotion": {
+                "id": "p-1", "pipeline": "shop-api", "stage": "prod", "state": "succeeded", "digest": "sha256:ab",
+                "tag": "1.0", "source": "dev/shop", "target": "prod/shop", "trigger": "manual", "triggered_by": "alice",
+                "created_at_ms": 0, "updated_at_ms": 0, "attempts": 2, "error": null,
+                "gates": [{"gate": "approval", "decision": "wait", "detail": "waiting", "at_ms": 0}],
+                "approvals": [{"by": "bob", "at_ms": 0}],
+            },
+            "approvals": [{"by": "bob", "at_ms": 0, "via": "the shared operator token"}],
+            "job": {"id": "j-1", "state": "promoted", "detail": "done", "updated_at_ms": 0},
+        });
+        let text = shown_text(&shown);
+        for expected in [
+            "promotion p-1  shop-api → prod",
+            "  attempts   2",
+            "gate decisions (1):\n  1970-01-01 00:00:00Z  approval  wait     waiting",
+            "approvals (1):\n  1970-01-01 00:00:00Z  bob  through the shared operator token",
+            "job j-1: promoted\n  detail     done",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in\n{text}");
+        }
+        let job_only = shown_text(&json!({"promotion": null, "approvals": [], "job": {"id": "j-2", "state": "refused",
+            "error": "shop/api:9.9.9 does not exist", "updated_at_ms": 0}}));
+        assert!(job_only.starts_with("job j-2: refused  (no promotion)\n  error      shop/api:9.9.9"), "{job_only}");
+    }
+
+    #[test]
     fn history_lines_escape_what_could_drive_the_terminal() {
         let record = json!({
             "created_at_ms": 0, "stage": "prod", "state": "rejected", "trigger": "webhook",
