@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use support::registry::free_port;
 use support::serve::get_status;
+use support::{FerryServer, ferry};
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -126,8 +127,176 @@ fn config_check_reports_everything_serve_would_refuse_in_file_order() {
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("error: registries.\"b.example\".username_env"), "{stderr}");
 
+    // --json: the findings as data, errors as {"error": {class, message, findings}} on stdout.
+    let json = Command::new(FERRY).args(["config", "check", "--json", "--strict"]).arg(&config).output().unwrap();
+    assert_eq!(json.status.code(), Some(1), "{}", String::from_utf8_lossy(&json.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(answer["error"]["class"], "config", "{answer:#}");
+    let findings = answer["error"]["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 2, "{answer:#}");
+    assert_eq!((&findings[0]["line"], &findings[0]["severity"]), (&serde_json::json!(3), &serde_json::json!("error")));
+    let json = Command::new(FERRY).args(["config", "check", "--json"]).arg(&config).output().unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(json.status.success(), "{answer:#}");
+    assert_eq!((&answer["ok"], &answer["warnings"], &answer["pipelines"]), (&true.into(), &2.into(), &1.into()));
+
     let missing = Command::new(FERRY).args(["config", "check"]).arg(dir.path().join("nope.toml")).output().unwrap();
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success(), "{stderr}");
     assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+}
+
+/// A pipeline whose registries are never contacted by the tests that use it (no worker runs).
+const IDLE_PIPELINE: &str = "[worker]\nenabled = false\n\
+    [registries.\"build.example:5000\"]\n[registries.\"dev.example:5000\"]\n\
+    [[pipelines]]\nname = \"shop-api\"\nsource = \"build.example:5000/shop/api\"\n\
+    [[pipelines.stages]]\nname = \"dev\"\ntarget = \"dev.example:5000/shop/api\"\n";
+
+const TOKEN: &str = "operator-cli-test-token";
+
+/// The message of a failed run: exactly one `error:` line on stderr, no error chain.
+fn one_sentence(run: &support::FerryRun) -> String {
+    let error = run.failure().trim_end().to_string();
+    assert_eq!(error.lines().count(), 1, "one line, no error chain: {error}");
+    assert!(!error.contains("Caused by") && !error.contains("error sending request"), "{error}");
+    error
+}
+
+/// An axum server on 127.0.0.1 (port 0) answering each path with `answer(path)`: status,
+/// content type, body. It runs until the test process ends.
+fn http_server(answer: fn(&str) -> (u16, &'static str, &'static str)) -> (u16, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            listener.set_nonblocking(true).unwrap();
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().fallback(move |uri: axum::http::Uri| async move {
+                let (status, content_type, body) = answer(uri.path());
+                (axum::http::StatusCode::from_u16(status).unwrap(), [("content-type", content_type)], body)
+            });
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    (port, handle)
+}
+
+/// An HTTP server that is not Ferry: every path answers 404 with an HTML page, as a web server
+/// or another service on the port would.
+fn not_ferry_server() -> (u16, std::thread::JoinHandle<()>) {
+    http_server(|_| (404, "text/html", "<html><body><h1>404 Not Found</h1></body></html>"))
+}
+
+/// `--server` mistakes each get one sentence that says what to check: no scheme, nothing
+/// listening, a Ferry without its operations API, something that is not Ferry, a wrong token.
+#[test]
+fn server_errors_say_what_to_check_in_one_sentence() {
+    // No scheme: a usage error, clap-style (exit 2), with the URL as it should be written.
+    let run = ferry("status").args(["--server", "127.0.0.1:8080", "--token", TOKEN]).run();
+    let error = run.failure().lines().next().unwrap().to_string();
+    assert_eq!(run.status.code(), Some(2), "{error}");
+    assert!(error.contains("has no scheme") && error.contains("http://127.0.0.1:8080"), "{error}");
+
+    // Nothing listening.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let run = ferry("status").args(["--server", &down, "--token", TOKEN]).run();
+    let error = one_sentence(&run);
+    assert_eq!(run.status.code(), Some(1), "{error}");
+    assert!(error.contains(&format!("is `ferry serve` running at {down}?")), "{error}");
+
+    // A Ferry without an operator token: its API is off, and it says what to set.
+    let off = FerryServer::start(free_port(), IDLE_PIPELINE, &[]);
+    let run = ferry("history").args(["shop-api", "--server", &off.url(""), "--token", TOKEN]).run();
+    let error = one_sentence(&run);
+    assert!(error.contains("operations API") && error.contains("is off"), "{error}");
+    assert!(error.contains("server.operator_token_env"), "says what to set: {error}");
+
+    // A Ferry from before the `api_off` answer: an empty 404 for /api/*, its /healthz answer.
+    let (port, _old) = http_server(|path| match path {
+        "/healthz" => (200, "application/json", r#"{"status":"ok"}"#),
+        _ => (404, "text/plain", ""),
+    });
+    let old = format!("http://127.0.0.1:{port}");
+    let run = ferry("status").args(["--server", &old, "--token", TOKEN]).run();
+    let error = one_sentence(&run);
+    assert!(error.contains(&format!("{old} is a ferry serve without its operations API")), "{error}");
+    assert!(error.contains("server.operator_token_env") && error.contains("server.api_listen"), "{error}");
+
+    // Something else on the port.
+    let (port, _server) = not_ferry_server();
+    let other = format!("http://127.0.0.1:{port}");
+    let run = ferry("status").args(["--server", &other, "--token", TOKEN]).run();
+    let error = one_sentence(&run);
+    assert!(error.contains(&format!("{other} does not look like ferry serve")), "{error}");
+    assert!(error.contains("404") && error.contains("text/html") && error.contains("check --server"), "{error}");
+
+    // A wrong token.
+    let on = FerryServer::start_with_operator_token(free_port(), IDLE_PIPELINE, &[], TOKEN);
+    let run = ferry("status").args(["--server", &on.url(""), "--token", "not-the-operator-token"]).run();
+    let error = one_sentence(&run);
+    assert!(error.contains("refused the operator token (401)") && error.contains("--token"), "{error}");
+
+    // With --json, the same errors are JSON on stdout with a class.
+    let run = ferry("status").args(["--json", "--server", &down, "--token", TOKEN]).run();
+    assert_eq!(run.status.code(), Some(1));
+    let answer: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(answer["error"]["class"], "unreachable", "{answer:#}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("is `ferry serve` running"), "{answer:#}");
+    let run = ferry("status").args(["--json", "--server", "localhost:8080"]).run();
+    assert_eq!(run.status.code(), Some(2));
+    let answer: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(answer["error"]["class"], "usage", "{answer:#}");
+}
+
+/// An unknown pipeline, stage, promotion or job is "not found" (404, exit 1) for every command,
+/// over the API and on the stores alike; a malformed digest is a usage error (exit 2).
+#[test]
+fn unknown_names_are_not_found_for_every_command_and_malformed_digests_are_usage_errors() {
+    let server = FerryServer::start_with_operator_token(free_port(), IDLE_PIPELINE, &[], TOKEN);
+    let commands: &[&[&str]] = &[
+        &["status", "nope"],
+        &["history", "nope"],
+        &["history", "shop-api", "nostage"],
+        &["promote", "nope", "1.0", "--to", "dev", "--no-wait"],
+        &["promote", "shop-api", "1.0", "--to", "nostage", "--no-wait"],
+        &["rollback", "nope", "dev"],
+        &["rollback", "shop-api", "nostage"],
+        &["approve", "p-0000000000000000", "--no-wait"],
+        &["reject", "p-0000000000000000"],
+        &["show", "p-0000000000000000"],
+        &["show", "no-such-job"],
+        &["dlq", "redrive", "no-such-job", "--no-wait"],
+    ];
+    for command in commands {
+        let over_api = server.cli(command[0]).args(&command[1..]).args(["--user", "alice"]).run();
+        let error = one_sentence(&over_api);
+        assert_eq!(over_api.status.code(), Some(1), "{command:?}: {error}");
+        assert!(error.contains("not found: 404"), "{command:?} over the API: {error}");
+
+        let local =
+            ferry(command[0]).args(&command[1..]).args(["--user", "alice", "--config"]).arg(server.config_path()).run();
+        let error_local = one_sentence(&local);
+        assert_eq!(local.status.code(), Some(1), "{command:?}: {error_local}");
+        assert!(error_local.contains("(not found)"), "{command:?} on the stores: {error_local}");
+        // The same words both ways.
+        let words = |e: &str| e.split(" (not found").next().unwrap().to_string();
+        assert_eq!(words(&error), words(&error_local), "{command:?}");
+    }
+    let stage = server.cli("history").args(["shop-api", "nostage"]).run();
+    assert!(stage.failure().contains("pipeline `shop-api` has no stage `nostage`"), "{}", stage.stderr);
+
+    for command in [
+        &["rollback", "shop-api", "dev", "--to", "sha256:1234"][..],
+        &["promote", "shop-api", "sha256:xyz", "--to", "dev"][..],
+        &["promote", "shop-api", "1.0/x", "--to", "dev"][..],
+    ] {
+        let run = server.cli(command[0]).args(&command[1..]).args(["--user", "alice"]).run();
+        let error = run.failure();
+        assert_eq!(run.status.code(), Some(2), "{command:?}: {error}");
+        assert!(error.contains("invalid value") && error.contains("--help"), "clap-style: {error}");
+    }
+    let run = server.cli("rollback").args(["shop-api", "dev", "--to", "sha256:1234", "--json"]).run();
+    let answer: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!((run.status.code(), &answer["error"]["class"]), (Some(2), &serde_json::json!("usage")), "{answer}");
 }

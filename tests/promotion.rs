@@ -981,6 +981,9 @@ fn approvals_count_people_not_spellings_and_only_allowed_approvers() {
     assert!(first.success().contains("(1 of 2)"), "{}", first.stdout);
     let again = server.cli("approve").arg(&id).args(["--user", "BOB"]).run();
     assert!(again.success().contains("(1 of 2): still waiting"), "BOB is bob: {}", again.stdout);
+    assert!(again.stdout.contains("already counted: BOB approved"), "says so: {}", again.stdout);
+    let json = server.cli("approve").args([&id, "--json", "--user", "bob"]).run().json();
+    assert_eq!((&json["already_counted"], &json["approvals"]), (&json!(true), &json!(1)), "{json:#}");
     std::thread::sleep(Duration::from_millis(500));
     assert!(prod.client().manifest(REPO, "1.0.1").is_none(), "one person's two spellings released the promotion");
 
@@ -1196,4 +1199,197 @@ fn a_failed_job_is_reported_and_a_redrive_waits_for_its_outcome() {
     let error = waited.failure();
     assert_eq!(waited.status.code(), Some(4), "{error}");
     assert!(error.contains("still queued after 1 s") && error.contains("goes on"), "{error}");
+}
+
+/// Every key of a JSON answer that holds a time ends in `_ms` (Unix milliseconds).
+fn assert_times_are_ms(value: &Value, path: &str) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map {
+                let time_like = key.ends_with("_at") || key.contains("_at_") || key == "since" || key.ends_with("time");
+                assert!(!time_like || key.ends_with("_ms"), "{path}.{key} is a time not named *_ms");
+                if key.ends_with("_ms") {
+                    assert!(value.is_i64() || value.is_null(), "{path}.{key} is not integer milliseconds: {value}");
+                }
+                assert_times_are_ms(value, &format!("{path}.{key}"));
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| assert_times_are_ms(v, path)),
+        _ => {}
+    }
+}
+
+/// `ferry show` leads from a job id (from `promote` or a webhook's answer) to its promotion,
+/// with gate decisions, approvals (who, when, channel), attempts and the job's outcome; over the
+/// API and on the stores. Every command prints JSON with `--json`, times as `*_ms`.
+#[test]
+fn show_follows_a_job_to_its_promotion_and_every_command_speaks_json() {
+    let port = free_port();
+    let (source, dev, prod) = (Registry::plain(), Registry::plain(), Registry::plain());
+    let server =
+        start_ferry(port, source.host(), &[("dev", dev.host(), "auto"), ("prod", prod.host(), "approval")], "");
+    let digest = push(&source, "1.0", &[100_000]);
+
+    // A job id from `ferry promote --json` leads to the promotion.
+    let promoted = server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--json", "--user", "alice"]);
+    let answer = promoted.run().json();
+    assert_eq!(answer["outcome"]["state"], "promoted", "{answer:#}");
+    assert_times_are_ms(&answer, "promote");
+    let job = answer["job"].as_str().unwrap().to_string();
+    let shown = server.cli("show").arg(&job).run();
+    let text = shown.success();
+    let dev_id = answer["outcome"]["promotion"].as_str().unwrap();
+    assert!(text.contains(&format!("promotion {dev_id}  {PIPELINE} → dev")), "{text}");
+    assert!(text.contains("state      succeeded") && text.contains(&digest), "{text}");
+    assert!(text.contains(&format!("job {job}: promoted")) && text.contains("trigger    manual by alice"), "{text}");
+
+    // An approval stage: parked, approved by bob; show names who, when and through what.
+    let parked = server.cli("promote").args([PIPELINE, "1.0", "--to", "prod", "--wait", "--json", "--user", "alice"]);
+    let answer = parked.run().json();
+    assert_eq!(answer["outcome"]["state"], "parked", "{answer:#}");
+    let id = answer["outcome"]["promotion"].as_str().unwrap().to_string();
+    let approved = server.cli("approve").args([&id, "--wait", "--json", "--user", "bob"]).run().json();
+    assert_eq!((approved["released"].as_bool(), &approved["outcome"]["state"]), (Some(true), &json!("promoted")));
+    assert_times_are_ms(&approved, "approve");
+    let shown = server.cli("show").args([&id, "--json"]).run().json();
+    assert_times_are_ms(&shown, "show");
+    assert_eq!(shown["promotion"]["state"], "succeeded", "{shown:#}");
+    assert_eq!(shown["approvals"][0]["by"], "bob", "{shown:#}");
+    assert_eq!(shown["approvals"][0]["via"], "the shared operator token", "{shown:#}");
+    assert!(shown["approvals"][0]["at_ms"].is_i64(), "{shown:#}");
+    assert_eq!(shown["job"]["state"], "promoted", "{shown:#}");
+    let gates: Vec<&str> =
+        shown["promotion"]["gates"].as_array().unwrap().iter().map(|g| g["gate"].as_str().unwrap()).collect();
+    assert!(gates.contains(&"approval"), "{shown:#}");
+    let text = server.cli("show").arg(&id).run();
+    let text = text.success();
+    assert!(text.contains("approvals (1):") && text.contains("bob  through the shared operator token"), "{text}");
+    assert!(text.contains("gate decisions (") && text.contains("attempts   "), "{text}");
+    // On the stores directly, the same.
+    let local = support::cli::ferry("show")
+        .args(["--config".as_ref(), server.config_path().as_os_str(), id.as_ref(), "--json".as_ref()])
+        .env("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET)
+        .env("E2E_GENERIC_SECRET", GENERIC_SECRET)
+        .run()
+        .json();
+    assert_eq!(local["approvals"], shown["approvals"], "{local:#}");
+
+    // A job id from a webhook's answer leads to its promotion too.
+    let second = push(&source, "2.0", &[100_000]);
+    let body = serde_json::to_vec(&json!({ "repository": format!("{}/{REPO}", source.host()), "tag": "2.0" })).unwrap();
+    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
+    let signature = ferry_core::intake::verify::generic_signature(GENERIC_SECRET.as_bytes(), &timestamp, &body);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let answer: Value = runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(server.url("/hooks/generic"))
+            .header("Content-Type", "application/json")
+            .header("X-Ferry-Timestamp", timestamp)
+            .header("X-Ferry-Signature", signature)
+            .body(body)
+            .send()
+            .await
+            .expect("ferry answers");
+        response.json().await.unwrap()
+    });
+    let hook_job = answer["jobs"][0]["id"].as_str().unwrap_or_else(|| panic!("{answer:#}")).to_string();
+    let shown = wait_until("the webhook's job reached its promotion", Duration::from_secs(60), &server, || {
+        let run = server.cli("show").args([&hook_job, "--json"]).run();
+        run.status.success().then(|| run.json()).filter(|s| s["promotion"]["digest"] == second)
+    });
+    assert_eq!(shown["job"]["id"], hook_job, "{shown:#}");
+    assert_eq!(shown["promotion"]["stage"], "dev", "{shown:#}");
+
+    // Reject, rollback and redrive speak JSON too; a rollback id (`r-…`) shows like a promotion.
+    let pending = id_of(&wait_for_pending(&server, "prod", &second));
+    let rejected = server.cli("reject").args([&pending, "--json", "--user", "carol"]).run().json();
+    assert_eq!(rejected["state"], "rejected", "{rejected:#}");
+    let rolled = server.cli("rollback").args([PIPELINE, "dev", "--json", "--user", "oscar"]).run().json();
+    assert_eq!((&rolled["digest"], &rolled["trigger"]), (&json!(digest), &json!("rollback")), "{rolled:#}");
+    assert_times_are_ms(&rolled, "rollback");
+    let text = server.cli("show").arg(id_of(&rolled)).run();
+    assert!(text.success().contains("trigger    rollback by oscar"), "{}", text.stdout);
+    // A waited-for job that is refused: exit 3, the error as JSON with the job's state.
+    let refused = server.cli("promote").args([PIPELINE, "9.9.9", "--to", "dev", "--wait", "--json", "--user", "alice"]);
+    let refused = refused.run();
+    assert_eq!(refused.status.code(), Some(3), "{}", refused.stdout);
+    let error: Value = serde_json::from_str(refused.stdout.trim()).unwrap();
+    assert_eq!((&error["error"]["class"], &error["error"]["job"]["state"]), (&json!("refused"), &json!("refused")));
+    assert!(error["error"]["message"].as_str().unwrap().contains("9.9.9"), "{error:#}");
+    let missing = server.cli("dlq").args(["redrive", "no-such-job", "--json"]).run();
+    assert_eq!(missing.status.code(), Some(1));
+    let error: Value = serde_json::from_str(missing.stdout.trim()).unwrap();
+    assert_eq!(error["error"]["class"], "not_found", "{error:#}");
+    let status = server.cli("status").arg("--json").run().json();
+    assert_times_are_ms(&status, "status");
+    assert_times_are_ms(&server.cli("history").args([PIPELINE, "--json"]).run().json(), "history");
+    let config = support::cli::ferry("config")
+        .args(["check".as_ref(), server.config_path().as_os_str(), "--json".as_ref()])
+        .env("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET)
+        .env("E2E_GENERIC_SECRET", GENERIC_SECRET)
+        .env("FERRY_TEST_OPERATOR_TOKEN", OPERATOR_TOKEN)
+        .run()
+        .json();
+    assert_eq!((&config["ok"], &config["pipelines"]), (&json!(true), &json!(1)), "{config:#}");
+}
+
+/// Every operator action is one audit line in `ferry serve`'s log: who, what, pipeline, stage,
+/// promotion and result; a rollback names both digests. `history` shows approvers under a header.
+#[test]
+fn operator_actions_leave_an_audit_trail_in_the_log() {
+    let port = free_port();
+    let (source, dev, prod) = (Registry::plain(), Registry::plain(), Registry::plain());
+    let server =
+        start_ferry(port, source.host(), &[("dev", dev.host(), "auto"), ("prod", prod.host(), "approval")], "");
+    let first = push(&source, "1.0", &[100_000]);
+    server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--user", "alice"]).run().success();
+    let id = id_of(&wait_for_pending(&server, "prod", &first));
+    server.cli("approve").args([&id, "--wait", "--user", "bob"]).run().success();
+    let second = push(&source, "1.1", &[100_000]);
+    server.cli("promote").args([PIPELINE, "1.1", "--to", "dev", "--wait", "--user", "alice"]).run().success();
+    let pending = id_of(&wait_for_pending(&server, "prod", &second));
+    server.cli("reject").args([&pending, "--reason", "smoke test failed", "--user", "carol"]).run().success();
+    let rolled = server.cli("rollback").args([PIPELINE, "dev", "--json", "--user", "oscar"]).run().json();
+    let refused = server.cli("approve").args([&pending, "--user", "mallory"]).run();
+    assert_eq!(refused.status.code(), Some(1));
+    server.cli("dlq").args(["redrive", "no-such-job", "--user", "oscar"]).run().failure();
+
+    // The log is written in batches: the last action's line comes within moments.
+    server.wait_for_log("action=\"redrive\"", Duration::from_secs(10));
+    let log = server.log();
+    let audit = |action: &str, who: &str, about: &str| -> String {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("action=\"{action}\"")) && l.contains(&format!("who=\"{who}\"")))
+            .filter(|l| l.contains(about))
+            .collect();
+        assert_eq!(lines.len(), 1, "one audit line for {action} by {who} ({about}):\n{log}");
+        lines[0].to_string()
+    };
+    let line = audit("promote", "alice", "reference 1.0\"");
+    assert!(line.contains("reference 1.0") && line.contains("result=\"ok: queued job "), "{line}");
+    assert!(line.contains(&format!("pipeline=\"{PIPELINE}\"")) && line.contains("stage=\"dev\""), "{line}");
+    let line = audit("approve", "bob", "");
+    assert!(line.contains(&format!("promotion=\"{id}\"")) && line.contains("stage=\"prod\""), "{line}");
+    assert!(line.contains("result=\"ok: 1 of 1 approvals: released") && line.contains("via the shared"), "{line}");
+    let line = audit("reject", "carol", "");
+    assert!(line.contains(&format!("promotion=\"{pending}\"")) && line.contains("smoke test failed"), "{line}");
+    assert!(line.contains("result=\"ok: rejected\""), "{line}");
+    let line = audit("rollback", "oscar", "");
+    assert!(line.contains(&format!("rollback from {second} to {first}")), "{line}");
+    assert!(
+        line.contains(&format!("promotion=\"{}\"", id_of(&rolled))) && line.contains("result=\"ok: succeeded\""),
+        "{line}"
+    );
+    let line = audit("approve", "mallory", "");
+    assert!(line.contains("result=\"conflict: ") && line.contains(&format!("promotion=\"{pending}\"")), "{line}");
+    let line = audit("redrive", "oscar", "");
+    assert!(line.contains("result=\"not_found: no dead letter no-such-job\""), "{line}");
+
+    let history = server.cli("history").args([PIPELINE, "prod"]).run();
+    let text = history.success();
+    let header = text.lines().next().unwrap();
+    assert!(header.starts_with("WHEN") && header.contains("STAGE") && header.contains("APPROVERS"), "{text}");
+    let approved = text.lines().find(|l| l.contains("succeeded")).unwrap_or_else(|| panic!("{text}"));
+    assert!(approved.contains("approved by bob"), "{text}");
 }

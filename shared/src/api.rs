@@ -51,23 +51,58 @@ pub fn router(ops: Arc<Operations>, token: Secret) -> Router {
         .route("/api/dlq", get(dlq))
         .route("/api/dlq/{id}/redrive", post(redrive))
         .route("/api/jobs/{id}", get(job))
+        .route("/api/show/{id}", get(show))
         .with_state(Arc::new(ApiState { ops, token }))
 }
 
+/// Why a listener serves no operations API.
+#[derive(Debug, Clone, Copy)]
+pub enum ApiOff {
+    /// No operator token is configured: the API is off.
+    NoOperatorToken,
+    /// `server.api_listen` serves it on another listener.
+    OtherListener,
+}
+
+/// What `/api/*` answers where the operations API is not served: 404, with a message saying
+/// why and what to do, so that `ferry --server` can tell this from a URL that is not Ferry.
+pub fn off(why: ApiOff) -> Router {
+    let message = match why {
+        ApiOff::NoOperatorToken => {
+            "the operations API of this ferry serve is off: set server.operator_token_env (or \
+             operator_token_arn) in its configuration and restart it"
+        }
+        ApiOff::OtherListener => {
+            "this listener serves webhooks only: the operations API is on the address of server.api_listen"
+        }
+    };
+    let answer = move || async move {
+        (StatusCode::NOT_FOUND, axum::Json(json!({ "error": message, "class": API_OFF }))).into_response()
+    };
+    Router::new().route("/api", axum::routing::any(answer)).route("/api/{*rest}", axum::routing::any(answer))
+}
+
+/// The `class` of the answer of [`off`].
+pub const API_OFF: &str = "api_off";
+
+/// An error answer: `{"error": message, "class": …}` (the class as in [`OpsError::class`], or
+/// `unauthorized`).
 fn refused(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
+    let class = match status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        StatusCode::FORBIDDEN => "forbidden",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::BAD_GATEWAY => "upstream",
+        _ => "invalid",
+    };
+    (status, axum::Json(json!({ "error": message, "class": class }))).into_response()
 }
 
 impl IntoResponse for OpsError {
     fn into_response(self) -> Response {
-        let status = match &self {
-            OpsError::NotFound(_) => StatusCode::NOT_FOUND,
-            OpsError::Conflict(_) => StatusCode::CONFLICT,
-            OpsError::Forbidden(_) => StatusCode::FORBIDDEN,
-            OpsError::Invalid(_) => StatusCode::BAD_REQUEST,
-            OpsError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            OpsError::Upstream(_) => StatusCode::BAD_GATEWAY,
-        };
+        let status = StatusCode::from_u16(self.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         refused(status, self.to_string())
     }
 }
@@ -253,10 +288,11 @@ async fn dlq(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response
 }
 
 async fn redrive(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = operator(&state, &headers) {
-        return r.into_response();
-    }
-    match state.ops.redrive(&id).await {
+    let user = match operator(&state, &headers) {
+        Ok(u) => u,
+        Err(r) => return r.into_response(),
+    };
+    match state.ops.redrive(&id, user.as_deref()).await {
         Ok(()) => ok(json!({ "status": "redriven", "id": id })),
         Err(e) => e.into_response(),
     }
@@ -268,6 +304,16 @@ async fn job(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): P
     }
     match state.ops.job(&id).await {
         Ok(job) => ok(job),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn show(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if let Err(r) = operator(&state, &headers) {
+        return r.into_response();
+    }
+    match state.ops.show(&id).await {
+        Ok(shown) => ok(shown),
         Err(e) => e.into_response(),
     }
 }

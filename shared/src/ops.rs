@@ -53,6 +53,30 @@ pub struct Approved {
     /// The queue job that continues it, when released (`GET /api/jobs/{id}` follows it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// This person had approved before: nothing changed.
+    #[serde(default)]
+    pub already_counted: bool,
+}
+
+/// One approval of a promotion: who, when, and through which channel the request came in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalSeen {
+    pub by: String,
+    pub at_ms: i64,
+    /// E.g. "the shared operator token"; `None` for approvals recorded by older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+/// Everything known about a promotion or a job (`ferry show ID`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shown {
+    /// `None` for a job that ended before it became a promotion (e.g. a tag that does not exist).
+    pub promotion: Option<PromotionRecord>,
+    /// The promotion's approvals with their channel.
+    pub approvals: Vec<ApprovalSeen>,
+    /// The job asked about, or the promotion's latest job.
+    pub job: Option<JobRecord>,
 }
 
 /// Why an operation was refused; maps to an HTTP status.
@@ -84,6 +108,76 @@ impl From<WorkError> for OpsError {
             ErrorClass::Conflict => OpsError::Conflict(error.message),
         }
     }
+}
+
+impl OpsError {
+    /// A stable name for scripts (`--json` errors): `not_found`, `conflict`, `forbidden`,
+    /// `invalid`, `unavailable`, `upstream`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            OpsError::NotFound(_) => "not_found",
+            OpsError::Conflict(_) => "conflict",
+            OpsError::Forbidden(_) => "forbidden",
+            OpsError::Invalid(_) => "invalid",
+            OpsError::Unavailable(_) => "unavailable",
+            OpsError::Upstream(_) => "upstream",
+        }
+    }
+
+    /// The HTTP status the API answers this error with.
+    pub fn status(&self) -> u16 {
+        match self {
+            OpsError::NotFound(_) => 404,
+            OpsError::Conflict(_) => 409,
+            OpsError::Forbidden(_) => 403,
+            OpsError::Invalid(_) => 400,
+            OpsError::Unavailable(_) => 503,
+            OpsError::Upstream(_) => 502,
+        }
+    }
+}
+
+/// The audit trail: one log line per operator action (target `ferry::audit`, level info), with
+/// who acted, what they did, on which pipeline, stage and promotion, and how it ended.
+struct Audit<'a> {
+    action: &'static str,
+    who: &'a str,
+    pipeline: &'a str,
+    stage: &'a str,
+    promotion: &'a str,
+}
+
+impl Audit<'_> {
+    /// `detail` says more about the action (a job id, the digests of a rollback); `result` is
+    /// "ok: …" or the error's class and message.
+    fn log(&self, detail: &str, result: &str) {
+        tracing::info!(
+            target: "ferry::audit",
+            action = self.action,
+            who = self.who,
+            pipeline = self.pipeline,
+            stage = self.stage,
+            promotion = self.promotion,
+            detail,
+            result,
+            "audit: {} by {}",
+            self.action,
+            self.who
+        );
+    }
+}
+
+/// An operation's result as the audit line says it.
+fn audit_result<T>(result: &Result<T, OpsError>, ok: impl FnOnce(&T) -> String) -> String {
+    match result {
+        Ok(value) => format!("ok: {}", ok(value)),
+        Err(e) => format!("{}: {e}", e.class()),
+    }
+}
+
+/// A promotion state as the API spells it (`succeeded`, `rejected`, …).
+fn state_name(state: PromotionState) -> String {
+    serde_json::to_value(state).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// The canonical form of an acting person's name (see [`crate::person`]).
@@ -196,6 +290,20 @@ impl Operations {
         stage: &str,
         by: Option<&str>,
     ) -> Result<String, OpsError> {
+        let result = self.promote_unaudited(pipeline, reference, stage, by).await;
+        // The promotion id is known once the worker resolved the reference: the job leads to it.
+        let audit = Audit { action: "promote", who: by.unwrap_or("-"), pipeline, stage, promotion: "-" };
+        audit.log(&format!("reference {reference}"), &audit_result(&result, |job| format!("queued job {job}")));
+        result
+    }
+
+    async fn promote_unaudited(
+        &self,
+        pipeline: &str,
+        reference: &str,
+        stage: &str,
+        by: Option<&str>,
+    ) -> Result<String, OpsError> {
         let by = by.map(person).transpose()?;
         let by = by.as_deref();
         if reference.parse::<Digest>().is_err() && reference.parse::<Tag>().is_err() {
@@ -207,6 +315,29 @@ impl Operations {
     /// `by` approves promotion `id`; `via` says how the request reached Ferry (recorded with the
     /// approval, e.g. [`crate::person::VIA_OPERATOR_TOKEN`]).
     pub async fn approve(&self, id: &str, by: &str, via: &str) -> Result<Approved, OpsError> {
+        let mut seen = None;
+        let result = self.approve_unaudited(id, by, via, &mut seen).await;
+        let (pipeline, stage) = seen.as_ref().map_or(("-", "-"), |r| (r.pipeline.as_str(), r.stage.as_str()));
+        let audit = Audit { action: "approve", who: by, pipeline, stage, promotion: id };
+        let result_text = audit_result(&result, |a| {
+            let counted = if a.already_counted { "already counted, " } else { "" };
+            let released = match &a.job {
+                Some(job) if a.released => format!(": released, job {job}"),
+                _ => String::new(),
+            };
+            format!("{counted}{} of {} approvals{released}", a.approvals, a.required)
+        });
+        audit.log(&format!("via {via}"), &result_text);
+        result
+    }
+
+    async fn approve_unaudited(
+        &self,
+        id: &str,
+        by: &str,
+        via: &str,
+        seen: &mut Option<PromotionRecord>,
+    ) -> Result<Approved, OpsError> {
         let by = person(by)?;
         let ledger = self.worker.ledger();
         let record = ledger
@@ -214,6 +345,7 @@ impl Operations {
             .await
             .map_err(Self::failed)?
             .ok_or_else(|| OpsError::NotFound(format!("no promotion {id}")))?;
+        *seen = Some(record.clone());
         if record.state != PromotionState::AwaitingApproval {
             return Err(OpsError::Conflict(format!("{id} is not awaiting approval (it is {:?})", record.state)));
         }
@@ -238,14 +370,27 @@ impl Operations {
         }
         let required = stage.approvers;
         let now = now_ms();
-        ledger.approve(id, &by, now).await.map_err(Self::failed)?;
+        let approvals = ledger.approve(id, &by, now).await.map_err(Self::failed)?;
+        // The ledger keeps one approval per person: an earlier one (also one that raced this
+        // request) means this one changes nothing.
+        let already_counted = approvals.iter().any(|a| crate::person::same(&a.by, &by) && a.at_ms != now);
         let mut promotion = ledger.promotion(id).await.map_err(Self::failed)?.unwrap_or(record);
         let counted = crate::worker::counted_approvers(stage, &promotion).len();
+        if already_counted {
+            return Ok(Approved {
+                promotion,
+                approvals: counted,
+                required,
+                released: false,
+                job: None,
+                already_counted,
+            });
+        }
         // Who approved is only as trustworthy as the channel that said so: record it.
         promotion.gates.push(GateDecision {
             gate: "approval".into(),
             decision: "approve".into(),
-            detail: format!("{by} approved ({counted} of {required}) through {via}"),
+            detail: format!("{by} approved ({counted} of {required}){APPROVED_THROUGH}{via}"),
             at_ms: now,
         });
         promotion.updated_at_ms = now;
@@ -256,10 +401,25 @@ impl Operations {
             job = Some(self.worker.wake(&promotion, "approved").await.map_err(Self::failed)?);
             promotion.state = PromotionState::Pending;
         }
-        Ok(Approved { promotion, approvals: counted, required, released, job })
+        Ok(Approved { promotion, approvals: counted, required, released, job, already_counted: false })
     }
 
     pub async fn reject(&self, id: &str, by: &str, reason: Option<&str>) -> Result<PromotionRecord, OpsError> {
+        let mut seen = None;
+        let result = self.reject_unaudited(id, by, reason, &mut seen).await;
+        let (pipeline, stage) = seen.as_ref().map_or(("-", "-"), |r| (r.pipeline.as_str(), r.stage.as_str()));
+        let audit = Audit { action: "reject", who: by, pipeline, stage, promotion: id };
+        audit.log(&format!("reason {}", reason.unwrap_or("-")), &audit_result(&result, |r| state_name(r.state)));
+        result
+    }
+
+    async fn reject_unaudited(
+        &self,
+        id: &str,
+        by: &str,
+        reason: Option<&str>,
+        seen: &mut Option<PromotionRecord>,
+    ) -> Result<PromotionRecord, OpsError> {
         let by = &person(by)?;
         let ledger = self.worker.ledger();
         let mut record = ledger
@@ -267,6 +427,7 @@ impl Operations {
             .await
             .map_err(Self::failed)?
             .ok_or_else(|| OpsError::NotFound(format!("no promotion {id}")))?;
+        *seen = Some(record.clone());
         if !record.state.is_parked() {
             return Err(OpsError::Conflict(format!("{id} is not waiting on a gate (it is {:?})", record.state)));
         }
@@ -292,9 +453,37 @@ impl Operations {
         to: Option<&str>,
         by: Option<&str>,
     ) -> Result<PromotionRecord, OpsError> {
+        let started = now_ms();
+        let from = match self.worker.ledger().environment(pipeline, stage).await {
+            Ok(Some(env)) => env.current.digest,
+            _ => "-".to_string(),
+        };
+        let result = self.rollback_unaudited(pipeline, stage, to, by).await;
+        // A failed rollback is recorded too: its record names the digest it went back to.
+        let record =
+            match &result {
+                Ok(record) => Some(record.clone()),
+                Err(_) => self.worker.ledger().history(pipeline, Some(stage), 1).await.ok().and_then(|newest| {
+                    newest.into_iter().find(|r| r.trigger == "rollback" && r.created_at_ms >= started)
+                }),
+            };
+        let back_to = record.as_ref().map(|r| r.digest.as_str()).or(to).unwrap_or("the previous good digest");
+        let promotion = record.as_ref().map_or("-", |r| r.id.as_str());
+        let audit = Audit { action: "rollback", who: by.unwrap_or("-"), pipeline, stage, promotion };
+        audit.log(&format!("rollback from {from} to {back_to}"), &audit_result(&result, |r| state_name(r.state)));
+        result
+    }
+
+    async fn rollback_unaudited(
+        &self,
+        pipeline: &str,
+        stage: &str,
+        to: Option<&str>,
+        by: Option<&str>,
+    ) -> Result<PromotionRecord, OpsError> {
         let by = by.map(person).transpose()?;
         let by = by.as_deref();
-        let to = to.map(|d| d.parse::<Digest>().map_err(|e| OpsError::Conflict(e.to_string()))).transpose()?;
+        let to = to.map(|d| d.parse::<Digest>().map_err(|e| OpsError::Invalid(e.to_string()))).transpose()?;
         Ok(self.worker.rollback(pipeline, stage, to.as_ref(), by).await?)
     }
 
@@ -304,8 +493,11 @@ impl Operations {
         stage: Option<&str>,
         limit: usize,
     ) -> Result<Vec<PromotionRecord>, OpsError> {
-        if self.worker.config().pipeline(pipeline).is_none() {
+        let Some(configured) = self.worker.config().pipeline(pipeline) else {
             return Err(OpsError::NotFound(format!("no pipeline `{pipeline}`")));
+        };
+        if let Some(stage) = stage.filter(|s| configured.stage(s).is_none()) {
+            return Err(OpsError::NotFound(format!("pipeline `{pipeline}` has no stage `{stage}`")));
         }
         self.worker.ledger().history(pipeline, stage, limit).await.map_err(Self::failed)
     }
@@ -319,12 +511,63 @@ impl Operations {
             .ok_or_else(|| OpsError::NotFound(format!("no promotion {id}")))
     }
 
+    /// A promotion (`p-…`, a rollback `r-…`) or a job, with everything known about it: a job id
+    /// leads to the promotion it worked on, a promotion to its latest job.
+    pub async fn show(&self, id: &str) -> Result<Shown, OpsError> {
+        let ledger = self.worker.ledger();
+        let (promotion, job) = match ledger.promotion(id).await.map_err(Self::failed)? {
+            Some(promotion) => {
+                let job = match &promotion.job_id {
+                    Some(job) => ledger.job(job).await.map_err(Self::failed)?,
+                    None => None,
+                };
+                (Some(promotion), job)
+            }
+            None => {
+                if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+                    return Err(OpsError::Invalid(format!("`{id}` is neither a promotion nor a job id")));
+                }
+                let Some(job) = ledger.job(id).await.map_err(Self::failed)? else {
+                    if id.starts_with("p-") || id.starts_with("r-") {
+                        return Err(OpsError::NotFound(format!("no promotion {id}")));
+                    }
+                    return Err(OpsError::NotFound(format!(
+                        "no promotion or job `{id}` yet: a job is known once a worker has picked it up"
+                    )));
+                };
+                let promotion = match &job.promotion {
+                    Some(p) => ledger.promotion(p).await.map_err(Self::failed)?,
+                    None => None,
+                };
+                (promotion, Some(job))
+            }
+        };
+        let approvals = promotion.as_ref().map(approvals_seen).unwrap_or_default();
+        Ok(Shown { promotion, approvals, job })
+    }
+
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, OpsError> {
         self.worker.queue().dead_letters().await.map_err(Self::failed)
     }
 
-    pub async fn redrive(&self, id: &str) -> Result<(), OpsError> {
+    /// `by` puts dead-lettered job `id` back in the queue.
+    pub async fn redrive(&self, id: &str, by: Option<&str>) -> Result<(), OpsError> {
+        let mut seen = None;
+        let result = self.redrive_unaudited(id, &mut seen).await;
+        // What the job was about, as far as the ledger knows (a job that failed before it
+        // resolved its image has no promotion).
+        let (pipeline, stage) = seen.as_ref().map_or(("-", "-"), |r| (r.pipeline.as_str(), r.stage.as_str()));
+        let promotion = seen.as_ref().map_or("-", |r| r.id.as_str());
+        let audit = Audit { action: "redrive", who: by.unwrap_or("-"), pipeline, stage, promotion };
+        audit.log(&format!("job {id}"), &audit_result(&result, |()| "back in the queue".to_string()));
+        result
+    }
+
+    async fn redrive_unaudited(&self, id: &str, seen: &mut Option<PromotionRecord>) -> Result<(), OpsError> {
         let previous = self.worker.ledger().job(id).await.map_err(Self::failed)?;
+        if let Some(promotion) = previous.as_ref().and_then(|p| p.promotion.as_deref()) {
+            *seen = self.worker.ledger().promotion(promotion).await.ok().flatten();
+        }
         if !self.worker.queue().redrive(id).await.map_err(Self::failed)? {
             return Err(OpsError::NotFound(format!("no dead letter {id}")));
         }
@@ -357,4 +600,25 @@ impl Operations {
             updated_at_ms: now_ms(),
         }))
     }
+}
+
+/// How an approval's gate decision names its channel: "bob approved (1 of 2) through …".
+const APPROVED_THROUGH: &str = " through ";
+
+/// A promotion's approvals, each with the channel its gate decision (written at the same
+/// instant by [`Operations::approve`]) names.
+fn approvals_seen(record: &PromotionRecord) -> Vec<ApprovalSeen> {
+    record
+        .approvals
+        .iter()
+        .map(|approval| {
+            let via = record
+                .gates
+                .iter()
+                .filter(|g| g.decision == "approve" && g.at_ms == approval.at_ms)
+                .filter(|g| g.detail.starts_with(&format!("{} approved", approval.by)))
+                .find_map(|g| g.detail.split_once(APPROVED_THROUGH).map(|(_, via)| via.to_string()));
+            ApprovalSeen { by: approval.by.clone(), at_ms: approval.at_ms, via }
+        })
+        .collect()
 }

@@ -6,6 +6,8 @@ use clap::{Args, Subcommand};
 use ferry_core::config::Config;
 use ferry_core::config_check::{Finding, Severity};
 
+use super::ops::{EXIT_FAILED, Failure};
+
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
     #[command(subcommand)]
@@ -24,14 +26,26 @@ enum ConfigCommand {
         /// Treat warnings as errors.
         #[arg(long)]
         strict: bool,
+        /// Print JSON: {file, ok, errors, warnings, findings: [{line, column, severity, message}], …}.
+        #[arg(long)]
+        json: bool,
     },
+}
+
+impl ConfigArgs {
+    pub fn json(&self) -> bool {
+        match &self.command {
+            ConfigCommand::Check { json, .. } => *json,
+        }
+    }
 }
 
 pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
     match args.command {
-        ConfigCommand::Check { file, strict } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let mut config = Config::parse(&text, &file.display().to_string())?;
+        ConfigCommand::Check { file, strict, json } => {
+            let unusable = |e: &dyn std::fmt::Display| Failure::new("config", EXIT_FAILED, format!("{e:#}"));
+            let text = std::fs::read_to_string(&file).map_err(|e| unusable(&format!("{}: {e}", file.display())))?;
+            let mut config = Config::parse(&text, &file.display().to_string()).map_err(|e| unusable(&e))?;
             let mut findings = ferry_core::config_check::check(&config, &text, |var| std::env::var(var).ok());
             // The `*_arn` secrets are read as `ferry serve` would, to show that they can be, and
             // `secret_file`s too; where they cannot be read here is a warning, like an unset variable.
@@ -53,14 +67,44 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                     finding.severity = Severity::Error;
                 }
             }
+            let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
+            let warnings = findings.len() - errors;
+            let counts = format!(
+                "{} registries, {} sources, {} pipelines",
+                config.registries.len(),
+                config.sources.len(),
+                config.pipelines.len()
+            );
+            if json {
+                let listed: Vec<_> = findings
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "line": f.line, "column": f.column, "severity": f.severity.to_string(), "message": f.message
+                        })
+                    })
+                    .collect();
+                if errors > 0 {
+                    let message = format!(
+                        "{}: {errors} error(s), {warnings} warning(s): ferry serve would refuse this configuration",
+                        file.display()
+                    );
+                    return Err(Failure::new("config", EXIT_FAILED, message).with("findings", listed.into()).into());
+                }
+                let report = serde_json::json!({
+                    "file": file.display().to_string(), "ok": true, "errors": 0, "warnings": warnings,
+                    "registries": config.registries.len(), "sources": config.sources.len(),
+                    "pipelines": config.pipelines.len(), "findings": listed,
+                });
+                println!("{}", serde_json::to_string_pretty(&report)?);
+                return Ok(());
+            }
             for f in &findings {
                 match f.line {
                     0 => eprintln!("{}: {}: {}", file.display(), f.severity, f.message),
                     line => eprintln!("{}:{line}:{}: {}: {}", file.display(), f.column, f.severity, f.message),
                 }
             }
-            let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
-            let warnings = findings.len() - errors;
             if errors > 0 {
                 anyhow::bail!(
                     "{}: {errors} error(s), {warnings} warning(s): ferry serve would refuse this configuration",
@@ -68,11 +112,8 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                 );
             }
             println!(
-                "{}: ok ({} registries, {} sources, {} pipelines){}",
+                "{}: ok ({counts}){}",
                 file.display(),
-                config.registries.len(),
-                config.sources.len(),
-                config.pipelines.len(),
                 if warnings > 0 { format!(", {warnings} warning(s)") } else { String::new() }
             );
             Ok(())

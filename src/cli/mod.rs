@@ -69,6 +69,14 @@ pub enum Command {
         #[command(flatten)]
         args: ops::HistoryArgs,
     },
+    /// Everything about a promotion (p-…, r-…) or a job id: gate decisions, approvals (who,
+    /// when, through which channel), attempts, errors, and the job's outcome.
+    Show {
+        #[command(flatten)]
+        connection: ops::Connection,
+        #[command(flatten)]
+        args: ops::ShowArgs,
+    },
     /// The dead-letter store: jobs that failed too often.
     Dlq {
         #[command(flatten)]
@@ -89,7 +97,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Reject { connection, args } => ops::reject(&connection, args).await,
         Command::Rollback { connection, args } => ops::rollback(&connection, args).await,
         Command::History { connection, args } => ops::history(&connection, args).await,
+        Command::Show { connection, args } => ops::show(&connection, args).await,
         Command::Dlq { connection, command } => ops::dlq(&connection, command).await,
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for JSON (`--json`): then its errors are JSON too.
+    pub fn json(&self) -> bool {
+        use ops::Json;
+        match self {
+            Command::Copy(_) | Command::Serve(_) => false,
+            Command::Config(args) => args.json(),
+            Command::Status { args, .. } => args.json(),
+            Command::Promote { args, .. } => args.json(),
+            Command::Approve { args, .. } => args.json(),
+            Command::Reject { args, .. } => args.json(),
+            Command::Rollback { args, .. } => args.json(),
+            Command::History { args, .. } => args.json(),
+            Command::Show { args, .. } => args.json(),
+            Command::Dlq { command, .. } => command.json(),
+        }
     }
 }
 

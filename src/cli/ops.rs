@@ -7,7 +7,6 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use ferry_core::config::Config;
 use ferry_core::escape::escape_control;
@@ -19,7 +18,7 @@ use serde_json::{Value, json};
 #[derive(Debug, Args, Clone)]
 pub struct Connection {
     /// A running `ferry serve`, e.g. http://127.0.0.1:8080.
-    #[arg(long, env = "FERRY_SERVER", global = true, value_name = "URL")]
+    #[arg(long, env = "FERRY_SERVER", global = true, value_name = "URL", value_parser = server_url)]
     server: Option<String>,
 
     /// The server's operator token.
@@ -33,6 +32,35 @@ pub struct Connection {
     /// Who you are, recorded with approvals, promotions and rollbacks [default: $USER].
     #[arg(long, env = "FERRY_USER", global = true, value_name = "NAME")]
     user: Option<String>,
+}
+
+/// `--server`: an http(s) URL. A bare `host:port` is the usual slip; say how to write it.
+fn server_url(text: &str) -> Result<String, String> {
+    if !text.contains("://") {
+        return Err(format!("`{text}` has no scheme: write http://{text} (or https://{text})"));
+    }
+    let url = reqwest::Url::parse(text).map_err(|e| format!("`{text}` is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("`{text}` is not an http:// or https:// URL of a host"));
+    }
+    Ok(text.trim_end_matches('/').to_string())
+}
+
+/// A digest argument: `sha256:` and 64 lowercase hex digits (or `sha512:` and 128).
+fn digest_arg(text: &str) -> Result<String, String> {
+    text.parse::<ferry_core::registry::Digest>()
+        .map(|_| text.to_string())
+        .map_err(|_| "not a digest: write sha256: and 64 lowercase hex digits".to_string())
+}
+
+/// A tag or a digest. Anything with a `:` (tags cannot have one) must be a digest.
+fn reference_arg(text: &str) -> Result<String, String> {
+    if text.contains(':') {
+        return digest_arg(text);
+    }
+    text.parse::<ferry_core::registry::Tag>()
+        .map(|_| text.to_string())
+        .map_err(|e| format!("neither a tag nor a digest (sha256:…): {e}"))
 }
 
 #[derive(Debug, Args)]
@@ -64,30 +92,63 @@ impl WaitArgs {
     }
 }
 
-/// Exit codes of a waited-for job (see README "Exit codes").
+/// Exit codes (see README "Exit codes").
 pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_REFUSED: u8 = 3;
 pub const EXIT_STILL_RUNNING: u8 = 4;
 
-/// A waited-for job that was not promoted or parked: its outcome, and the exit code that says
-/// which it was.
+/// What a command reports when it fails: the message, a stable class for `--json`, the exit
+/// code, and what else a script may want (the job it waited for, a check's findings).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct Exit {
-    pub code: u8,
+pub struct Failure {
+    pub class: &'static str,
     pub message: String,
+    pub code: u8,
+    /// A field added to the `--json` error object: `("job", …)`, `("findings", …)`.
+    pub extra: Option<(&'static str, Value)>,
+}
+
+impl Failure {
+    pub fn new(class: &'static str, code: u8, message: impl Into<String>) -> Self {
+        Failure { class, message: message.into(), code, extra: None }
+    }
+
+    pub fn with(mut self, key: &'static str, value: Value) -> Self {
+        self.extra = Some((key, value));
+        self
+    }
+
+    fn usage(message: impl Into<String>) -> Self {
+        Self::new("usage", EXIT_USAGE, message)
+    }
+}
+
+/// How a class reads in a sentence.
+fn class_words(class: &str) -> String {
+    class.replace('_', " ")
+}
+
+/// An operation refused on the stores directly (`--config`): as the API would say it.
+fn ops_failure(e: ferry_core::ops::OpsError) -> Failure {
+    Failure::new(e.class(), EXIT_FAILED, format!("{e} ({})", class_words(e.class())))
 }
 
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
     pipeline: String,
     /// A tag or digest, as found in the stage's source (the previous stage's target).
+    #[arg(value_parser = reference_arg)]
     reference: String,
     /// The stage to promote into.
     #[arg(long)]
     to: String,
     #[command(flatten)]
     wait: WaitArgs,
+    /// Print JSON: {job, outcome} (outcome as GET /api/jobs/{id}).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +157,9 @@ pub struct ApproveArgs {
     id: String,
     #[command(flatten)]
     wait: WaitArgs,
+    /// Print JSON: the approval, and the outcome when it released the promotion.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +167,9 @@ pub struct RejectArgs {
     id: String,
     #[arg(long)]
     reason: Option<String>,
+    /// Print JSON: the rejected promotion's record.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -110,8 +177,11 @@ pub struct RollbackArgs {
     pipeline: String,
     stage: String,
     /// Roll back to this digest (it must have run in the stage) instead of the previous one.
-    #[arg(long, value_name = "DIGEST")]
+    #[arg(long, value_name = "DIGEST", value_parser = digest_arg)]
     to: Option<String>,
+    /// Print JSON: the rollback's record.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +190,16 @@ pub struct HistoryArgs {
     stage: Option<String>,
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// A promotion id (`p-…`, a rollback's `r-…`) or a job id (as `ferry promote` or a
+    /// webhook's answer gave it).
+    id: String,
+    /// Print JSON: {promotion, approvals, job}.
     #[arg(long)]
     json: bool,
 }
@@ -136,7 +216,34 @@ pub enum DlqCommand {
         id: String,
         #[command(flatten)]
         wait: WaitArgs,
+        /// Print JSON: {job, status, outcome}.
+        #[arg(long)]
+        json: bool,
     },
+}
+
+impl DlqCommand {
+    pub fn json(&self) -> bool {
+        match self {
+            DlqCommand::List { json } | DlqCommand::Redrive { json, .. } => *json,
+        }
+    }
+}
+
+/// Whether a command's result is printed as JSON (its errors too).
+pub trait Json {
+    fn json(&self) -> bool;
+}
+
+macro_rules! json_flag {
+    ($($t:ty),*) => { $(impl Json for $t { fn json(&self) -> bool { self.json } })* };
+}
+json_flag!(StatusArgs, PromoteArgs, ApproveArgs, RejectArgs, RollbackArgs, HistoryArgs, ShowArgs);
+
+/// Prints a result as pretty JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
 }
 
 enum Backend {
@@ -148,30 +255,34 @@ impl Backend {
     async fn connect(c: &Connection) -> anyhow::Result<Self> {
         let user = c.user.clone().or_else(|| std::env::var("USER").ok()).filter(|u| !u.is_empty());
         if let Some(server) = &c.server {
-            let token =
-                c.token.clone().context("--server needs the operator token: --token or FERRY_OPERATOR_TOKEN")?;
-            return Ok(Backend::Http {
-                client: reqwest::Client::new(),
-                base: server.trim_end_matches('/').to_string(),
-                token,
-                user,
-            });
+            let token = c
+                .token
+                .clone()
+                .ok_or_else(|| Failure::usage("--server needs the operator token: --token or FERRY_OPERATOR_TOKEN"))?;
+            // No overall timeout: a rollback waits for its deployment. Connecting is quick or fails.
+            let client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?;
+            return Ok(Backend::Http { client, base: server.clone(), token, user });
         }
         let Some(path) = &c.config else {
-            bail!("say where Ferry runs: --server URL (a running ferry serve) or --config FILE (its stores)");
+            return Err(Failure::usage(
+                "say where Ferry runs: --server URL (a running ferry serve) or --config FILE (its stores)",
+            )
+            .into());
         };
-        let mut config = Config::load(path)?;
+        let mut config = Config::load(path).map_err(|e| Failure::new("config", EXIT_FAILED, format!("{e:#}")))?;
         // Operator commands work on what `ferry serve` keeps; they never create an empty store.
         if matches!(config.queue, ferry_core::config::QueueBackend::Sqlite {}) {
             let data_dir = &config.server.data_dir;
-            anyhow::ensure!(
-                data_dir.join("queue.db").exists() && data_dir.join("ledger.db").exists(),
-                "no Ferry data in {} (data_dir of {}): start `ferry serve --config {}` first, or check the \
-                 configuration file",
-                data_dir.display(),
-                path.display(),
-                path.display()
-            );
+            if !(data_dir.join("queue.db").exists() && data_dir.join("ledger.db").exists()) {
+                let message = format!(
+                    "no Ferry data in {} (data_dir of {}): start `ferry serve --config {}` first, or check the \
+                     configuration file",
+                    data_dir.display(),
+                    path.display(),
+                    path.display()
+                );
+                return Err(Failure::new("config", EXIT_FAILED, message).into());
+            }
         }
         config.read_secrets().await?;
         let config = Arc::new(config);
@@ -184,48 +295,132 @@ impl Backend {
         let user = match self {
             Backend::Http { user, .. } | Backend::Local { user, .. } => user.clone(),
         };
-        user.context("say who you are: --user NAME or FERRY_USER")
+        Ok(user.ok_or_else(|| Failure::usage("say who you are: --user NAME or FERRY_USER"))?)
     }
 
     async fn http(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let Backend::Http { client, base, token, user } = self else { unreachable!("HTTP backend only") };
-        let mut request = client.request(method, format!("{base}{path}")).bearer_auth(token);
+        let mut request = client.request(method.clone(), format!("{base}{path}")).bearer_auth(token);
         if let Some(user) = user {
             // Names are UTF-8: sent as raw header bytes (obs-text), which the API decodes as UTF-8.
             let value = reqwest::header::HeaderValue::from_bytes(user.as_bytes())
-                .with_context(|| format!("--user {user:?} cannot be sent in an HTTP header"))?;
+                .map_err(|_| Failure::usage(format!("--user {user:?} cannot be sent in an HTTP header")))?;
             request = request.header(ferry_core::api::USER_HEADER, value);
         }
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("cannot reach {base}"))?;
+        let response = request.send().await.map_err(|e| unreachable_server(base, &e))?;
         let status = response.status();
-        let value: Value = response.json().await.unwrap_or(Value::Null);
-        if !status.is_success() {
-            let message = escape_control(value.get("error").and_then(Value::as_str).unwrap_or("no error message"));
-            bail!("{base}: {status}: {message}");
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("no content type")
+            .to_string();
+        let bytes = response.bytes().await.map_err(|e| unreachable_server(base, &e))?;
+        let value: Option<Value> = serde_json::from_slice(&bytes).ok();
+        let error = value.as_ref().and_then(|v| v["error"].as_str()).map(escape_control);
+        let class = value.as_ref().and_then(|v| v["class"].as_str());
+        let not_ferry = || {
+            Failure::new(
+                "not_ferry",
+                EXIT_FAILED,
+                format!(
+                    "{base} does not look like ferry serve ({method} {path} answered {status} with {}): check \
+                     --server, e.g. http://127.0.0.1:8080",
+                    escape_control(&content_type)
+                ),
+            )
+        };
+        match (status.as_u16(), error) {
+            (200..=299, _) => value.ok_or_else(|| not_ferry().into()),
+            (401, Some(_)) => Err(Failure::new(
+                "unauthorized",
+                EXIT_FAILED,
+                format!(
+                    "{base} refused the operator token (401): pass the token that ferry serve reads from \
+                     server.operator_token_env, with --token or FERRY_OPERATOR_TOKEN"
+                ),
+            )
+            .into()),
+            (_, Some(message)) if class == Some(ferry_core::api::API_OFF) => {
+                Err(Failure::new("api_off", EXIT_FAILED, format!("{base}: {message}")).into())
+            }
+            (code, Some(message)) => {
+                let class = http_class(code);
+                Err(Failure::new(
+                    class,
+                    EXIT_FAILED,
+                    format!("{message} ({}: {status} from {base})", class_words(class)),
+                )
+                .into())
+            }
+            // No answer of Ferry's: a Ferry older than its `api_off` answer, or something else.
+            (_, None) if self.is_ferry().await => Err(Failure::new(
+                "api_off",
+                EXIT_FAILED,
+                format!(
+                    "{base} is a ferry serve without its operations API ({method} {path} answered {status}): set \
+                     server.operator_token_env in its configuration and restart it, or use the address of its \
+                     server.api_listen"
+                ),
+            )
+            .into()),
+            (_, None) => Err(not_ferry().into()),
         }
-        Ok(value)
+    }
+
+    /// Whether the server answers `GET /healthz` as ferry serve does (`{"status": …}`).
+    async fn is_ferry(&self) -> bool {
+        let Backend::Http { client, base, .. } = self else { return false };
+        let Ok(response) = client.get(format!("{base}/healthz")).send().await else { return false };
+        let Ok(value) = response.json::<Value>().await else { return false };
+        matches!(value["status"].as_str(), Some("ok" | "unavailable"))
     }
 }
 
+/// The class of an API error answer without one.
+fn http_class(status: u16) -> &'static str {
+    match status {
+        400 => "invalid",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        502 => "upstream",
+        503 => "unavailable",
+        _ => "failed",
+    }
+}
+
+/// The server could not be reached: one sentence that says what to check.
+fn unreachable_server(base: &str, e: &reqwest::Error) -> Failure {
+    let message = if e.is_timeout() {
+        format!("{base} did not answer in time: is `ferry serve` running at {base}?")
+    } else if e.is_connect() {
+        format!("cannot connect to {base}: is `ferry serve` running at {base}?")
+    } else {
+        format!("the connection to {base} failed before Ferry answered: is `ferry serve` running at {base}?")
+    };
+    Failure::new("unreachable", EXIT_FAILED, message)
+}
+
 fn to_value<T: serde::Serialize>(result: Result<T, ferry_core::ops::OpsError>) -> anyhow::Result<Value> {
-    Ok(serde_json::to_value(result.map_err(|e| anyhow::anyhow!("{e}"))?)?)
+    Ok(serde_json::to_value(result.map_err(ops_failure)?)?)
 }
 
 pub async fn status(c: &Connection, args: StatusArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(c).await?;
     let value = match &backend {
         Backend::Http { .. } => {
-            let query = args.pipeline.as_deref().map(|p| format!("?pipeline={p}")).unwrap_or_default();
+            let query = args.pipeline.as_deref().map(|p| format!("?pipeline={}", query_value(p))).unwrap_or_default();
             backend.http(reqwest::Method::GET, &format!("/api/status{query}"), None).await?
         }
         Backend::Local { ops, .. } => to_value(ops.status(args.pipeline.as_deref()).await)?,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-        return Ok(());
+        return print_json(&value);
     }
     for pipeline in value.as_array().into_iter().flatten() {
         println!("{}  (from {})", s(&pipeline["name"]), s(&pipeline["source"]));
@@ -266,6 +461,19 @@ pub async fn status(c: &Connection, args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A value for a URL query or path segment: percent-encoded.
+fn query_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
 pub async fn promote(c: &Connection, args: PromoteArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(c).await?;
     let user = backend.user()?;
@@ -274,14 +482,21 @@ pub async fn promote(c: &Connection, args: PromoteArgs) -> anyhow::Result<()> {
             let body = json!({ "pipeline": args.pipeline, "reference": args.reference, "to": args.to });
             s(&backend.http(reqwest::Method::POST, "/api/promote", Some(body)).await?["job"]).into_owned()
         }
-        Backend::Local { ops, .. } => ops
-            .promote(&args.pipeline, &args.reference, &args.to, Some(&user))
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        Backend::Local { ops, .. } => {
+            ops.promote(&args.pipeline, &args.reference, &args.to, Some(&user)).await.map_err(ops_failure)?
+        }
     };
-    println!("queued job {job}: {} {} → {}", args.pipeline, args.reference, args.to);
+    if !args.json {
+        println!("queued job {job}: {} {} → {}", args.pipeline, args.reference, args.to);
+    }
     if args.wait.waits() {
-        wait_for(&backend, &job, &args.wait).await?;
+        let outcome = wait_for(&backend, &job, &args.wait, args.json).await?;
+        if args.json {
+            print_json(&json!({ "job": job, "outcome": outcome }))?;
+        }
+    } else if args.json {
+        let outcome = job_state(&backend, &job).await?;
+        print_json(&json!({ "job": job, "outcome": outcome }))?;
     }
     Ok(())
 }
@@ -289,14 +504,17 @@ pub async fn promote(c: &Connection, args: PromoteArgs) -> anyhow::Result<()> {
 /// What became of job `id`: `{state, promotion?, detail?, error?}`.
 async fn job_state(backend: &Backend, id: &str) -> anyhow::Result<Value> {
     match backend {
-        Backend::Http { .. } => backend.http(reqwest::Method::GET, &format!("/api/jobs/{id}"), None).await,
+        Backend::Http { .. } => {
+            backend.http(reqwest::Method::GET, &format!("/api/jobs/{}", query_value(id)), None).await
+        }
         Backend::Local { ops, .. } => to_value(ops.job(id).await),
     }
 }
 
-/// Polls job `id` until it settles or the timeout passes, prints the outcome, and fails with the
-/// outcome's exit code when it was refused, failed or is still running.
-async fn wait_for(backend: &Backend, id: &str, wait: &WaitArgs) -> anyhow::Result<()> {
+/// Polls job `id` until it settles or the timeout passes, prints the outcome (unless `json`),
+/// and returns the job's last state; fails with the outcome's exit code when it was refused,
+/// failed or is still running.
+async fn wait_for(backend: &Backend, id: &str, wait: &WaitArgs, json: bool) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait.timeout);
     let last = loop {
         let job = job_state(backend, id).await?;
@@ -310,19 +528,24 @@ async fn wait_for(backend: &Backend, id: &str, wait: &WaitArgs) -> anyhow::Resul
     let detail = opt(&last["detail"]).or_else(|| opt(&last["error"])).unwrap_or_default();
     let error = opt(&last["error"]).unwrap_or_default();
     let state = s(&last["state"]);
-    let (code, message) = match state.as_ref() {
+    let (class, code, message) = match state.as_ref() {
         "promoted" => {
-            let record = promotion_record(backend, &last).await;
-            let target = record.as_ref().map(|r| format!("{}@{}", s(&r["target"]), s(&r["digest"])));
-            println!("promoted{promotion}: {}", target.unwrap_or_else(|| detail.to_string()));
-            return Ok(());
+            if !json {
+                let record = promotion_record(backend, &last).await;
+                let target = record.as_ref().map(|r| format!("{}@{}", s(&r["target"]), s(&r["digest"])));
+                println!("promoted{promotion}: {}", target.unwrap_or_else(|| detail.to_string()));
+            }
+            return Ok(last);
         }
         "parked" => {
-            println!("parked{promotion}: {detail}");
-            return Ok(());
+            if !json {
+                println!("parked{promotion}: {detail}");
+            }
+            return Ok(last);
         }
-        "refused" => (EXIT_REFUSED, format!("refused{promotion}: {detail}")),
+        "refused" => ("refused", EXIT_REFUSED, format!("refused{promotion}: {detail}")),
         "failed" => (
+            "failed",
             EXIT_FAILED,
             format!(
                 "failed{promotion}: {error} (dead-lettered: see `ferry dlq list`; `ferry dlq redrive {id}` retries)"
@@ -330,23 +553,28 @@ async fn wait_for(backend: &Backend, id: &str, wait: &WaitArgs) -> anyhow::Resul
         ),
         _ => {
             let note = if error.is_empty() { String::new() } else { format!("; last attempt: {error}") };
+            // A job no worker has picked up yet is known to the queue only.
+            let follow = if state == "running" { format!("`ferry show {id}`") } else { format!("GET /api/jobs/{id}") };
             (
+                "still_running",
                 EXIT_STILL_RUNNING,
                 format!(
-                    "still {state} after {} s: job {id} goes on without you (GET /api/jobs/{id} follows it){note}",
+                    "still {state} after {} s: job {id} goes on without you ({follow} follows it){note}",
                     wait.timeout
                 ),
             )
         }
     };
-    Err(Exit { code, message }.into())
+    Err(Failure::new(class, code, message).with("job", last).into())
 }
 
 /// The promotion record a job names, for the digest and target of a promoted job.
 async fn promotion_record(backend: &Backend, job: &Value) -> Option<Value> {
     let id = job["promotion"].as_str()?;
     match backend {
-        Backend::Http { .. } => backend.http(reqwest::Method::GET, &format!("/api/promotions/{id}"), None).await.ok(),
+        Backend::Http { .. } => {
+            backend.http(reqwest::Method::GET, &format!("/api/promotions/{}", query_value(id)), None).await.ok()
+        }
         Backend::Local { ops, .. } => to_value(ops.promotion(id).await).ok(),
     }
 }
@@ -354,22 +582,36 @@ async fn promotion_record(backend: &Backend, job: &Value) -> Option<Value> {
 pub async fn approve(c: &Connection, args: ApproveArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(c).await?;
     let user = backend.user()?;
-    let value = match &backend {
+    let mut value = match &backend {
         Backend::Http { .. } => {
-            backend.http(reqwest::Method::POST, &format!("/api/promotions/{}/approve", args.id), None).await?
+            let path = format!("/api/promotions/{}/approve", query_value(&args.id));
+            backend.http(reqwest::Method::POST, &path, None).await?
         }
         Backend::Local { ops, .. } => {
             to_value(ops.approve(&args.id, &user, ferry_core::person::VIA_LOCAL_DATABASE).await)?
         }
     };
     let (have, need) = (value["approvals"].as_u64().unwrap_or(0), value["required"].as_u64().unwrap_or(0));
-    if value["released"].as_bool() == Some(true) {
-        println!("approved {} ({have} of {need}): promotion continues", args.id);
-        if let (Some(job), true) = (value["job"].as_str(), args.wait.waits()) {
-            wait_for(&backend, job, &args.wait).await?;
+    let released = value["released"].as_bool() == Some(true);
+    if !args.json {
+        if value["already_counted"].as_bool() == Some(true) {
+            let then = if have >= need { "released already" } else { "still waiting" };
+            println!(
+                "already counted: {} approved {} before; nothing changed ({have} of {need}): {then}",
+                escape_control(&user),
+                args.id
+            );
+        } else if released {
+            println!("approved {} ({have} of {need}): promotion continues", args.id);
+        } else {
+            println!("approved {} ({have} of {need}): still waiting", args.id);
         }
-    } else {
-        println!("approved {} ({have} of {need}): still waiting", args.id);
+    }
+    if let (Some(job), true, true) = (value["job"].as_str().map(str::to_string), released, args.wait.waits()) {
+        value["outcome"] = wait_for(&backend, &job, &args.wait, args.json).await?;
+    }
+    if args.json {
+        print_json(&value)?;
     }
     Ok(())
 }
@@ -377,14 +619,16 @@ pub async fn approve(c: &Connection, args: ApproveArgs) -> anyhow::Result<()> {
 pub async fn reject(c: &Connection, args: RejectArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(c).await?;
     let user = backend.user()?;
-    match &backend {
+    let record = match &backend {
         Backend::Http { .. } => {
             let body = json!({ "reason": args.reason });
-            backend.http(reqwest::Method::POST, &format!("/api/promotions/{}/reject", args.id), Some(body)).await?;
+            let path = format!("/api/promotions/{}/reject", query_value(&args.id));
+            backend.http(reqwest::Method::POST, &path, Some(body)).await?
         }
-        Backend::Local { ops, .. } => {
-            to_value(ops.reject(&args.id, &user, args.reason.as_deref()).await)?;
-        }
+        Backend::Local { ops, .. } => to_value(ops.reject(&args.id, &user, args.reason.as_deref()).await)?,
+    };
+    if args.json {
+        return print_json(&record);
     }
     println!("rejected {}", args.id);
     Ok(())
@@ -402,6 +646,9 @@ pub async fn rollback(c: &Connection, args: RollbackArgs) -> anyhow::Result<()> 
             to_value(ops.rollback(&args.pipeline, &args.stage, args.to.as_deref(), Some(&user)).await)?
         }
     };
+    if args.json {
+        return print_json(&value);
+    }
     println!("rolled back {}/{} to {} ({})", args.pipeline, args.stage, s(&value["digest"]), s(&value["id"]));
     Ok(())
 }
@@ -410,30 +657,45 @@ pub async fn history(c: &Connection, args: HistoryArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(c).await?;
     let value = match &backend {
         Backend::Http { .. } => {
-            let mut path = format!("/api/history/{}?limit={}", args.pipeline, args.limit);
+            let mut path = format!("/api/history/{}?limit={}", query_value(&args.pipeline), args.limit);
             if let Some(stage) = &args.stage {
-                path.push_str(&format!("&stage={stage}"));
+                path.push_str(&format!("&stage={}", query_value(stage)));
             }
             backend.http(reqwest::Method::GET, &path, None).await?
         }
         Backend::Local { ops, .. } => to_value(ops.history(&args.pipeline, args.stage.as_deref(), args.limit).await)?,
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        return print_json(&value);
+    }
+    let records = value.as_array().cloned().unwrap_or_default();
+    if records.is_empty() {
+        println!("no promotions yet");
         return Ok(());
     }
-    for record in value.as_array().into_iter().flatten() {
+    println!("{}", history_header());
+    for record in &records {
         println!("{}", history_line(record));
     }
     Ok(())
 }
 
+/// The header row of `ferry history`, aligned with [`history_line`].
+fn history_header() -> String {
+    format!(
+        "{:<20}  {:<8} {:<18} {:<20}  {:<10} {}",
+        "WHEN", "STAGE", "STATE", "DIGEST", "TAG", "TRIGGER, BY, APPROVERS"
+    )
+}
+
 /// One promotion record as `ferry history` prints it, every text field escaped.
 fn history_line(record: &Value) -> String {
     let who = opt(&record["triggered_by"]).map(|b| format!(" by {b}")).unwrap_or_default();
+    let approvers: Vec<_> = record["approvals"].as_array().into_iter().flatten().map(|a| s(&a["by"])).collect();
+    let approved = if approvers.is_empty() { String::new() } else { format!("  approved by {}", approvers.join(", ")) };
     let error = opt(&record["error"]).map(|e| format!("  ({e})")).unwrap_or_default();
     format!(
-        "{}  {:<8} {:<18} {}  {}  {}{who}{error}",
+        "{:<20}  {:<8} {:<18} {:<20}  {:<10} {}{who}{approved}{error}",
         format_ms(record["created_at_ms"].as_i64().unwrap_or(0)),
         s(&record["stage"]),
         s(&record["state"]),
@@ -441,6 +703,88 @@ fn history_line(record: &Value) -> String {
         opt(&record["tag"]).unwrap_or(Cow::Borrowed("-")),
         s(&record["trigger"]),
     )
+}
+
+pub async fn show(c: &Connection, args: ShowArgs) -> anyhow::Result<()> {
+    let backend = Backend::connect(c).await?;
+    let value = match &backend {
+        Backend::Http { .. } => {
+            backend.http(reqwest::Method::GET, &format!("/api/show/{}", query_value(&args.id)), None).await?
+        }
+        Backend::Local { ops, .. } => to_value(ops.show(&args.id).await)?,
+    };
+    if args.json {
+        return print_json(&value);
+    }
+    print!("{}", shown_text(&value));
+    Ok(())
+}
+
+/// `ferry show` as text: the promotion, its gate decisions, approvals, and its job.
+fn shown_text(value: &Value) -> String {
+    let mut out = String::new();
+    let mut line = |text: String| {
+        out.push_str(&text);
+        out.push('\n');
+    };
+    let p = &value["promotion"];
+    if !p.is_null() {
+        line(format!("promotion {}  {} → {}", s(&p["id"]), s(&p["pipeline"]), s(&p["stage"])));
+        line(format!("  state      {}", s(&p["state"])));
+        line(format!("  digest     {}", s(&p["digest"])));
+        let mut tag = opt(&p["tag"]).map(|t| t.into_owned()).unwrap_or_else(|| "-".into());
+        if let Some(build) = opt(&p["build_number"]) {
+            tag.push_str(&format!("  (build {build})"));
+        }
+        line(format!("  tag        {tag}"));
+        line(format!("  from       {}", s(&p["source"])));
+        line(format!("  to         {}", s(&p["target"])));
+        let by = opt(&p["triggered_by"]).map(|b| format!(" by {b}")).unwrap_or_default();
+        line(format!("  trigger    {}{by}", s(&p["trigger"])));
+        let finished =
+            p["finished_at_ms"].as_i64().map(|ms| format!(", finished {}", format_ms(ms))).unwrap_or_default();
+        line(format!(
+            "  created    {}, updated {}{finished}",
+            format_ms(p["created_at_ms"].as_i64().unwrap_or(0)),
+            format_ms(p["updated_at_ms"].as_i64().unwrap_or(0))
+        ));
+        line(format!("  attempts   {}", p["attempts"].as_u64().unwrap_or(0)));
+        if let Some(error) = opt(&p["error"]) {
+            line(format!("  error      {error}"));
+        }
+        let gates = p["gates"].as_array().cloned().unwrap_or_default();
+        line(format!("gate decisions ({}):", gates.len()));
+        for g in &gates {
+            line(format!(
+                "  {}  {:<9} {:<8} {}",
+                format_ms(g["at_ms"].as_i64().unwrap_or(0)),
+                s(&g["gate"]),
+                s(&g["decision"]),
+                s(&g["detail"])
+            ));
+        }
+        let approvals = value["approvals"].as_array().cloned().unwrap_or_default();
+        line(format!("approvals ({}):", approvals.len()));
+        for a in &approvals {
+            let via = opt(&a["via"]).map(|v| format!("  through {v}")).unwrap_or_default();
+            line(format!("  {}  {}{via}", format_ms(a["at_ms"].as_i64().unwrap_or(0)), s(&a["by"])));
+        }
+    }
+    let job = &value["job"];
+    if job.is_null() {
+        line("job: none recorded".into());
+    } else {
+        let promotion = if p.is_null() { "  (no promotion)".to_string() } else { String::new() };
+        line(format!("job {}: {}{promotion}", s(&job["id"]), s(&job["state"])));
+        if let Some(detail) = opt(&job["detail"]) {
+            line(format!("  detail     {detail}"));
+        }
+        if let Some(error) = opt(&job["error"]) {
+            line(format!("  error      {error}"));
+        }
+        line(format!("  updated    {}", format_ms(job["updated_at_ms"].as_i64().unwrap_or(0))));
+    }
+    out
 }
 
 pub async fn dlq(c: &Connection, command: DlqCommand) -> anyhow::Result<()> {
@@ -452,8 +796,7 @@ pub async fn dlq(c: &Connection, command: DlqCommand) -> anyhow::Result<()> {
                 Backend::Local { ops, .. } => to_value(ops.dead_letters().await)?,
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&value)?);
-                return Ok(());
+                return print_json(&value);
             }
             let letters = value.as_array().cloned().unwrap_or_default();
             if letters.is_empty() {
@@ -471,16 +814,25 @@ pub async fn dlq(c: &Connection, command: DlqCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        DlqCommand::Redrive { id, wait } => {
+        DlqCommand::Redrive { id, wait, json } => {
             match &backend {
                 Backend::Http { .. } => {
-                    backend.http(reqwest::Method::POST, &format!("/api/dlq/{id}/redrive"), None).await?;
+                    let path = format!("/api/dlq/{}/redrive", query_value(&id));
+                    backend.http(reqwest::Method::POST, &path, None).await?;
                 }
-                Backend::Local { ops, .. } => ops.redrive(&id).await.map_err(|e| anyhow::anyhow!("{e}"))?,
+                Backend::Local { ops, user } => ops.redrive(&id, user.as_deref()).await.map_err(ops_failure)?,
             }
-            println!("redriven {id}: back in the queue");
+            if !json {
+                println!("redriven {id}: back in the queue");
+            }
             if wait.waits() {
-                wait_for(&backend, &id, &wait).await?;
+                let outcome = wait_for(&backend, &id, &wait, json).await?;
+                if json {
+                    print_json(&json!({ "job": id, "status": "redriven", "outcome": outcome }))?;
+                }
+            } else if json {
+                let outcome = job_state(&backend, &id).await?;
+                print_json(&json!({ "job": id, "status": "redriven", "outcome": outcome }))?;
             }
         }
     }
@@ -537,6 +889,50 @@ mod tests {
     fn digests_are_shortened_for_tables() {
         assert_eq!(short_digest("sha256:0123456789abcdef0123"), "sha256:0123456789ab…");
         assert_eq!(short_digest("x"), "x");
+    }
+
+    #[test]
+    fn the_history_header_lines_up_with_its_rows_and_rows_name_approvers() {
+        let record = json!({
+            "created_at_ms": 1_795_309_991_557_i64, "stage": "prod", "state": "succeeded", "trigger": "manual",
+            "digest": "sha256:05b3abf2579a5eb66403cd78be557fd860633a1fe2103c7642030defe32c657f", "tag": "1.4.2",
+            "triggered_by": "alice", "approvals": [{"by": "bob", "at_ms": 1}, {"by": "carol", "at_ms": 2}],
+        });
+        let (header, line) = (history_header(), history_line(&record));
+        // Where a column starts, in characters (the digest is shortened with `…`).
+        let at = |text: &str, needle: &str| text[..text.find(&format!(" {needle}")).unwrap()].chars().count();
+        for (title, value) in [("STAGE", "prod"), ("STATE", "succeeded"), ("DIGEST", "sha256:"), ("TAG", "1.4.2")] {
+            assert_eq!(at(&header, title), at(&line, value), "{title}:\n{header}\n{line}");
+        }
+        assert!(line.ends_with("manual by alice  approved by bob, carol"), "{line}");
+    }
+
+    #[test]
+    fn show_prints_gates_approvals_with_their_channel_and_the_job() {
+        let shown = json!({
+            "promotion": {
+                "id": "p-1", "pipeline": "shop-api", "stage": "prod", "state": "succeeded", "digest": "sha256:ab",
+                "tag": "1.0", "source": "dev/shop", "target": "prod/shop", "trigger": "manual", "triggered_by": "alice",
+                "created_at_ms": 0, "updated_at_ms": 0, "attempts": 2, "error": null,
+                "gates": [{"gate": "approval", "decision": "wait", "detail": "waiting", "at_ms": 0}],
+                "approvals": [{"by": "bob", "at_ms": 0}],
+            },
+            "approvals": [{"by": "bob", "at_ms": 0, "via": "the shared operator token"}],
+            "job": {"id": "j-1", "state": "promoted", "detail": "done", "updated_at_ms": 0},
+        });
+        let text = shown_text(&shown);
+        for expected in [
+            "promotion p-1  shop-api → prod",
+            "  attempts   2",
+            "gate decisions (1):\n  1970-01-01 00:00:00Z  approval  wait     waiting",
+            "approvals (1):\n  1970-01-01 00:00:00Z  bob  through the shared operator token",
+            "job j-1: promoted\n  detail     done",
+        ] {
+            assert!(text.contains(expected), "{expected:?} in\n{text}");
+        }
+        let job_only = shown_text(&json!({"promotion": null, "approvals": [], "job": {"id": "j-2", "state": "refused",
+            "error": "shop/api:9.9.9 does not exist", "updated_at_ms": 0}}));
+        assert!(job_only.starts_with("job j-2: refused  (no promotion)\n  error      shop/api:9.9.9"), "{job_only}");
     }
 
     #[test]

@@ -57,10 +57,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?
         .map(|token| ferry_core::api::router(Arc::new(Operations::new(worker.clone())), token));
     // With `api_listen`, operations get a listener of their own and the webhook one has none.
+    // Where `/api/*` is not served, it says why (rather than an empty 404 that looks like a
+    // wrong URL to `ferry --server`).
+    use ferry_core::api::{ApiOff, off};
     let (app, api_app) = match (api_app, config.server.api_listen) {
-        (Some(api), Some(_)) => (intake_app, Some(api)),
+        (Some(api), Some(_)) => (intake_app.merge(off(ApiOff::OtherListener)), Some(api)),
         (Some(api), None) => (intake_app.merge(api), None),
-        (None, _) => (intake_app, None),
+        (None, _) => (intake_app.merge(off(ApiOff::NoOperatorToken)), None),
     };
 
     let listen = args.listen.unwrap_or(config.server.listen);
