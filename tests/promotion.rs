@@ -94,15 +94,26 @@ fn wait_until<T>(what: &str, timeout: Duration, server: &FerryServer, mut probe:
 /// the promotion that put it there (the tag is written before the record: a test that acts on
 /// the ledger right after seeing the tag would race the worker).
 fn wait_for_tag(server: &FerryServer, registry: &Registry, tag: &str, digest: &str, timeout: Duration) {
+    wait_for_tag_via(server, registry, registry.host(), tag, digest, timeout);
+}
+
+/// [`wait_for_tag`] for a stage whose configured target is `target_host` (a proxy) in front of
+/// `registry`.
+fn wait_for_tag_via(
+    server: &FerryServer,
+    registry: &Registry,
+    target_host: &str,
+    tag: &str,
+    digest: &str,
+    timeout: Duration,
+) {
     wait_until(&format!("{}/{REPO}:{tag} is {digest}", registry.host()), timeout, server, || {
         registry.client().manifest_when_ready(REPO, tag).filter(|m| m.digest == digest).map(|_| ())
     });
-    let target = format!("{}/{REPO}", registry.host());
+    let target = format!("{target_host}/{REPO}");
     wait_until(&format!("the ledger records {digest} promoted to {target}"), timeout, server, || {
-        history(server, None)
-            .iter()
-            .any(|r| r["digest"] == digest && r["target"] == target.as_str() && r["state"] == "succeeded")
-            .then_some(())
+        let recorded = |r: &Value| r["digest"] == digest && r["target"] == target.as_str() && r["state"] == "succeeded";
+        history(server, None).iter().any(recorded).then_some(())
     });
 }
 
@@ -497,7 +508,7 @@ fn permanently_failing_target_dead_letters_then_redrives() {
     broken.set_fault(Fault::PassThrough);
     let redriven = server.cli("dlq").args(["redrive", &id]).run();
     assert!(redriven.success().contains("back in the queue"), "{}", redriven.stdout);
-    wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
+    wait_for_tag_via(&server, &dev, broken.host(), "dev", &digest, Duration::from_secs(60));
     assert_digest_exact(&dev, "1.0", &digest);
     assert_eq!(server.cli("dlq").args(["list", "--json"]).run().json(), json!([]));
     let record = promotion(&server, "dev", &digest);

@@ -273,7 +273,36 @@ fn wait_until_ready(child: &mut Child, client: &RegistryClient, log: &Path) -> R
 }
 
 /// A port that was free a moment ago (bind port 0, read it, release it).
+/// A free port for a server that must know its port before it starts (docker-registry's config,
+/// or `ferry serve` when a registry must be told where to notify it first).
+///
+/// Taken below the kernel's ephemeral range, from a random start: ports handed out for `:0`
+/// binds and for outgoing connections come from that range, so none of them can take this port
+/// between this check and the server's own bind (which made `ferry serve` exit now and then on
+/// a busy machine). Falls back to an OS-chosen port when the range leaves no room below it.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOWEST: u32 = 10_000;
+    // One random start per test process, then a counter: ports within a process never repeat.
+    static START: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > LOWEST + 1_000 {
+        let span = ephemeral_low - LOWEST;
+        let start = *START.get_or_init(|| RandomState::new().hash_one(std::process::id()) as u32);
+        for _ in 0..span {
+            let step = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = (LOWEST + start.wrapping_add(step) % span) as u16;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port()
 }
 
