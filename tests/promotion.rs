@@ -838,9 +838,12 @@ fn soak_gate_waits_its_time_in_the_previous_stage() {
 }
 
 /// A deploy-webhook receiver: checks Ferry's signature and keeps what arrived.
+/// Also a chat channel: `POST /channel/{status}` keeps the body and answers `status`.
 struct Receiver {
     port: u16,
     received: std::sync::Arc<std::sync::Mutex<Vec<(bool, Value)>>>,
+    /// (status answered, body) of each channel message.
+    messages: std::sync::Arc<std::sync::Mutex<Vec<(u16, Value)>>>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -853,7 +856,16 @@ impl Receiver {
         let store = received.clone();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = axum::Router::new().route(
+        let messages: std::sync::Arc<std::sync::Mutex<Vec<(u16, Value)>>> = Default::default();
+        let kept = messages.clone();
+        let channel = axum::routing::post(move |axum::extract::Path(status): axum::extract::Path<u16>, body: Bytes| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
+                (axum::http::StatusCode::from_u16(status).unwrap(), "ok")
+            }
+        });
+        let app = axum::Router::new().route("/channel/{status}", channel).route(
             "/deployed",
             axum::routing::post(move |headers: HeaderMap, body: Bytes| {
                 let store = store.clone();
@@ -871,8 +883,133 @@ impl Receiver {
             }),
         );
         runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver { port, received, _runtime: runtime }
+        Receiver { port, received, messages, _runtime: runtime }
     }
+}
+
+impl Receiver {
+    /// The texts of the messages the channel answering `status` got (Slack `text`, or the first
+    /// line of a Teams card), in order.
+    fn titles(&self, status: u16) -> Vec<String> {
+        let messages = self.messages.lock().unwrap();
+        let title = |m: &Value| {
+            m["text"].as_str().or(m["attachments"][0]["content"]["body"][0]["text"].as_str()).unwrap_or("?").to_string()
+        };
+        messages.iter().filter(|(s, _)| *s == status).map(|(_, m)| title(m)).collect()
+    }
+
+    fn last(&self, status: u16) -> Value {
+        let messages = self.messages.lock().unwrap();
+        messages.iter().rev().find(|(s, _)| *s == status).map(|(_, m)| m.clone()).unwrap_or(Value::Null)
+    }
+}
+
+/// `[[notices]]`: Slack and Teams hear once when a promotion starts waiting for approval, and
+/// when it is approved or rejected; a channel that keeps failing holds nothing up and its URL
+/// (a secret) is never logged.
+#[test]
+fn approval_notices_reach_slack_and_teams_and_a_failing_channel_holds_nothing_up() {
+    let channels = Receiver::start();
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let (dev, prod) = (Registry::plain(), Registry::plain());
+    let mut config = String::new();
+    for host in [build.host(), dev.host(), prod.host()] {
+        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
+    }
+    config.push_str(&format!(
+        r#"
+[sources.distribution]
+secret_env = "E2E_DISTRIBUTION_SECRET"
+header = "X-Ferry-Secret"
+
+[[notices]]
+kind = "slack"
+url_env = "E2E_SLACK_URL"
+
+[[notices]]
+kind = "teams"
+url_env = "E2E_TEAMS_URL"
+pipelines = ["{PIPELINE}"]
+
+[[notices]]
+kind = "slack"
+url_env = "E2E_BROKEN_URL"
+
+[[pipelines]]
+name = "{PIPELINE}"
+source = "{}/{REPO}"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "{}/{REPO}"
+  [[pipelines.stages]]
+  name = "prod"
+  target = "{}/{REPO}"
+  gate = "approval"
+  approvers = 2
+"#,
+        build.host(),
+        dev.host(),
+        prod.host()
+    ));
+    let url = |status: u16| format!("http://127.0.0.1:{}/channel/{status}", channels.port);
+    let (slack, teams, broken) = (url(200), url(202), url(500));
+    let server = FerryServer::start_with_server_keys(
+        port,
+        "public_url = \"https://ferry.example/\"",
+        &config,
+        &[
+            ("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET),
+            ("E2E_SLACK_URL", &slack),
+            ("E2E_TEAMS_URL", &teams),
+            ("E2E_BROKEN_URL", &broken),
+        ],
+        Some(OPERATOR_TOKEN),
+    );
+
+    let digest = push(&build, "1.0", &[100_000]);
+    let id = id_of(&wait_for_pending(&server, "prod", &digest));
+    let waiting = format!("{PIPELINE} → prod: waiting for 2 approvals");
+    wait_until("both channels hear that prod waits", Duration::from_secs(30), &server, || {
+        (channels.titles(200) == [waiting.clone()] && channels.titles(202) == [waiting.clone()]).then_some(())
+    });
+    let details = channels.last(200)["blocks"][1]["text"]["text"].as_str().unwrap_or_default().to_string();
+    assert!(details.contains(&format!("{}/{REPO}:1.0@{digest}", dev.host())), "names the image: {details}");
+    assert!(details.contains(&format!("ferry approve {id}")), "says how to approve: {details}");
+    assert!(details.contains(&format!("<https://ferry.example/promotions/{id}|Open in Ferry>")), "{details}");
+    let card = &channels.last(202)["attachments"][0];
+    assert_eq!(card["contentType"], "application/vnd.microsoft.card.adaptive", "{card:#}");
+    assert_eq!(card["content"]["actions"][0]["url"], format!("https://ferry.example/promotions/{id}"));
+
+    // One approval of two: no new notice. The second: approved, and prod gets the image even
+    // though one channel answers 500 to everything.
+    server.cli("approve").arg(&id).args(["--user", "bob"]).run().success();
+    server.cli("approve").arg(&id).args(["--user", "carol"]).run().success();
+    wait_for_tag(&server, &prod, "prod", &digest, Duration::from_secs(60));
+    let approved = format!("{PIPELINE} → prod: approved");
+    wait_until("both channels hear it was approved", Duration::from_secs(30), &server, || {
+        (channels.titles(200) == [waiting.clone(), approved.clone()] && channels.titles(202).len() == 2).then_some(())
+    });
+    let details = channels.last(200)["blocks"][1]["text"]["text"].as_str().unwrap_or_default().to_string();
+    assert!(details.contains("Approved by: bob, carol"), "{details}");
+
+    let second = push(&build, "2.0", &[100_000]);
+    let second_id = id_of(&wait_for_pending(&server, "prod", &second));
+    server.cli("reject").arg(&second_id).args(["--user", "dave", "--reason", "<!channel> not today"]).run().success();
+    let rejected = format!("{PIPELINE} → prod: rejected");
+    wait_until("both channels hear it was rejected", Duration::from_secs(30), &server, || {
+        (channels.titles(200).last() == Some(&rejected) && channels.titles(202).last() == Some(&rejected)).then_some(())
+    });
+    let details = channels.last(200)["blocks"][1]["text"]["text"].as_str().unwrap_or_default().to_string();
+    assert!(details.contains("Rejected by: dave") && details.contains("&lt;!channel&gt; not today"), "{details}");
+    assert_eq!(channels.titles(200).len(), 4, "waiting, approved, waiting, rejected: {:?}", channels.titles(200));
+
+    // The failing channel was tried a few times per notice, then left alone.
+    let attempts = channels.titles(500).len();
+    assert!((4..=12).contains(&attempts), "3 attempts per notice for 4 notices, got {attempts}");
+    let log = server.log();
+    assert!(log.contains("approval notice not delivered"), "{log}");
+    assert!(!log.contains("/channel/"), "a channel URL (a secret) was logged:\n{log}");
 }
 
 #[test]

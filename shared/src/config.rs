@@ -39,6 +39,10 @@ pub struct Config {
     pub ledger: LedgerBackend,
     /// Entra ID credentials and endpoints for the Azure notifiers (App Service).
     pub azure: Option<Azure>,
+    /// `[[notices]]`: Teams and Slack channels told when a promotion waits for approval and
+    /// when it is decided.
+    #[serde(default)]
+    pub notices: Vec<crate::notices::NoticeChannel>,
     /// The values of the `*_arn` secrets, filled by [`Config::read_secrets`].
     #[serde(skip)]
     pub secret_values: SecretValues,
@@ -128,6 +132,9 @@ pub struct Server {
     /// Seconds a client has to send a request's whole body.
     #[serde(default = "default_body_timeout")]
     pub body_timeout_secs: u64,
+    /// Where people reach this Ferry (`https://ferry.example.com`): approval notices link to
+    /// `{public_url}/promotions/{id}`.
+    pub public_url: Option<String>,
 }
 
 fn default_max_connections() -> usize {
@@ -155,6 +162,7 @@ impl Default for Server {
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout(),
             body_timeout_secs: default_body_timeout(),
+            public_url: None,
         }
     }
 }
@@ -768,6 +776,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        for (index, channel) in self.notices.iter().enumerate() {
+            keys.push((format!("notices.{index}.url"), channel.url_env.as_ref(), channel.url_arn.as_ref()));
         }
         if let Some(azure) = &self.azure {
             keys.push((

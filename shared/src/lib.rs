@@ -11,6 +11,7 @@ pub mod job;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod ledger;
+pub mod notices;
 pub mod ops;
 pub mod person;
 pub mod queue;

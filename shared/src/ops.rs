@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Gate;
 use crate::error::{ErrorClass, WorkError};
 use crate::ledger::{EnvironmentEntry, GateDecision, JobRecord, JobState, PromotionRecord, PromotionState};
+use crate::notices::Decision;
 use crate::queue::DeadLetter;
 use crate::registry::{Digest, Tag};
 use crate::worker::{Worker, now_ms};
@@ -443,6 +444,8 @@ impl Operations {
         record.finished_at_ms = Some(now);
         record.updated_at_ms = now;
         ledger.put_promotion(record.clone()).await.map_err(Self::failed)?;
+        let decision = Decision::Rejected { by: by.clone(), reason: reason.map(str::to_string) };
+        self.worker.announce(&record, decision);
         Ok(record)
     }
 

@@ -4,6 +4,7 @@ use crate::config::{Gate, Pipeline, Stage, tag_matches};
 use crate::error::WorkError;
 use crate::job::DeploymentJob;
 use crate::ledger::{DeploymentRecord, GateDecision, PromotionRecord, PromotionState};
+use crate::notices::Decision;
 
 impl Worker {
     pub(super) async fn evaluate_gate(
@@ -41,18 +42,28 @@ impl Worker {
                 let have = valid.len() as u32;
                 if have >= stage.approvers {
                     let detail = format!("approved by {}", valid.join(", "));
-                    decide(record, "approval", "pass", detail);
+                    if decide(record, "approval", "pass", detail) {
+                        self.announce(record, Decision::Approved { by: valid });
+                    }
                     return Ok(GateResult::Pass);
                 }
                 if let Some(expiry) = stage.approval_expiry() {
                     if now - record.created_at_ms > expiry.as_millis() as i64 {
-                        let why = format!("not approved within {} h", expiry.as_secs() / 3600);
-                        decide(record, "approval", "reject", why.clone());
+                        let after = format!("{} h", expiry.as_secs() / 3600);
+                        let why = format!("not approved within {after}");
+                        if decide(record, "approval", "reject", why.clone()) {
+                            self.announce(record, Decision::Expired { after });
+                        }
                         return Ok(GateResult::Reject(why));
                     }
                 }
+                // Approvers hear of a promotion once, when it starts waiting, not at each approval.
+                let first_wait = !record.gates.iter().any(|d| d.gate == "approval" && d.decision == "wait");
                 let why = format!("waiting for approval ({have} of {}): ferry approve {}", stage.approvers, record.id);
                 decide(record, "approval", "wait", why.clone());
+                if first_wait {
+                    self.announce(record, Decision::Waiting { need: stage.approvers });
+                }
                 let expires_at = stage.approval_expiry().map(|e| record.created_at_ms + e.as_millis() as i64 + 1);
                 Ok(GateResult::Wait(PromotionState::AwaitingApproval, why, expires_at))
             }
@@ -192,10 +203,12 @@ pub fn counted_approvers(stage: &Stage, record: &PromotionRecord) -> Vec<String>
     people
 }
 
-/// Records a gate decision, unless it repeats the last one (a re-evaluated parked promotion).
-pub(super) fn decide(record: &mut PromotionRecord, gate: &str, decision: &str, detail: String) {
+/// Records a gate decision, unless it repeats the last one (a re-evaluated parked promotion);
+/// says whether it was new.
+pub(super) fn decide(record: &mut PromotionRecord, gate: &str, decision: &str, detail: String) -> bool {
     let repeated = record.gates.last().is_some_and(|d| d.gate == gate && d.decision == decision && d.detail == detail);
     if !repeated {
         record.gates.push(GateDecision { gate: gate.into(), decision: decision.into(), detail, at_ms: now_ms() });
     }
+    !repeated
 }

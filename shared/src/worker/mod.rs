@@ -87,6 +87,7 @@ pub struct Worker {
     ledger: Arc<dyn Ledger>,
     registries: RegistrySettings,
     notifiers: notifiers::Notifiers,
+    notices: Arc<crate::notices::Notices>,
     /// When to look at a parked promotion again (unix ms, promotion id), earliest first; the
     /// loop in [`Worker::run`] wakes them on time, the sweep catches what a restart forgot.
     timers: std::sync::Mutex<BinaryHeap<Reverse<(i64, String)>>>,
@@ -98,12 +99,14 @@ impl Worker {
     pub fn new(config: Arc<Config>, queue: Arc<dyn JobQueue>, ledger: Arc<dyn Ledger>) -> Result<Self, WorkError> {
         let registries = RegistrySettings::from_config(&config)?;
         let notifiers = notifiers::from_config(&config)?;
+        let notices = Arc::new(crate::notices::Notices::from_config(&config)?);
         Ok(Worker {
             config,
             queue,
             ledger,
             registries,
             notifiers,
+            notices,
             timers: std::sync::Mutex::new(BinaryHeap::new()),
             timer_added: tokio::sync::Notify::new(),
         })
@@ -116,6 +119,16 @@ impl Worker {
     }
     pub fn queue(&self) -> &Arc<dyn JobQueue> {
         &self.queue
+    }
+
+    /// Tells the approval channels (`[[notices]]`) what happened to `record` at its gate, in the
+    /// background: neither the promotion nor the operator's answer waits for a chat service.
+    pub fn announce(&self, record: &crate::ledger::PromotionRecord, decision: crate::notices::Decision) {
+        if self.notices.is_empty() {
+            return;
+        }
+        let (notices, record) = (self.notices.clone(), record.clone());
+        tokio::spawn(async move { notices.announce(&record, &decision).await });
     }
     /// Processes one delivery and settles it with the queue.
     pub async fn handle(&self, delivery: Delivery) -> Handled {
