@@ -114,6 +114,14 @@ impl Notices {
             .build()
             .map_err(|e| WorkError::permanent(format!("notices: {e}")))?;
         let console = config.server.public_url.clone();
+        if let Some(public_url) = &console {
+            let scheme = url::Url::parse(public_url).map(|u| u.scheme().to_string());
+            if !matches!(scheme.as_deref(), Ok("https" | "http")) {
+                return Err(WorkError::permanent(format!(
+                    "server.public_url: `{public_url}` is not an http(s) URL (e.g. https://ferry.example.com)"
+                )));
+            }
+        }
         Ok(Notices { channels, console, http })
     }
 
