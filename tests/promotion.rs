@@ -1012,6 +1012,43 @@ source = "{}/{REPO}"
     assert!(!log.contains("/channel/"), "a channel URL (a secret) was logged:\n{log}");
 }
 
+/// `FERRY_LOG_FORMAT=json`: every log line is one JSON object, and every line a promotion's job
+/// writes once its digest is resolved carries the promotion id.
+#[test]
+fn json_log_lines_carry_the_promotion_id() {
+    let port = free_port();
+    let build = notifying_build_registry(port);
+    let dev = Registry::plain();
+    let config = format!(
+        "[registries.\"{0}\"]\nplain_http = true\n[registries.\"{1}\"]\nplain_http = true\n\
+         [sources.distribution]\nsecret_env = \"E2E_DISTRIBUTION_SECRET\"\nheader = \"X-Ferry-Secret\"\n\
+         [[pipelines]]\nname = \"{PIPELINE}\"\nsource = \"{0}/{REPO}\"\n[[pipelines.stages]]\nname = \"dev\"\ntarget = \"{1}/{REPO}\"\n",
+        build.host(),
+        dev.host()
+    );
+    let envs = [("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET), ("FERRY_LOG_FORMAT", "json")];
+    let server = FerryServer::start_with_operator_token(port, &config, &envs, OPERATOR_TOKEN);
+    let digest = push(&build, "1.0", &[100_000]);
+    wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
+    let id = id_of(&promotion(&server, "dev", &digest));
+    server.wait_for_log(": promoted sha256:", Duration::from_secs(30));
+
+    let log = server.log();
+    // `ferry: listening on …` is printed to stdout, not logged.
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.starts_with("ferry: "))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{log}")))
+        .collect();
+    let promoted: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"].as_str().is_some_and(|m| m.contains(": promoted sha256:")))
+        .collect();
+    assert_eq!(promoted.len(), 1, "{log}");
+    assert_eq!(promoted[0]["span"]["promotion"], id.as_str(), "the promotion id is on the job's line: {log}");
+    assert_eq!(promoted[0]["span"]["pipeline"], PIPELINE, "{log}");
+}
+
 #[test]
 fn webhook_notifier_sends_a_signed_deployment_that_opens_the_after_gate() {
     let receiver = Receiver::start();

@@ -24,7 +24,14 @@ pub type Error = Box<dyn std::error::Error + Send + Sync>;
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).without_time().with_target(false).init();
+    // CloudWatch stamps each line; `FERRY_LOG_FORMAT=json` gives one JSON object per line with
+    // the job's fields (promotion id included), for Logs Insights.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).without_time().with_target(false);
+    if std::env::var("FERRY_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.init();
+    }
 }
 
 /// The configuration (`FERRY_CONFIG` or `FERRY_CONFIG_FILE`) with its `*_arn` secrets read,

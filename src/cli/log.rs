@@ -16,6 +16,11 @@ use tracing_subscriber::field::MakeExt;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::fmt::format::FormatFields;
 
+/// `FERRY_LOG_FORMAT=json`: log lines as JSON objects (for log collectors), not text.
+pub fn json_requested() -> bool {
+    std::env::var("FERRY_LOG_FORMAT").is_ok_and(|format| format.eq_ignore_ascii_case("json"))
+}
+
 /// How far behind the log of a quiet server can be.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
 /// Buffered bytes that wake the writer thread before its time.

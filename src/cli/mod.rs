@@ -121,7 +121,8 @@ impl Command {
     }
 }
 
-/// Logs go to stderr: warnings only for one-shot commands, info for the server. The server
+/// Logs go to stderr: warnings only for one-shot commands, info for the server; as JSON lines
+/// with `FERRY_LOG_FORMAT=json`. The server
 /// logs a line per webhook, so its lines are buffered and written by a background thread
 /// ([`log`]); the returned guard writes out the rest when dropped.
 pub fn init_tracing(verbose: u8, server: bool) -> Option<log::FlushGuard<std::io::Stderr>> {
@@ -133,6 +134,18 @@ pub fn init_tracing(verbose: u8, server: bool) -> Option<log::FlushGuard<std::io
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    if log::json_requested() {
+        // One JSON object per line, the job's fields (promotion id included) on each.
+        let builder =
+            tracing_subscriber::fmt().with_env_filter(filter).json().with_current_span(true).with_span_list(false);
+        if !server {
+            builder.with_writer(std::io::stderr).init();
+            return None;
+        }
+        let (writer, guard) = log::batched(std::io::stderr(), log::FLUSH_EVERY);
+        builder.with_writer(writer).init();
+        return Some(guard);
+    }
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -141,7 +141,14 @@ impl Worker {
             }
         };
         let (pipeline, stage) = job.pipeline_and_stage();
-        let span = tracing::info_span!("job", job.id = %delivery.id, pipeline, stage, attempt = delivery.receive_count);
+        let span = tracing::info_span!(
+            "job",
+            job.id = %delivery.id,
+            pipeline,
+            stage,
+            attempt = delivery.receive_count,
+            promotion = tracing::field::Empty
+        );
         // Renew the lease while working, so a long copy is not delivered to a second worker;
         // if this process dies, renewals stop and the job comes back after one timeout.
         let lease = Duration::from_secs(self.config.worker.visibility_secs.max(1));

@@ -39,7 +39,7 @@ impl Worker {
 
         let (digest, tag_moved_to) = self.resolve(&source, &job.request).await?;
         let mut id = job.promotion.clone().unwrap_or_else(|| promotion_of(job, &digest));
-        *promotion = Some(id.clone());
+        working_on(promotion, &id);
         let now = now_ms();
         let mut existing = self.ledger.promotion(&id).await?;
         if let Some(record) = existing.as_ref().filter(|r| r.state.is_final() && job.promotion.is_none()) {
@@ -71,7 +71,7 @@ impl Worker {
             // again, and the old record left as history. Its id derives from the job's, so a
             // redelivery of this job lands on the same new record.
             id = promotion_id(&job.pipeline, &job.stage, &format!("{id}@{job_id}"));
-            *promotion = Some(id.clone());
+            working_on(promotion, &id);
             existing = self.ledger.promotion(&id).await?;
         }
         let mut record = match existing {
@@ -374,6 +374,13 @@ impl Worker {
 /// The ledger record a job is about when it names none: one per pipeline, stage, digest and tag,
 /// so duplicate jobs and redeliveries meet there, and a new tag on a known digest is a promotion
 /// of its own (the tag is applied and recorded at every stage the digest reaches).
+/// Notes the promotion this job is about, for its outcome and on every later log line of the job
+/// (the `promotion` field of its span).
+fn working_on(promotion: &mut Option<String>, id: &str) {
+    *promotion = Some(id.to_string());
+    tracing::Span::current().record("promotion", id);
+}
+
 pub(super) fn promotion_of(job: &PromotionJob, digest: &Digest) -> String {
     match &job.request.tag {
         Some(tag) => promotion_id(&job.pipeline, &job.stage, &format!("{digest}:{tag}")),
