@@ -80,6 +80,7 @@ pub struct Exit {
 
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
+    /// The pipeline (its `name` in the configuration).
     pipeline: String,
     /// A tag or digest, as found in the stage's source (the previous stage's target).
     reference: String,
@@ -100,14 +101,18 @@ pub struct ApproveArgs {
 
 #[derive(Debug, Args)]
 pub struct RejectArgs {
+    /// The promotion id (from `ferry status`).
     id: String,
+    /// Why, recorded with the rejection and shown by `ferry history`.
     #[arg(long)]
     reason: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The pipeline (its `name` in the configuration).
     pipeline: String,
+    /// The stage to roll back.
     stage: String,
     /// Roll back to this digest (it must have run in the stage) instead of the previous one.
     #[arg(long, value_name = "DIGEST")]
@@ -116,10 +121,14 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    /// The pipeline (its `name` in the configuration).
     pipeline: String,
+    /// Only promotions into this stage.
     stage: Option<String>,
+    /// At most this many promotions, newest first.
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }
@@ -128,11 +137,13 @@ pub struct HistoryArgs {
 pub enum DlqCommand {
     /// Jobs that failed too often, with their last error.
     List {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Put a dead-lettered job back in the queue.
     Redrive {
+        /// The dead-lettered job's id (from `ferry dlq list`).
         id: String,
         #[command(flatten)]
         wait: WaitArgs,
