@@ -1,9 +1,8 @@
 //! `ferry config check FILE`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use ferry_core::config::Config;
 use ferry_core::config_check::{Finding, Severity};
 
 #[derive(Debug, Args)]
@@ -31,22 +30,30 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
     match args.command {
         ConfigCommand::Check { file, strict } => {
             let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let mut config = Config::parse(&text, &file.display().to_string())?;
-            let mut findings = ferry_core::config_check::check(&config, &text, |var| std::env::var(var).ok());
-            // The `*_arn` secrets are read as `ferry serve` would, to show that they can be, and
-            // `secret_file`s too; where they cannot be read here is a warning, like an unset variable.
-            if !config.secret_arns().is_empty() {
-                if let Err(why) = config.read_secrets().await {
-                    findings.push(unreadable(why.to_string()));
-                }
-            }
-            for (name, source) in &config.sources {
-                if source.get_ref().secret_file.is_some() {
-                    let sender = ferry_core::config::sender_named(name).expect("validated");
-                    if let Err(why) = config.source_secret(sender) {
-                        findings.push(unreadable(why));
+            let checked = ferry_core::config_check::check_file(&text, |var| std::env::var(var).ok());
+            let mut findings = checked.findings;
+            let mut summary = None;
+            // `*_arn` secrets are read as `ferry serve` would, to show that they can be, and
+            // `secret_file`s too; where they cannot be read here is a warning, like an unset
+            // variable. Only for a file serve would load: the others have errors to fix first.
+            if let Some(mut config) = checked.config {
+                if !config.secret_arns().is_empty() {
+                    if let Err(why) = config.read_secrets().await {
+                        findings.push(unreadable(why.to_string()));
                     }
                 }
+                // `secret_file` relative to the configuration file, as `ferry serve` reads it.
+                let folder = file.parent().filter(|f| !f.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                config.resolve_paths(folder);
+                for (name, source) in &config.sources {
+                    if source.get_ref().secret_file.is_some() {
+                        let sender = ferry_core::config::sender_named(name).expect("validated");
+                        if let Err(why) = config.source_secret(sender) {
+                            findings.push(unreadable(why));
+                        }
+                    }
+                }
+                summary = Some((config.registries.len(), config.sources.len(), config.pipelines.len()));
             }
             if strict {
                 for finding in &mut findings {
@@ -67,12 +74,10 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                     file.display()
                 );
             }
+            let (registries, sources, pipelines) = summary.expect("a file without errors loads");
             println!(
-                "{}: ok ({} registries, {} sources, {} pipelines){}",
+                "{}: ok ({registries} registries, {sources} sources, {pipelines} pipelines){}",
                 file.display(),
-                config.registries.len(),
-                config.sources.len(),
-                config.pipelines.len(),
                 if warnings > 0 { format!(", {warnings} warning(s)") } else { String::new() }
             );
             Ok(())
