@@ -129,6 +129,16 @@ fn the_man_page_renders() {
         assert!(page.contains(section), "no {section}");
     }
     assert!(page.contains("ferry\\-promote") && page.contains("ferry\\-completion"), "subcommands missing");
+
+    // One page per command, with its own options.
+    let dir = tempfile::tempdir().unwrap();
+    stdout_of(&["man", "--dir", dir.path().to_str().unwrap()]);
+    for name in ["ferry.1", "ferry-promote.1", "ferry-config-check.1", "ferry-dlq-redrive.1"] {
+        let page = std::fs::read_to_string(dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(page.contains(".TH ferry"), "{name}: {page}");
+    }
+    let promote = std::fs::read_to_string(dir.path().join("ferry-promote.1")).unwrap();
+    assert!(promote.contains("\\-\\-to") && promote.contains("The stage to promote into"), "{promote}");
 }
 
 #[test]

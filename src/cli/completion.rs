@@ -2,6 +2,9 @@
 //! parse the command line, so they cannot fall behind it.
 
 use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
 
 use clap::{Args, CommandFactory};
 use clap_complete::Shell;
@@ -20,12 +23,16 @@ pub struct CompletionArgs {
     shell: Shell,
 }
 
-/// Print Ferry's manual page (roff) on stdout
+/// Print Ferry's manual page (roff) on stdout, or write one page per command
 ///
-/// e.g. `ferry man > ferry.1 && man ./ferry.1`, or install it as
-/// /usr/local/share/man/man1/ferry.1.
+/// e.g. `ferry man > ferry.1 && man ./ferry.1`, or
+/// `ferry man --dir /usr/local/share/man/man1` for ferry.1, ferry-promote.1, ferry-dlq-redrive.1, …
 #[derive(Debug, Args)]
-pub struct ManArgs {}
+pub struct ManArgs {
+    /// Write ferry.1 and a page for every subcommand (ferry-COMMAND.1) into this folder instead.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
 
 pub fn completion(args: CompletionArgs) -> anyhow::Result<()> {
     let mut command = Cli::command();
@@ -35,7 +42,13 @@ pub fn completion(args: CompletionArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn man(_: ManArgs) -> anyhow::Result<()> {
+pub fn man(args: ManArgs) -> anyhow::Result<()> {
+    if let Some(dir) = args.dir {
+        clap_mangen::generate_to(Cli::command(), &dir)
+            .with_context(|| format!("cannot write the manual pages into {}", dir.display()))?;
+        println!("wrote the manual pages into {}", dir.display());
+        return Ok(());
+    }
     let mut out = std::io::stdout().lock();
     clap_mangen::Man::new(Cli::command()).render(&mut out)?;
     out.flush()?;
