@@ -153,6 +153,11 @@ pub fn check_file<'t>(text: &'t str, env: impl Fn(&str) -> Option<String>) -> Ch
         let message = message.trim_end();
         let message = match key_before(text, at) {
             Some(key) if !message.contains(&format!("`{key}`")) => format!("`{key}`: {message}"),
+            // A table's own problem (a missing key) is shown at its header: name the table.
+            None => match header_at(text, at) {
+                Some(header) => format!("{header}: {message}"),
+                None => message.to_string(),
+            },
             _ => message.to_string(),
         };
         (at, Severity::Error, message)
@@ -312,6 +317,14 @@ fn key_before(text: &str, offset: usize) -> Option<&str> {
     let (key, _) = text.get(line_start..offset)?.split_once('=')?;
     let key = key.trim().trim_matches('"');
     (!key.is_empty() && !key.contains(['[', '{', ','])).then_some(key)
+}
+
+/// The table header (`[[pipelines.stages]]`) that starts at `offset`, if one does.
+fn header_at(text: &str, offset: usize) -> Option<&str> {
+    let rest = text.get(offset..)?;
+    let line = rest.lines().next()?.trim();
+    let end = line.rfind(']')? + 1;
+    line.starts_with('[').then(|| &line[..end])
 }
 
 /// Where a message about no one span (`queue.url: …`, `registries."h": …`) is best shown: its
@@ -685,6 +698,14 @@ concurrency = -1
             "{found:#?}"
         );
         assert!(check_file(&stage_fixed, |_| None).config.is_none());
+    }
+
+    #[test]
+    fn a_missing_key_names_its_table() {
+        let text = "[registries.\"a.example\"]\n[[pipelines]]\nname = \"p\"\nsource = \"a.example/p\"\n  [[pipelines.stages]]\n  target = \"a.example/q\"\n";
+        let found = check_text(text);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert_eq!(found[0], "5:3 error: [[pipelines.stages]]: missing field `name`");
     }
 
     #[test]
