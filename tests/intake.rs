@@ -136,7 +136,9 @@ fn config_check_accepts_the_quickstart_and_locates_errors() {
     let line = text.lines().position(|l| l.contains("127.0.0.1:6000")).unwrap() + 1;
     std::fs::write(&broken, text).unwrap();
     let run = ferry("config").arg("check").arg(&broken).run();
-    let error = run.failure();
+    run.failure();
+    // The finding's own line (the summary `error:` line after it only counts).
+    let error = &run.stderr;
     assert!(error.contains(&format!("broken.toml:{line}:")), "names file and line {line}: {error}");
     assert!(error.contains("pipelines[0].stages[1].target"), "names the key: {error}");
     assert!(error.contains("127.0.0.1:6000"), "{error}");

@@ -101,6 +101,7 @@ fn config_check_reports_everything_serve_would_refuse_in_file_order() {
         ":2:22: error: server.operator_token_env: the operator token in `CHECK_TEST_TOKEN` has 9 characters",
         ":5:16: warning: registries.\"b.example\".username_env: environment variable `CHECK_TEST_UNSET_USER` is not set",
         ":6:16: warning: registries.\"b.example\".password_env",
+        ":8:8: warning: pipelines[0] `shop`: no sender can start it (no [sources.*] is configured); only `ferry promote` can",
         ":11:8: warning: pipelines[0].stages[0] `dev`: `soak_secs` is ignored",
         ":12:10: error: pipelines[0].stages[0] `dev`.target: `a.example/shop` is also its source",
         ":15:8: error: pipelines[0].stages[1] `prod`: `gate = \"soak\"` without a duration",
@@ -109,7 +110,7 @@ fn config_check_reports_everything_serve_would_refuse_in_file_order() {
     for (line, expected) in lines.iter().zip(expected) {
         assert!(line.contains(expected), "expected {expected:?} in {line:?}\n{stderr}");
     }
-    assert!(lines[expected.len()].contains("3 error(s), 3 warning(s)"), "{stderr}");
+    assert!(lines[expected.len()].contains("3 error(s), 4 warning(s)"), "{stderr}");
 
     // Without the errors, warnings alone pass, unless --strict.
     std::fs::write(
@@ -122,7 +123,7 @@ fn config_check_reports_everything_serve_would_refuse_in_file_order() {
     .unwrap();
     let run = check(false);
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
-    assert!(String::from_utf8_lossy(&run.stdout).contains("ok (2 registries, 0 sources, 1 pipelines), 2 warning(s)"));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("ok (2 registries, 0 sources, 1 pipelines), 3 warning(s)"));
     let run = check(true);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success() && stderr.contains("error: registries.\"b.example\".username_env"), "{stderr}");
@@ -299,4 +300,61 @@ fn unknown_names_are_not_found_for_every_command_and_malformed_digests_are_usage
     let run = server.cli("rollback").args(["shop-api", "dev", "--to", "sha256:1234", "--json"]).run();
     let answer: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
     assert_eq!((run.status.code(), &answer["error"]["class"]), (Some(2), &serde_json::json!("usage")), "{answer}");
+}
+
+/// Errors `ferry serve` stops at — a syntax error, unknown keys and wrong types in several
+/// tables, a reference to an unconfigured registry — are all reported in one run, in file order,
+/// with the unreachable stages of what parsed.
+#[test]
+fn config_check_reports_every_table_s_errors_and_unreachable_stages_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.toml");
+    let write_and_check = |text: &str| {
+        std::fs::write(&config, text).unwrap();
+        let run = Command::new(FERRY).args(["config", "check"]).arg(&config).env("CHECK_SECRET", "s").output().unwrap();
+        (run.status.code(), String::from_utf8_lossy(&run.stderr).into_owned())
+    };
+    let text = "[server]\nlisten = \"127.0.0.1:8080\"\nlisten_port = 8080\n\
+         [registries.\"a.example\"]\nplain_http = \"yes\"\n[registries.\"b.example\"]\n\
+         [sources.generic]\nsecret_env = \"CHECK_SECRET\"\n\
+         [[pipelines]]\nname = \"shop\"\nsource = \"a.example/shop\"\n\
+         [[pipelines.stages]]\nname = \"dev\"\ntarget = \"b.example/shop\"\n\
+         [[pipelines.stages]]\nname = \"prod\"\ntarget = \"c.example/shop\"\n\
+         [[pipelines]]\nname = \"web\"\nsource = \"a.example/web\"\n\
+         [[pipelines.stages]]\nname = \"dev\"\ntarget = \"b.example/web\"\n\
+         [[pipelines.stages]]\nname = \"prod\"\ntarget = \"b.example/web-prod\"\ngate = \"after\"\n\
+         [worker]\nconcurency = 4\n";
+    let (code, stderr) = write_and_check(text);
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let expected = [
+        ":3:1: error: unknown field `listen_port`",
+        ":5:14: error: `plain_http`: invalid type: string \"yes\", expected a boolean",
+        ":17:10: error: pipelines[0].stages[1].target: registry `c.example` is not configured",
+        ":25:8: error: pipelines[1].stages[1] `prod`: unreachable: its `after` gate can never open: `dev` has no `notify`",
+        ":29:1: error: unknown field `concurency`",
+    ];
+    assert_eq!(lines.len(), expected.len() + 1, "{stderr}");
+    for (line, expected) in lines.iter().zip(expected) {
+        assert!(line.contains(expected), "expected {expected:?} in {line:?}\n{stderr}");
+    }
+    assert!(lines[expected.len()].contains("5 error(s), 0 warning(s)"), "{stderr}");
+
+    // Several syntax errors: each one, not only the first.
+    let (code, stderr) = write_and_check("[server\nlisten = \"127.0.0.1:8080\"\n[worker]\nconcurrency = = 2\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.lines().next().is_some_and(|l| l.contains("ferry.toml:1:")), "{stderr}");
+    assert!(stderr.lines().any(|l| l.contains("ferry.toml:4:")), "{stderr}");
+
+    // A tag filter no tag passes, after the pipeline's own.
+    let (code, stderr) = write_and_check(
+        "[registries.\"a.example\"]\n[registries.\"b.example\"]\n[sources.generic]\nsecret_env = \"CHECK_SECRET\"\n\
+         [[pipelines]]\nname = \"shop\"\nsource = \"a.example/shop\"\ntags = [\"nightly-*\"]\n\
+         [[pipelines.stages]]\nname = \"prod\"\ntarget = \"b.example/shop\"\nsemver = true\n",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(":10:8: error: pipelines[0].stages[0] `prod`: unreachable: no tag passes its tag filter"),
+        "{stderr}"
+    );
 }

@@ -507,8 +507,9 @@ impl Config {
         Ok(config)
     }
 
-    /// Makes every relative path of the configuration relative to `folder`.
-    fn resolve_paths(&mut self, folder: &Path) {
+    /// Makes every relative path of the configuration relative to `folder` (the configuration
+    /// file's; [`Config::load`] does this).
+    pub fn resolve_paths(&mut self, folder: &Path) {
         let resolve = |path: &mut PathBuf| {
             if path.is_relative() {
                 *path = folder.join(&*path);
@@ -555,29 +556,50 @@ impl Config {
     }
 
     pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let at = |span: std::ops::Range<usize>, message: String| {
-            let (line, column) = line_column(text, span.start);
-            ConfigError::At { path: path.to_string(), line, column, message }
-        };
         let config: Config = toml::from_str(text).map_err(|e| match e.span() {
-            Some(span) => at(span, e.message().to_string()),
+            Some(span) => at(text, path, span, e.message().to_string()),
             None => ConfigError::File { path: path.to_string(), message: e.message().to_string() },
         })?;
+        match config.reference_errors(text, path).into_iter().next() {
+            Some(first) => Err(first),
+            None => Ok(config),
+        }
+    }
 
+    /// Every problem of a deserialized configuration that `ferry serve` refuses: unknown senders,
+    /// references to registries and pipelines that are not configured, duplicate names, stage
+    /// settings that contradict each other. [`Config::parse`] stops at the first;
+    /// `ferry config check` reports them all.
+    pub fn reference_errors(&self, text: &str, path: &str) -> Vec<ConfigError> {
+        self.reference_problems()
+            .into_iter()
+            .map(|(span, message)| match span {
+                Some(span) => at(text, path, span, message),
+                None => ConfigError::File { path: path.to_string(), message },
+            })
+            .collect()
+    }
+
+    /// [`Config::reference_errors`] as (where, what); `None`: about no one place of the file.
+    pub(crate) fn reference_problems(&self) -> Vec<(Option<std::ops::Range<usize>>, String)> {
+        let config = self;
+        let at = |span: std::ops::Range<usize>, message: String| (Some(span), message);
+        let mut errors = Vec::new();
         for (name, source) in &config.sources {
             if sender_named(name).is_none() {
-                return Err(at(
+                errors.push(at(
                     source.span(),
                     format!(
                         "sources.{name}: unknown sender; known: acr, azure-devops, dockerhub, github, distribution, harbor, quay, generic"
                     ),
                 ));
+                continue;
             }
             let s = source.get_ref();
             if [s.secret_env.is_some(), s.secret_arn.is_some(), s.secret_file.is_some()].iter().filter(|&&b| b).count()
                 != 1
             {
-                return Err(at(
+                errors.push(at(
                     source.span(),
                     format!("sources.{name}: set exactly one of `secret_env`, `secret_arn` or `secret_file`"),
                 ));
@@ -587,7 +609,7 @@ impl Config {
             let s = source.get_ref();
             for registry in s.registries.iter().flatten() {
                 if !config.registries.contains_key(registry) {
-                    return Err(at(
+                    errors.push(at(
                         source.span(),
                         format!("sources.{name}.registries: `{registry}` is not a configured registry"),
                     ));
@@ -595,22 +617,24 @@ impl Config {
             }
             for pipeline in s.pipelines.iter().flatten() {
                 if config.pipeline(pipeline).is_none() {
-                    return Err(at(
+                    errors.push(at(
                         source.span(),
                         format!("sources.{name}.pipelines: no pipeline is named `{pipeline}`"),
                     ));
                 }
             }
         }
-        config.check_backends().map_err(|message| ConfigError::File { path: path.to_string(), message })?;
-        config.check_secrets().map_err(|message| ConfigError::File { path: path.to_string(), message })?;
+        let file = |message| (None, message);
+        errors.extend(config.check_backends().err().map(file));
+        errors.extend(config.check_secrets().into_iter().map(file));
         if let Some(azure) = &config.azure {
             for (key, value) in
                 [("authority_host", &azure.authority_host), ("resource_manager", &azure.resource_manager)]
             {
                 if let Some(value) = value {
-                    crate::deploy::azure::endpoint_url(&format!("azure.{key}"), value.get_ref())
-                        .map_err(|e| at(value.span(), e.to_string()))?;
+                    if let Err(e) = crate::deploy::azure::endpoint_url(&format!("azure.{key}"), value.get_ref()) {
+                        errors.push(at(value.span(), e.to_string()));
+                    }
                 }
             }
         }
@@ -618,103 +642,121 @@ impl Config {
         for (i, pipeline) in config.pipelines.iter().enumerate() {
             let key = format!("pipelines[{i}]");
             if !names.insert(pipeline.name.get_ref().clone()) {
-                return Err(at(
+                errors.push(at(
                     pipeline.name.span(),
                     format!("{key}.name: `{}` is used by two pipelines", pipeline.name.get_ref()),
                 ));
             }
-            let source = RepoName::parse(pipeline.source.get_ref())
-                .map_err(|e| at(pipeline.source.span(), format!("{key}.source: {e}")))?;
-            config.check_registry(&source, &key, "source").map_err(|m| at(pipeline.source.span(), m))?;
+            match RepoName::parse(pipeline.source.get_ref()) {
+                Err(e) => errors.push(at(pipeline.source.span(), format!("{key}.source: {e}"))),
+                Ok(source) => {
+                    if let Err(m) = config.check_registry(&source, &key, "source") {
+                        errors.push(at(pipeline.source.span(), m));
+                    }
+                }
+            }
             if let Some(ado) = &pipeline.azure_devops {
                 if ado.build_definition.is_none() && ado.release_definition.is_none() {
-                    return Err(at(
+                    errors.push(at(
                         pipeline.name.span(),
                         format!("{key}.azure_devops: set `build_definition`, `release_definition`, or both"),
                     ));
                 }
                 let sample = render_build_tag(ado.tag.get_ref(), "4711", Some("20250304.3"));
                 if sample.parse::<crate::registry::Tag>().is_err() {
-                    return Err(at(
+                    errors.push(at(
                         ado.tag.span(),
                         format!("{key}.azure_devops.tag: `{}` does not make a valid tag", ado.tag.get_ref()),
                     ));
                 }
             }
             if pipeline.stages.is_empty() {
-                return Err(at(pipeline.name.span(), format!("{key}: a pipeline needs at least one stage")));
+                errors.push(at(pipeline.name.span(), format!("{key}: a pipeline needs at least one stage")));
             }
             let mut stage_names = std::collections::HashSet::new();
             for (j, stage) in pipeline.stages.iter().enumerate() {
                 let stage_key = format!("{key}.stages[{j}]");
                 if !stage_names.insert(stage.name.get_ref().clone()) {
-                    return Err(at(
+                    errors.push(at(
                         stage.name.span(),
                         format!("{stage_key}.name: `{}` appears twice", stage.name.get_ref()),
                     ));
                 }
-                let target = RepoName::parse(stage.target.get_ref())
-                    .map_err(|e| at(stage.target.span(), format!("{stage_key}.target: {e}")))?;
-                config.check_registry(&target, &stage_key, "target").map_err(|m| at(stage.target.span(), m))?;
+                match RepoName::parse(stage.target.get_ref()) {
+                    Err(e) => errors.push(at(stage.target.span(), format!("{stage_key}.target: {e}"))),
+                    Ok(target) => {
+                        if let Err(m) = config.check_registry(&target, &stage_key, "target") {
+                            errors.push(at(stage.target.span(), m));
+                        }
+                    }
+                }
                 if j == 0 && matches!(stage.gate, Gate::After | Gate::Soak) {
-                    return Err(at(
+                    errors.push(at(
                         stage.name.span(),
                         format!("{stage_key}.gate: `after` and `soak` need a previous stage"),
                     ));
                 }
                 if stage.gate == Gate::Approval && stage.approvers == 0 {
-                    return Err(at(stage.name.span(), format!("{stage_key}.approvers: at least 1")));
+                    errors.push(at(stage.name.span(), format!("{stage_key}.approvers: at least 1")));
                 }
                 if !stage.approvers_allowed.is_empty() {
                     let key = format!("{stage_key}.approvers_allowed");
                     let first = stage.approvers_allowed[0].span();
                     if stage.gate != Gate::Approval {
-                        return Err(at(first, format!("{key}: only an `approval` gate has approvers")));
-                    }
-                    let mut people = std::collections::BTreeSet::new();
-                    for name in &stage.approvers_allowed {
-                        let person = crate::person::canonical(name.get_ref())
-                            .map_err(|e| at(name.span(), format!("{key}: `{}`: {e}", name.get_ref())))?;
-                        people.insert(person);
-                    }
-                    if (people.len() as u32) < stage.approvers {
-                        return Err(at(
-                            first,
-                            format!(
-                                "{key}: {} distinct people can never give the {} approvals the stage needs",
-                                people.len(),
-                                stage.approvers
-                            ),
-                        ));
+                        errors.push(at(first, format!("{key}: only an `approval` gate has approvers")));
+                    } else {
+                        let mut people = std::collections::BTreeSet::new();
+                        let mut valid = true;
+                        for name in &stage.approvers_allowed {
+                            match crate::person::canonical(name.get_ref()) {
+                                Ok(person) => {
+                                    people.insert(person);
+                                }
+                                Err(e) => {
+                                    valid = false;
+                                    errors.push(at(name.span(), format!("{key}: `{}`: {e}", name.get_ref())));
+                                }
+                            }
+                        }
+                        if valid && (people.len() as u32) < stage.approvers {
+                            errors.push(at(
+                                first,
+                                format!(
+                                    "{key}: {} distinct people can never give the {} approvals the stage needs",
+                                    people.len(),
+                                    stage.approvers
+                                ),
+                            ));
+                        }
                     }
                 }
                 if stage.approval_expiry().is_some_and(|e| e > MAX_SOAK) {
-                    return Err(at(stage.name.span(), format!("{stage_key}.approval_expires_hours: more than a year")));
+                    errors.push(at(stage.name.span(), format!("{stage_key}.approval_expires_hours: more than a year")));
                 }
                 if stage.soak() > MAX_SOAK {
-                    return Err(at(
+                    errors.push(at(
                         stage.name.span(),
                         format!("{stage_key}: a soak longer than a year is surely a typo"),
                     ));
                 }
                 match &stage.notify {
                     Some(Notify::AppService { slot: None, swap: true, .. }) => {
-                        return Err(at(
+                        errors.push(at(
                             stage.name.span(),
                             format!("{stage_key}.notify: `swap = true` needs the `slot` to swap into production"),
                         ));
                     }
                     Some(Notify::Kubernetes { kubeconfig: Some(_), aks: Some(_), .. }) => {
-                        return Err(at(
+                        errors.push(at(
                             stage.name.span(),
                             format!("{stage_key}.notify: set `kubeconfig` or `aks`, not both"),
                         ));
                     }
                     Some(Notify::Kubernetes { timeout_secs: Some(0), .. }) => {
-                        return Err(at(stage.name.span(), format!("{stage_key}.notify.timeout_secs: at least 1")));
+                        errors.push(at(stage.name.span(), format!("{stage_key}.notify.timeout_secs: at least 1")));
                     }
                     None | Some(Notify::Webhook { .. }) if stage.rollback_on_failure => {
-                        return Err(at(
+                        errors.push(at(
                             stage.name.span(),
                             format!(
                                 "{stage_key}.rollback_on_failure: needs an `app-service` or `kubernetes` notifier that reports whether the deployment worked"
@@ -723,14 +765,12 @@ impl Config {
                     }
                     _ => {}
                 }
-                for pattern in &stage.target_tags {
-                    if pattern.trim().is_empty() {
-                        return Err(at(stage.name.span(), format!("{stage_key}.target_tags: empty template")));
-                    }
+                if stage.target_tags.iter().any(|pattern| pattern.trim().is_empty()) {
+                    errors.push(at(stage.name.span(), format!("{stage_key}.target_tags: empty template")));
                 }
             }
         }
-        Ok(config)
+        errors
     }
 
     fn check_backends(&self) -> Result<(), String> {
@@ -795,15 +835,27 @@ impl Config {
         self.secret_keys().into_iter().filter_map(|(key, _, arn)| Some((format!("{key}_arn"), arn?.clone()))).collect()
     }
 
-    fn check_secrets(&self) -> Result<(), String> {
+    fn check_secrets(&self) -> Vec<String> {
+        let mut errors = Vec::new();
         for (key, env, arn) in self.secret_keys() {
             if env.is_some() && arn.is_some() {
-                return Err(format!("{key}: set `{key}_env` or `{key}_arn`, not both"));
+                errors.push(format!("{key}: set `{key}_env` or `{key}_arn`, not both"));
             }
             if let Some(arn) = arn {
-                SecretArn::parse(arn).map_err(|e| format!("{key}_arn: {e}"))?;
-                if !cfg!(feature = "aws") {
-                    return Err(SecretError::NoAwsFeature { key: format!("{key}_arn"), arn: arn.clone() }.to_string());
+                if let Err(e) = SecretArn::parse(arn) {
+                    errors.push(format!("{key}_arn: {e}"));
+                } else if !cfg!(feature = "aws") {
+                    errors.push(SecretError::NoAwsFeature { key: format!("{key}_arn"), arn: arn.clone() }.to_string());
+                }
+            }
+        }
+        for (index, channel) in self.notices.iter().enumerate() {
+            if channel.url_env.is_none() && channel.url_arn.is_none() {
+                errors.push(format!("notices.{index}: set `url_env` or `url_arn` (the channel's webhook URL)"));
+            }
+            for pipeline in &channel.pipelines {
+                if self.pipeline(pipeline).is_none() {
+                    errors.push(format!("notices.{index}.pipelines: no pipeline is named `{pipeline}`"));
                 }
             }
         }
@@ -811,22 +863,22 @@ impl Config {
             let user = r.username_env.is_some() || r.username_arn.is_some();
             let pass = r.password_env.is_some() || r.password_arn.is_some();
             if user != pass {
-                return Err(format!(
+                errors.push(format!(
                     "registries.\"{host}\": set both a username (`username_env` or `username_arn`) and a password (`password_env` or `password_arn`), or neither"
                 ));
             }
             if r.ecr && user {
-                return Err(format!(
+                errors.push(format!(
                     "registries.\"{host}\": `ecr = true` takes its credentials from the AWS credential chain; remove the username and password keys"
                 ));
             }
             if r.ecr && !cfg!(feature = "aws") {
-                return Err(format!(
+                errors.push(format!(
                     "registries.\"{host}\".ecr: this build of Ferry has no `aws` feature; build ferry-core with features = [\"aws\"]"
                 ));
             }
         }
-        Ok(())
+        errors
     }
 
     /// Reads the `*_arn` secrets (Secrets Manager, SSM) once, with the standard AWS
@@ -961,6 +1013,12 @@ pub fn sender_named(name: &str) -> Option<Sender> {
         "generic" => Sender::Generic,
         _ => return None,
     })
+}
+
+/// An error at `span` of `text` (the file `path`), by line and column.
+fn at(text: &str, path: &str, span: std::ops::Range<usize>, message: String) -> ConfigError {
+    let (line, column) = line_column(text, span.start);
+    ConfigError::At { path: path.to_string(), line, column, message }
 }
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {

@@ -101,11 +101,6 @@ impl Notices {
                     "{name}: the channel URL must use https:// (plain http only for 127.0.0.0/8, ::1 or localhost)"
                 )));
             }
-            for pipeline in &channel.pipelines {
-                if config.pipeline(pipeline).is_none() {
-                    return Err(WorkError::permanent(format!("{name}.pipelines: no pipeline is named `{pipeline}`")));
-                }
-            }
             channels.push(Channel { kind: channel.kind, name, url, pipelines: channel.pipelines.clone() });
         }
         let http = reqwest::Client::builder()
@@ -314,6 +309,17 @@ mod tests {
         let card = &teams["attachments"][0]["content"];
         assert_eq!(card["type"], "AdaptiveCard");
         assert_eq!(card["actions"][0]["url"], "https://ferry.example/promotions/p-1234");
+    }
+
+    #[test]
+    fn a_channel_without_a_url_or_for_an_unknown_pipeline_is_refused_when_parsed() {
+        let refused = |text: &str| Config::parse(text, "ferry.toml").unwrap_err().to_string();
+        let error = refused("[[notices]]\nkind = \"slack\"\n");
+        assert!(error.contains("notices.0: set `url_env` or `url_arn`"), "{error}");
+        let error = refused("[[notices]]\nkind = \"teams\"\nurl_env = \"U\"\npipelines = [\"nope\"]\n");
+        assert!(error.contains("notices.0.pipelines: no pipeline is named `nope`"), "{error}");
+        let error = refused("[[notices]]\nkind = \"email\"\nurl_env = \"U\"\n");
+        assert!(error.contains("unknown variant `email`"), "{error}");
     }
 
     #[test]

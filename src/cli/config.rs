@@ -1,9 +1,8 @@
 //! `ferry config check FILE`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use ferry_core::config::Config;
 use ferry_core::config_check::{Finding, Severity};
 
 use super::ops::{EXIT_FAILED, Failure};
@@ -45,22 +44,30 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
         ConfigCommand::Check { file, strict, json } => {
             let unusable = |e: &dyn std::fmt::Display| Failure::new("config", EXIT_FAILED, format!("{e:#}"));
             let text = std::fs::read_to_string(&file).map_err(|e| unusable(&format!("{}: {e}", file.display())))?;
-            let mut config = Config::parse(&text, &file.display().to_string()).map_err(|e| unusable(&e))?;
-            let mut findings = ferry_core::config_check::check(&config, &text, |var| std::env::var(var).ok());
-            // The `*_arn` secrets are read as `ferry serve` would, to show that they can be, and
-            // `secret_file`s too; where they cannot be read here is a warning, like an unset variable.
-            if !config.secret_arns().is_empty() {
-                if let Err(why) = config.read_secrets().await {
-                    findings.push(unreadable(why.to_string()));
-                }
-            }
-            for (name, source) in &config.sources {
-                if source.get_ref().secret_file.is_some() {
-                    let sender = ferry_core::config::sender_named(name).expect("validated");
-                    if let Err(why) = config.source_secret(sender) {
-                        findings.push(unreadable(why));
+            let checked = ferry_core::config_check::check_file(&text, |var| std::env::var(var).ok());
+            let mut findings = checked.findings;
+            let mut summary = None;
+            // `*_arn` secrets are read as `ferry serve` would, to show that they can be, and
+            // `secret_file`s too; where they cannot be read here is a warning, like an unset
+            // variable. Only for a file serve would load: the others have errors to fix first.
+            if let Some(mut config) = checked.config {
+                if !config.secret_arns().is_empty() {
+                    if let Err(why) = config.read_secrets().await {
+                        findings.push(unreadable(why.to_string()));
                     }
                 }
+                // `secret_file` relative to the configuration file, as `ferry serve` reads it.
+                let folder = file.parent().filter(|f| !f.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                config.resolve_paths(folder);
+                for (name, source) in &config.sources {
+                    if source.get_ref().secret_file.is_some() {
+                        let sender = ferry_core::config::sender_named(name).expect("validated");
+                        if let Err(why) = config.source_secret(sender) {
+                            findings.push(unreadable(why));
+                        }
+                    }
+                }
+                summary = Some((config.registries.len(), config.sources.len(), config.pipelines.len()));
             }
             if strict {
                 for finding in &mut findings {
@@ -69,12 +76,6 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
             }
             let errors = findings.iter().filter(|f| f.severity == Severity::Error).count();
             let warnings = findings.len() - errors;
-            let counts = format!(
-                "{} registries, {} sources, {} pipelines",
-                config.registries.len(),
-                config.sources.len(),
-                config.pipelines.len()
-            );
             if json {
                 let listed: Vec<_> = findings
                     .iter()
@@ -91,10 +92,10 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                     );
                     return Err(Failure::new("config", EXIT_FAILED, message).with("findings", listed.into()).into());
                 }
+                let (registries, sources, pipelines) = summary.expect("a file without errors loads");
                 let report = serde_json::json!({
                     "file": file.display().to_string(), "ok": true, "errors": 0, "warnings": warnings,
-                    "registries": config.registries.len(), "sources": config.sources.len(),
-                    "pipelines": config.pipelines.len(), "findings": listed,
+                    "registries": registries, "sources": sources, "pipelines": pipelines, "findings": listed,
                 });
                 println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(());
@@ -111,8 +112,9 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<()> {
                     file.display()
                 );
             }
+            let (registries, sources, pipelines) = summary.expect("a file without errors loads");
             println!(
-                "{}: ok ({counts}){}",
+                "{}: ok ({registries} registries, {sources} sources, {pipelines} pipelines){}",
                 file.display(),
                 if warnings > 0 { format!(", {warnings} warning(s)") } else { String::new() }
             );

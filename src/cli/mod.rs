@@ -1,5 +1,6 @@
 //! Command-line interface: parsing, and one module per command.
 
+mod completion;
 mod config;
 mod copy;
 mod log;
@@ -8,10 +9,20 @@ pub(crate) mod serve;
 
 use clap::{Parser, Subcommand};
 
+/// `ferry --version`: the package version, the git commit and the build date (build.rs).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("FERRY_GIT_COMMIT"),
+    ", built ",
+    env!("FERRY_BUILD_DATE"),
+    ")"
+);
+
 /// Ferry promotes container images from environment to environment (build → dev → test →
 /// prod) by digest: the image that runs in production is, byte for byte, the one that was built.
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about, long_about = None, propagate_version = true)]
+#[command(name = "ferry", version = VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug); FERRY_LOG=<filter> overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -28,6 +39,7 @@ pub enum Command {
     /// Work with configuration files.
     Config(config::ConfigArgs),
     /// Each environment's digest, tag, build and since when; promotions waiting on gates.
+    #[command(mut_arg("user", |a| a.hide(true)))]
     Status {
         #[command(flatten)]
         connection: ops::Connection,
@@ -63,6 +75,7 @@ pub enum Command {
         args: ops::RollbackArgs,
     },
     /// Promotions of a pipeline, newest first.
+    #[command(mut_arg("user", |a| a.hide(true)))]
     History {
         #[command(flatten)]
         connection: ops::Connection,
@@ -78,12 +91,15 @@ pub enum Command {
         args: ops::ShowArgs,
     },
     /// The dead-letter store: jobs that failed too often.
+    #[command(mut_arg("user", |a| a.hide(true)))]
     Dlq {
         #[command(flatten)]
         connection: ops::Connection,
         #[command(subcommand)]
         command: ops::DlqCommand,
     },
+    Completion(completion::CompletionArgs),
+    Man(completion::ManArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -99,6 +115,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History { connection, args } => ops::history(&connection, args).await,
         Command::Show { connection, args } => ops::show(&connection, args).await,
         Command::Dlq { connection, command } => ops::dlq(&connection, command).await,
+        Command::Completion(args) => completion::completion(args),
+        Command::Man(args) => completion::man(args),
     }
 }
 
@@ -107,7 +125,7 @@ impl Command {
     pub fn json(&self) -> bool {
         use ops::Json;
         match self {
-            Command::Copy(_) | Command::Serve(_) => false,
+            Command::Copy(_) | Command::Serve(_) | Command::Completion(_) | Command::Man(_) => false,
             Command::Config(args) => args.json(),
             Command::Status { args, .. } => args.json(),
             Command::Promote { args, .. } => args.json(),
@@ -122,9 +140,9 @@ impl Command {
 }
 
 /// Logs go to stderr: warnings only for one-shot commands, info for the server; as JSON lines
-/// with `FERRY_LOG_FORMAT=json`. The server
-/// logs a line per webhook, so its lines are buffered and written by a background thread
-/// ([`log`]); the returned guard writes out the rest when dropped.
+/// with `FERRY_LOG_FORMAT=json`. The server logs a line per webhook, so its lines are buffered
+/// and written by a background thread ([`log`]); the returned guard writes out the rest when
+/// dropped.
 pub fn init_tracing(verbose: u8, server: bool) -> Option<log::FlushGuard<std::io::Stderr>> {
     let default = match verbose {
         0 if server => "info",
@@ -159,4 +177,54 @@ pub fn init_tracing(verbose: u8, server: bool) -> Option<log::FlushGuard<std::io
     let (writer, guard) = log::batched(std::io::stderr(), log::FLUSH_EVERY);
     builder.with_writer(writer).init();
     Some(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every subcommand, with its path (`ferry dlq redrive`).
+    fn commands(command: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        for sub in command.get_subcommands() {
+            let sub_path = format!("{path} {}", sub.get_name());
+            commands(sub, sub_path.clone(), out);
+            out.push((sub_path, sub.clone()));
+        }
+    }
+
+    #[test]
+    fn every_command_argument_and_option_is_described() {
+        let mut root = Cli::command();
+        root.build();
+        let mut all = vec![("ferry".to_string(), root.clone())];
+        commands(&root, "ferry".into(), &mut all);
+        let mut undescribed = Vec::new();
+        for (path, command) in &all {
+            if command.get_about().is_none() && command.get_name() != "help" {
+                undescribed.push(format!("{path}: no description"));
+            }
+            for arg in command.get_arguments().filter(|a| !a.is_hide_set()) {
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    undescribed.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+        }
+        assert!(undescribed.is_empty(), "without a description: {undescribed:#?}");
+    }
+
+    #[test]
+    fn user_is_offered_only_by_commands_that_record_who_acted() {
+        let mut root = Cli::command();
+        root.build();
+        let mut all = Vec::new();
+        commands(&root, "ferry".into(), &mut all);
+        let with_user: Vec<&str> = all
+            .iter()
+            .filter(|(_, c)| c.get_arguments().any(|a| a.get_id() == "user" && !a.is_hide_set()))
+            .map(|(path, _)| path.as_str())
+            .collect();
+        assert_eq!(with_user, ["ferry promote", "ferry approve", "ferry reject", "ferry rollback"]);
+    }
 }

@@ -137,6 +137,7 @@ fn ops_failure(e: ferry_core::ops::OpsError) -> Failure {
 
 #[derive(Debug, Args)]
 pub struct PromoteArgs {
+    /// The pipeline (its `name` in the configuration).
     pipeline: String,
     /// A tag or digest, as found in the stage's source (the previous stage's target).
     #[arg(value_parser = reference_arg)]
@@ -164,7 +165,9 @@ pub struct ApproveArgs {
 
 #[derive(Debug, Args)]
 pub struct RejectArgs {
+    /// The promotion id (from `ferry status`).
     id: String,
+    /// Why, recorded with the rejection and shown by `ferry history`.
     #[arg(long)]
     reason: Option<String>,
     /// Print JSON: the rejected promotion's record.
@@ -174,7 +177,9 @@ pub struct RejectArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The pipeline (its `name` in the configuration).
     pipeline: String,
+    /// The stage to roll back.
     stage: String,
     /// Roll back to this digest (it must have run in the stage) instead of the previous one.
     #[arg(long, value_name = "DIGEST", value_parser = digest_arg)]
@@ -186,10 +191,14 @@ pub struct RollbackArgs {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    /// The pipeline (its `name` in the configuration).
     pipeline: String,
+    /// Only promotions into this stage.
     stage: Option<String>,
+    /// At most this many promotions, newest first.
     #[arg(long, default_value_t = 20)]
     limit: usize,
+    /// Print JSON.
     #[arg(long)]
     json: bool,
 }
@@ -208,11 +217,13 @@ pub struct ShowArgs {
 pub enum DlqCommand {
     /// Jobs that failed too often, with their last error.
     List {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Put a dead-lettered job back in the queue.
     Redrive {
+        /// The dead-lettered job's id (from `ferry dlq list`).
         id: String,
         #[command(flatten)]
         wait: WaitArgs,

@@ -24,9 +24,11 @@ use ferry_core::worker::Worker;
 /// name SQS and DynamoDB.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Configuration file (TOML); see examples/quickstart/ferry.toml.
+    /// Configuration file (TOML); see examples/quickstart/ferry.toml and docs/CONFIGURATION.md.
+    /// Required, from this option or FERRY_CONFIG (not marked required so that usage lines do not
+    /// ask for what the environment gives).
     #[arg(long, short, value_name = "FILE", env = "FERRY_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
 
     /// Listen here instead of `server.listen`.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -44,7 +46,8 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut config = Config::load(&args.config)?;
+    let path = args.config.context("say which configuration to serve: --config FILE or FERRY_CONFIG=FILE")?;
+    let mut config = Config::load(&path)?;
     // `*_arn` secrets are read once, here, and kept in memory only.
     config.read_secrets().await?;
     let config = Arc::new(config);
