@@ -231,7 +231,12 @@ pub struct Worker {
     /// loop in [`Worker::run`] wakes them on time, the sweep catches what a restart forgot.
     timers: std::sync::Mutex<BinaryHeap<Reverse<(i64, String)>>>,
     timer_added: tokio::sync::Notify,
+    /// One turn per (pipeline, stage); see [`Worker::stage_turn`].
+    stage_turns: std::sync::Mutex<HashMap<(String, String), StageTurn>>,
 }
+
+/// Held while a promotion or rollback of one stage runs (see [`Worker::stage_turn`]).
+type StageTurn = Arc<tokio::sync::Mutex<()>>;
 
 impl Worker {
     pub fn new(config: Arc<Config>, queue: Arc<dyn JobQueue>, ledger: Arc<dyn Ledger>) -> Result<Self, String> {
@@ -304,6 +309,7 @@ impl Worker {
             notifiers,
             timers: std::sync::Mutex::new(BinaryHeap::new()),
             timer_added: tokio::sync::Notify::new(),
+            stage_turns: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -509,7 +515,9 @@ impl Worker {
                 })
                 .await;
                 let mut promotion = None;
+                let turn = self.stage_turn(&job.pipeline, &job.stage).await;
                 let result = self.promote(job, job_id, attempt, &mut promotion).await;
+                drop(turn);
                 let outcome = result.unwrap_or_else(|error| Outcome::Failed { error, promotion: promotion.clone() });
                 let record = self.job_record(job_id, attempt, &outcome, promotion).await;
                 self.record_job(record).await;
@@ -519,6 +527,20 @@ impl Worker {
                 self.deployment_reported(job).await.unwrap_or_else(|error| Outcome::Failed { error, promotion: None })
             }
         }
+    }
+
+    /// Waits until no other promotion or rollback of `pipeline`'s `stage` runs in this process.
+    /// Each one moves the stage's tag, reads it back and records the stage's current digest:
+    /// two at once read each other's tag (a digest mismatch, retried until dead-lettered) and
+    /// could leave the ledger naming one digest while the tag names another, and two jobs of
+    /// one promotion could both copy it. The Lambda worker gets the same from its SQS FIFO
+    /// group (`pipeline/stage`); a lease is renewed while its job waits here.
+    async fn stage_turn(&self, pipeline: &str, stage: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self.stage_turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            turns.entry((pipeline.to_string(), stage.to_string())).or_default().clone()
+        };
+        turn.lock_owned().await
     }
 
     /// What `outcome` means to the person who asked for the job (see [`JobState`]).
@@ -754,7 +776,7 @@ impl Worker {
             .digest
             .parse()
             .map_err(|e| WorkError::permanent(format!("the ledger holds an invalid digest: {e}")))?;
-        match self.rollback(&record.pipeline, &record.stage, Some(&digest), Some("rollback_on_failure")).await {
+        match self.rollback_in_turn(&record.pipeline, &record.stage, Some(&digest), Some("rollback_on_failure")).await {
             Ok(rollback) => Ok(Outcome::Done(format!(
                 "{}: deploy_failed: {why}; rolled back to {digest} ({})",
                 record.id, rollback.id
@@ -1140,6 +1162,19 @@ impl Worker {
     /// Re-points `stage` to an earlier digest already in its target repository, tags it, and
     /// notifies. Returns the record of the rollback.
     pub async fn rollback(
+        &self,
+        pipeline_name: &str,
+        stage_name: &str,
+        to: Option<&Digest>,
+        by: Option<&str>,
+    ) -> Result<PromotionRecord, WorkError> {
+        let _turn = self.stage_turn(pipeline_name, stage_name).await;
+        self.rollback_in_turn(pipeline_name, stage_name, to, by).await
+    }
+
+    /// [`Worker::rollback`] for a caller that holds the stage's turn already (a promotion whose
+    /// deployment failed rolls back within its own turn).
+    async fn rollback_in_turn(
         &self,
         pipeline_name: &str,
         stage_name: &str,
