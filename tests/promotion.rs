@@ -603,7 +603,10 @@ fn a_job_the_worker_keeps_dying_on_is_dead_lettered_visibly_and_redrives() {
     server.cli("dlq").args(["redrive", &id_of(&letter)]).run().success();
     wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
     assert_digest_exact(&dev, "1.0", &digest);
-    assert_eq!(promotion(&server, "dev", &digest)["state"], "succeeded");
+    // The tag lands a moment before the worker records the promotion as succeeded.
+    wait_until("the ledger says succeeded", Duration::from_secs(30), &server, || {
+        (promotion(&server, "dev", &digest)["state"] == "succeeded").then_some(())
+    });
     assert_eq!(
         state_when_dead, "dead_lettered",
         "while its job sat in the dead-letter store, the ledger said the promotion was {state_when_dead}"

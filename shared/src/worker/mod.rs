@@ -23,7 +23,7 @@ pub use gates::counted_approvers;
 pub use registries::{RegistryCredential, RegistrySettings};
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -92,7 +92,12 @@ pub struct Worker {
     /// loop in [`Worker::run`] wakes them on time, the sweep catches what a restart forgot.
     timers: std::sync::Mutex<BinaryHeap<Reverse<(i64, String)>>>,
     timer_added: tokio::sync::Notify,
+    /// One turn per (pipeline, stage); see [`Worker::stage_turn`].
+    stage_turns: std::sync::Mutex<HashMap<(String, String), StageTurn>>,
 }
+
+/// Held while a promotion or rollback of one stage runs (see [`Worker::stage_turn`]).
+type StageTurn = Arc<tokio::sync::Mutex<()>>;
 impl Worker {
     /// A worker for `config`; fails when the configuration names something it cannot set up
     /// (an unreadable CA file, an unset secret, a kubeconfig that does not load).
@@ -109,6 +114,7 @@ impl Worker {
             notices,
             timers: std::sync::Mutex::new(BinaryHeap::new()),
             timer_added: tokio::sync::Notify::new(),
+            stage_turns: std::sync::Mutex::new(HashMap::new()),
         })
     }
     pub fn config(&self) -> &Config {
@@ -221,7 +227,9 @@ impl Worker {
                 })
                 .await;
                 let mut promotion = None;
+                let turn = self.stage_turn(&job.pipeline, &job.stage).await;
                 let result = self.promote(job, job_id, attempt, &mut promotion).await;
+                drop(turn);
                 let outcome = result.unwrap_or_else(|error| Outcome::Failed { error, promotion: promotion.clone() });
                 let record = self.job_record(job_id, attempt, &outcome, promotion).await;
                 self.record_job(record).await;
@@ -232,6 +240,20 @@ impl Worker {
             }
         }
     }
+    /// Waits until no other promotion or rollback of `pipeline`'s `stage` runs in this process.
+    /// Each one moves the stage's tag, reads it back and records the stage's current digest:
+    /// two at once read each other's tag (a digest mismatch, retried until dead-lettered) and
+    /// could leave the ledger naming one digest while the tag names another, and two jobs of
+    /// one promotion could both copy it. The Lambda worker gets the same from its SQS FIFO
+    /// group (`pipeline/stage`); a lease is renewed while its job waits here.
+    async fn stage_turn(&self, pipeline: &str, stage: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self.stage_turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            turns.entry((pipeline.to_string(), stage.to_string())).or_default().clone()
+        };
+        turn.lock_owned().await
+    }
+
     /// What `outcome` means to the person who asked for the job (see [`JobState`]).
     async fn job_record(&self, job_id: &str, attempt: u32, outcome: &Outcome, promotion: Option<String>) -> JobRecord {
         let mut record = JobRecord {

@@ -16,6 +16,19 @@ impl Worker {
         to: Option<&Digest>,
         by: Option<&str>,
     ) -> Result<PromotionRecord, WorkError> {
+        let _turn = self.stage_turn(pipeline_name, stage_name).await;
+        self.rollback_in_turn(pipeline_name, stage_name, to, by).await
+    }
+
+    /// [`Worker::rollback`] for a caller that holds the stage's turn already (a promotion whose
+    /// deployment failed rolls back within its own turn).
+    pub(super) async fn rollback_in_turn(
+        &self,
+        pipeline_name: &str,
+        stage_name: &str,
+        to: Option<&Digest>,
+        by: Option<&str>,
+    ) -> Result<PromotionRecord, WorkError> {
         let (pipeline, _, stage) = self.stage_of(pipeline_name, stage_name)?;
         let history = self.ledger.environment_history(pipeline_name, stage_name, 100).await?;
         let current = history

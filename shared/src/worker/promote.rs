@@ -188,7 +188,7 @@ impl Worker {
             .digest
             .parse()
             .map_err(|e| WorkError::permanent(format!("the ledger holds an invalid digest: {e}")))?;
-        match self.rollback(&record.pipeline, &record.stage, Some(&digest), Some("rollback_on_failure")).await {
+        match self.rollback_in_turn(&record.pipeline, &record.stage, Some(&digest), Some("rollback_on_failure")).await {
             Ok(rollback) => Ok(Outcome::Done(format!(
                 "{}: deploy_failed: {why}; rolled back to {digest} ({})",
                 record.id, rollback.id
