@@ -635,6 +635,27 @@ fn unknown_tag_fails_naming_repository_and_tag() {
     assert_nothing_pushed(&dst, "prod/app", "1.0");
 }
 
+/// With `--json`, a failed copy is one JSON document on stdout too, as for every command.
+#[test]
+fn with_json_a_failed_copy_is_a_json_error_on_stdout() {
+    let src = Registry::plain();
+    let dst = Registry::plain();
+    let run = ferry_copy()
+        .arg("--json")
+        .args(src.transport_args())
+        .args(dst.transport_args())
+        .arg(src.reference("team/app:no-such-tag"))
+        .arg(dst.reference("prod/app:1.0"))
+        .timeout(Duration::from_secs(90))
+        .run();
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    let answer: serde_json::Value = serde_json::from_str(run.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {}", run.stdout));
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("team/app") && message.contains("no-such-tag"), "{answer}");
+    assert_eq!(answer["error"]["class"], "failed", "{answer}");
+}
+
 #[test]
 fn destination_without_tag_reuses_the_source_tag() {
     let src = Registry::plain();

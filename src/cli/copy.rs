@@ -205,6 +205,13 @@ async fn show_progress(progress: Arc<Progress>) {
     }
 }
 
+impl CopyArgs {
+    /// `--json`: the result, and an error, as one JSON document on stdout.
+    pub fn json(&self) -> bool {
+        self.json
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

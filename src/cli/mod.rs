@@ -125,7 +125,8 @@ impl Command {
     pub fn json(&self) -> bool {
         use ops::Json;
         match self {
-            Command::Copy(_) | Command::Serve(_) | Command::Completion(_) | Command::Man(_) => false,
+            Command::Copy(args) => args.json(),
+            Command::Serve(_) | Command::Completion(_) | Command::Man(_) => false,
             Command::Config(args) => args.json(),
             Command::Status { args, .. } => args.json(),
             Command::Promote { args, .. } => args.json(),
