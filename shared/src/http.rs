@@ -51,7 +51,7 @@ pub fn router(intake: Arc<Intake>) -> Router {
 }
 
 async fn healthz(State(intake): State<Arc<Intake>>) -> Response {
-    match intake.queue.check().await {
+    match intake.queue.ready().await {
         Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response(),
         Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "unavailable", "error": e.to_string()})),
     }

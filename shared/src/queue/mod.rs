@@ -135,6 +135,12 @@ pub trait JobQueue: Send + Sync + 'static {
     fn dead_letters(&self) -> QueueFuture<'_, Vec<DeadLetter>>;
     /// Moves a dead letter back to ready with receive_count reset; returns whether it existed.
     fn redrive(&self, id: &str) -> QueueFuture<'_, bool>;
-    /// Cheap readiness probe for /healthz.
+    /// Proves the queue would take a job now (a round trip; the SQLite queue writes a probe row).
     fn check(&self) -> QueueFuture<'_, ()>;
+    /// Readiness for `/healthz`: [`JobQueue::check`], or an answer from recent evidence where
+    /// a backend has it (the SQLite queue, from a commit made durable a moment ago, so the probe
+    /// does not wait behind a flood's batches).
+    fn ready(&self) -> QueueFuture<'_, ()> {
+        self.check()
+    }
 }
