@@ -202,3 +202,36 @@ fn a_replayed_generic_signature_is_refused_in_any_spelling_and_after_a_restart()
     assert_eq!(status, 401, "a replay after a restart passed: {reply}");
     server.kill();
 }
+
+/// An authenticated sender's push that Ferry cannot read, or that no pipeline takes, is logged
+/// with the reason it was answered — "why did my push not promote?" has an answer in the log.
+#[test]
+fn refused_and_ignored_pushes_are_logged_with_their_reason() {
+    let port = free_port();
+    let (build, target) = (Registry::plain(), Registry::plain());
+    let mut server = FerryServer::start(port, &config(&build, &target), &[("E2E_DISTRIBUTION_SECRET", SECRET)]);
+    let post = |body: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Content-Type: application/json"])
+            .args(["-H", &format!("X-Ferry-Secret: {SECRET}"), "--data-binary", body])
+            .arg(server.url("/hooks/distribution"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(post("{\"events\": [ {"), "400");
+    let elsewhere = format!(
+        r#"{{"events":[{{"action":"push","target":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","repository":"other/app","tag":"1.0"}},"request":{{"host":"{}"}}}}]}}"#,
+        "a".repeat(64),
+        build.host()
+    );
+    assert_eq!(post(&elsewhere), "200");
+    server.wait_for_log("webhook ignored", Duration::from_secs(10));
+    server.kill();
+    let log = server.log();
+    let refused = log.lines().find(|l| l.contains("webhook refused")).unwrap_or_else(|| panic!("{log}"));
+    assert!(refused.contains("sender=\"distribution\"") || refused.contains("sender=distribution"), "{refused}");
+    let ignored = log.lines().find(|l| l.contains("webhook ignored")).unwrap_or_default();
+    assert!(ignored.contains("other/app"), "the reason names what matched nothing: {ignored}");
+    assert!(queued_jobs(&server).is_empty());
+}

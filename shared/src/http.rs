@@ -125,18 +125,24 @@ async fn hook(
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     let json_like = media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"));
     if !json_like {
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected a JSON body (Content-Type application/json), got `{content_type}`"),
-        );
+        let why = format!("expected a JSON body (Content-Type application/json), got `{content_type}`");
+        tracing::warn!(sender = sender.as_str(), reason = %why, "webhook refused");
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, why);
     }
     let delivery = header(&headers, "x-github-delivery");
     let parsed = match intake::parse(sender, &body, delivery) {
         Ok(parsed) => parsed,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            // An authenticated sender whose payload Ferry cannot read: the operator needs to know.
+            tracing::warn!(sender = sender.as_str(), reason = %e, "webhook refused");
+            return error(StatusCode::BAD_REQUEST, e.to_string());
+        }
     };
     let (matched, unmatched_reason): (Vec<(NewJob, QueuedJob)>, String) = match parsed {
-        Parsed::Ignored(reason) => return reply(StatusCode::OK, json!({ "status": "ignored", "reason": reason })),
+        Parsed::Ignored(reason) => {
+            tracing::info!(sender = sender.as_str(), reason = %reason, "webhook ignored");
+            return reply(StatusCode::OK, json!({ "status": "ignored", "reason": reason }));
+        }
         Parsed::Requests(requests) => {
             let mut jobs = Vec::new();
             let mut unmatched = Vec::new();
@@ -153,7 +159,10 @@ async fn hook(
                 let definition = build.definition_name.or(build.definition_id).unwrap_or_else(|| "?".into());
                 (jobs, format!("no pipeline is bound to build definition `{definition}`"))
             }
-            Err(why) => return error(StatusCode::BAD_REQUEST, why),
+            Err(why) => {
+                tracing::warn!(sender = sender.as_str(), reason = %why, "webhook refused");
+                return error(StatusCode::BAD_REQUEST, why);
+            }
         },
         Parsed::Deployment(report) => match intake.jobs_for_deployment(&auth.scope, &report) {
             Ok(jobs) => (jobs, String::new()),
@@ -161,6 +170,8 @@ async fn hook(
         },
     };
     if matched.is_empty() {
+        // "Why did my push not promote?" — answered in the log as well as to the sender.
+        tracing::info!(sender = sender.as_str(), reason = %unmatched_reason, "webhook ignored");
         return reply(StatusCode::OK, json!({ "status": "ignored", "reason": unmatched_reason }));
     }
     let (new_jobs, jobs): (Vec<NewJob>, Vec<QueuedJob>) = matched.into_iter().unzip();
