@@ -6,7 +6,6 @@
 mod moto;
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::{Value, json};
@@ -57,23 +56,8 @@ fn serve_queues_into_sqs_and_operator_commands_open_the_same_stores() {
     let server = FerryServer::start(free_port(), &config(&queue_url, &table), &env_refs);
 
     let digest = format!("sha256:{}", "ab".repeat(32));
-    let body =
-        serde_json::to_vec(&json!({ "repository": "build.example:5000/shop/api", "tag": "1.0", "digest": digest }))
-            .unwrap();
-    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
-    let signature = ferry_core::intake::verify::generic_signature(SECRET.as_bytes(), &timestamp, &body);
-    let (status, answer): (u16, Value) = runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(server.url("/hooks/generic"))
-            .header("Content-Type", "application/json")
-            .header("X-Ferry-Timestamp", timestamp)
-            .header("X-Ferry-Signature", signature)
-            .body(body)
-            .send()
-            .await
-            .expect("ferry answers");
-        (response.status().as_u16(), response.json().await.unwrap())
-    });
+    let (status, answer) = server
+        .post_generic(SECRET, &json!({ "repository": "build.example:5000/shop/api", "tag": "1.0", "digest": digest }));
     assert_eq!(status, 202, "{answer:#}\n{}", server.log());
     // SQS cannot say whether the send was a duplicate: the answer says `null`, not a guess.
     assert_eq!(answer["jobs"][0]["duplicate"], Value::Null, "{answer:#}");

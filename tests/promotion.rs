@@ -1464,22 +1464,8 @@ fn show_follows_a_job_to_its_promotion_and_every_command_speaks_json() {
 
     // A job id from a webhook's answer leads to its promotion too.
     let second = push(&source, "2.0", &[100_000]);
-    let body = serde_json::to_vec(&json!({ "repository": format!("{}/{REPO}", source.host()), "tag": "2.0" })).unwrap();
-    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
-    let signature = ferry_core::intake::verify::generic_signature(GENERIC_SECRET.as_bytes(), &timestamp, &body);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let answer: Value = runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(server.url("/hooks/generic"))
-            .header("Content-Type", "application/json")
-            .header("X-Ferry-Timestamp", timestamp)
-            .header("X-Ferry-Signature", signature)
-            .body(body)
-            .send()
-            .await
-            .expect("ferry answers");
-        response.json().await.unwrap()
-    });
+    let (_, answer) = server
+        .post_generic(GENERIC_SECRET, &json!({ "repository": format!("{}/{REPO}", source.host()), "tag": "2.0" }));
     let hook_job = answer["jobs"][0]["id"].as_str().unwrap_or_else(|| panic!("{answer:#}")).to_string();
     let shown = wait_until("the webhook's job reached its promotion", Duration::from_secs(60), &server, || {
         let run = server.cli("show").args([&hook_job, "--json"]).run();

@@ -139,6 +139,32 @@ impl FerryServer {
         ferry(subcommand).args(["--server", &self.url("")]).args(["--token", token]).timeout(Duration::from_secs(30))
     }
 
+    /// Posts `body` to `/hooks/generic` signed with `secret` as a CI job would
+    /// (`X-Ferry-Timestamp`, `X-Ferry-Signature`); Ferry's status and JSON answer.
+    pub fn post_generic(&self, secret: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let body = serde_json::to_vec(body).expect("JSON body");
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs()
+            .to_string();
+        let signature = ferry_core::intake::verify::generic_signature(secret.as_bytes(), &timestamp, &body);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let response = reqwest::Client::new()
+                .post(self.url("/hooks/generic"))
+                .header("Content-Type", "application/json")
+                .header("X-Ferry-Timestamp", timestamp)
+                .header("X-Ferry-Signature", signature)
+                .body(body)
+                .send()
+                .await
+                .expect("ferry answers");
+            let status = response.status().as_u16();
+            (status, response.json().await.unwrap_or(serde_json::Value::Null))
+        })
+    }
+
     /// Waits until the log contains `needle`; panics with the log after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
