@@ -5,6 +5,7 @@ use super::{Delivered, GateResult, Outcome, Worker, now_ms};
 use crate::config::{Pipeline, RepoName, Stage};
 use crate::deploy::{Deployment, NoopNotifier, NotifyError};
 use crate::error::WorkError;
+use crate::failpoint::{self, Point};
 use crate::intake::{Build, PromotionRequest, Sender};
 use crate::job::PromotionJob;
 use crate::ledger::{DeploymentRecord, EnvironmentEntry, PromotionRecord, PromotionState, promotion_id};
@@ -225,6 +226,7 @@ impl Worker {
         if report.digest != digest.as_str() {
             return Err(WorkError::transient(format!("copy produced {} instead of {digest}", report.digest)));
         }
+        failpoint::hit(Point::AfterTagBeforeLedger).await;
         tracing::info!(
             digest = %digest, bytes = report.bytes_transferred, copied = report.blobs_copied,
             mounted = report.blobs_mounted, skipped = report.blobs_skipped, "copied to {target}"
@@ -334,6 +336,7 @@ impl Worker {
         if index + 1 >= pipeline.stages.len() {
             return Ok(());
         }
+        failpoint::hit(Point::BeforeNextStageEnqueue).await;
         let job = self.job_for(pipeline, index + 1, record, format!("previous-stage:{}", record.stage), None);
         self.queue.enqueue(vec![job.to_new_job()]).await?;
         Ok(())
