@@ -11,7 +11,7 @@ use crate::job::PromotionJob;
 use crate::ledger::{DeploymentRecord, EnvironmentEntry, PromotionRecord, PromotionState, promotion_id};
 use crate::registry::client::pull_scope;
 use crate::registry::reference::ImageRef;
-use crate::registry::{CopyOptions, Digest, Location, Progress, Tag, copy};
+use crate::registry::{CopyError, CopyOptions, Digest, Location, Progress, Tag, copy};
 
 impl Worker {
     pub(super) async fn promote(
@@ -305,9 +305,18 @@ impl Worker {
     ) -> Result<(Digest, Option<Digest>), WorkError> {
         let client = self.registries.client(&source.registry).await?;
         let scope = vec![pull_scope(&source.repository)];
-        let by_tag = match &request.tag {
-            Some(tag) => client.head_manifest(&source.repository, tag, &scope).await?,
-            None => None,
+        let by_tag = match (&request.tag, &request.digest) {
+            // Only the tag names the image: hash the manifest the tag serves rather than trust
+            // a `Docker-Content-Digest` header, which a broken registry or proxy can get wrong
+            // (`get_manifest` refuses bytes that do not match the header it is sent with).
+            (Some(tag), None) => match client.get_manifest(&source.repository, tag).await {
+                Ok(manifest) => Some(manifest.digest),
+                Err(CopyError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+            // The event names the digest (checked below); the tag's header only says whether it moved.
+            (Some(tag), Some(_)) => client.head_manifest(&source.repository, tag, &scope).await?,
+            (None, _) => None,
         };
         match (&request.digest, by_tag) {
             (Some(digest), tag_now) => {
