@@ -94,10 +94,23 @@ fn wait_until<T>(what: &str, timeout: Duration, server: &FerryServer, mut probe:
 /// the promotion that put it there (the tag is written before the record: a test that acts on
 /// the ledger right after seeing the tag would race the worker).
 fn wait_for_tag(server: &FerryServer, registry: &Registry, tag: &str, digest: &str, timeout: Duration) {
+    wait_for_tag_behind(server, registry, registry.host(), tag, digest, timeout);
+}
+
+/// [`wait_for_tag`] for a stage whose configured target host is `target_host` (a proxy in front
+/// of `registry`): the ledger names the configured target, the image is read from `registry`.
+fn wait_for_tag_behind(
+    server: &FerryServer,
+    registry: &Registry,
+    target_host: &str,
+    tag: &str,
+    digest: &str,
+    timeout: Duration,
+) {
     wait_until(&format!("{}/{REPO}:{tag} is {digest}", registry.host()), timeout, server, || {
         registry.client().manifest_when_ready(REPO, tag).filter(|m| m.digest == digest).map(|_| ())
     });
-    let target = format!("{}/{REPO}", registry.host());
+    let target = format!("{target_host}/{REPO}");
     wait_until(&format!("the ledger records {digest} promoted to {target}"), timeout, server, || {
         history(server, None)
             .iter()
@@ -497,7 +510,7 @@ fn permanently_failing_target_dead_letters_then_redrives() {
     broken.set_fault(Fault::PassThrough);
     let redriven = server.cli("dlq").args(["redrive", &id]).run();
     assert!(redriven.success().contains("back in the queue"), "{}", redriven.stdout);
-    wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
+    wait_for_tag_behind(&server, &dev, broken.host(), "dev", &digest, Duration::from_secs(60));
     assert_digest_exact(&dev, "1.0", &digest);
     assert_eq!(server.cli("dlq").args(["list", "--json"]).run().json(), json!([]));
     let record = promotion(&server, "dev", &digest);
@@ -509,17 +522,19 @@ fn permanently_failing_target_dead_letters_then_redrives() {
 fn a_copy_longer_than_the_visibility_timeout_runs_once_and_is_not_dead_lettered() {
     let port = free_port();
     let build = Registry::plain();
-    let slow = FaultyProxy::start(&build, Fault::SlowBlobs(Duration::from_millis(3_500)));
+    let slow = FaultyProxy::start(&build, Fault::SlowBlobs(Duration::from_millis(7_000)));
     let dev = Registry::plain();
+    // A 2 s lease renewed every 2/3 s: a renewal may come more than a second late on a busy
+    // machine without the job being delivered again (a 1 s lease left only ~0.7 s of slack).
     let server = start_ferry(
         port,
         slow.host(),
         &[("dev", dev.host(), "auto")],
-        "[worker]\nvisibility_secs = 1\nmax_attempts = 3\n",
+        "[worker]\nvisibility_secs = 2\nmax_attempts = 3\n",
     );
     let digest = push(&build, "1.0", &[300_000]);
 
-    // Every blob takes 3.5 s to arrive: the copy outlives three visibility timeouts, and the
+    // Every blob takes 7 s to arrive: the copy outlives three visibility timeouts, and the
     // worker must keep its lease on the job meanwhile.
     server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--user", "alice"]).run().success();
     wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));
