@@ -6,7 +6,6 @@
 mod moto;
 mod support;
 
-
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde_json::{Value, json};
 use support::registry::free_port;

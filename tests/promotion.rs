@@ -520,17 +520,19 @@ fn permanently_failing_target_dead_letters_then_redrives() {
 fn a_copy_longer_than_the_visibility_timeout_runs_once_and_is_not_dead_lettered() {
     let port = free_port();
     let build = Registry::plain();
-    let slow = FaultyProxy::start(&build, Fault::SlowBlobs(Duration::from_millis(3_500)));
+    let slow = FaultyProxy::start(&build, Fault::SlowBlobs(Duration::from_millis(7_000)));
     let dev = Registry::plain();
+    // A 2 s lease renewed every 2/3 s: a renewal may come more than a second late on a busy
+    // machine without the job being delivered again (a 1 s lease left only ~0.7 s of slack).
     let server = start_ferry(
         port,
         slow.host(),
         &[("dev", dev.host(), "auto")],
-        "[worker]\nvisibility_secs = 1\nmax_attempts = 3\n",
+        "[worker]\nvisibility_secs = 2\nmax_attempts = 3\n",
     );
     let digest = push(&build, "1.0", &[300_000]);
 
-    // Every blob takes 3.5 s to arrive: the copy outlives three visibility timeouts, and the
+    // Every blob takes 7 s to arrive: the copy outlives three visibility timeouts, and the
     // worker must keep its lease on the job meanwhile.
     server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--user", "alice"]).run().success();
     wait_for_tag(&server, &dev, "dev", &digest, Duration::from_secs(60));

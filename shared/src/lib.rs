@@ -5,6 +5,7 @@ pub mod config_check;
 pub mod deploy;
 pub mod error;
 pub mod escape;
+pub mod failpoint;
 pub mod http;
 pub mod intake;
 pub mod job;

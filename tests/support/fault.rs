@@ -39,9 +39,31 @@ pub enum Fault {
     /// Every blob GET is held this long before it is forwarded: a slow registry, so that a
     /// copy takes at least this long.
     SlowBlobs(Duration),
+    /// The first `n` manifest and blob requests are answered 500, 502 and 503 in turn (an
+    /// OCI error body); later ones pass.
+    Statuses(usize),
+    /// The first `n` manifest and blob requests are answered `429 Too Many Requests` with
+    /// `Retry-After: 1`; later ones pass.
+    TooManyRequests(usize),
+    /// The first GET of every blob sends [`CUT_AFTER`] bytes (half the blob when smaller), then
+    /// nothing more, without closing: a stalled transfer. Later attempts pass.
+    StallBlobsOnce,
+    /// The first GET of every manifest ends after half its bytes (Content-Length unmet).
+    TruncatedManifestsOnce,
+    /// Every manifest response (GET, HEAD, PUT) names a wrong `Docker-Content-Digest`: the one
+    /// set with [`FaultyProxy::set_lie`], else all zeros. The bytes are the registry's own.
+    WrongDigest,
+    /// The proxy plays the registry's token service (`/token` on its own origin, announced by
+    /// a `401` bearer challenge on `/v2/`): the first `n` token requests fail with 503.
+    TokenFailsThenPasses(usize),
+    /// Like [`Fault::TokenFailsThenPasses`], every token request fails.
+    TokenAlwaysFails,
     /// Nothing injected: every request passes through unchanged.
     PassThrough,
 }
+
+/// The bearer token the proxy's token service hands out.
+const PROXY_TOKEN: &str = "fault-proxy-token";
 
 /// The proxy, serving on its own thread and runtime until dropped.
 pub struct FaultyProxy {
@@ -61,6 +83,11 @@ struct Stats {
     /// When the 503 was served, then how long until the next manifest request.
     manifest_503_at: Mutex<Option<Instant>>,
     manifest_retry_gap: Mutex<Option<Duration>>,
+    /// Every fault injected, of any kind.
+    injected: AtomicUsize,
+    /// Requests counted by [`Fault::Statuses`] and [`Fault::TooManyRequests`].
+    failed_requests: AtomicUsize,
+    token_requests: AtomicUsize,
 }
 
 struct Proxy {
@@ -69,6 +96,9 @@ struct Proxy {
     client: reqwest::Client,
     blobs_seen: Mutex<HashSet<String>>,
     manifest_fault_spent: AtomicBool,
+    manifests_seen: Mutex<HashSet<String>>,
+    lie: Mutex<Option<String>>,
+    host: String,
     stats: Arc<Stats>,
 }
 
@@ -88,6 +118,9 @@ impl FaultyProxy {
                 .expect("proxy upstream client"),
             blobs_seen: Mutex::new(HashSet::new()),
             manifest_fault_spent: AtomicBool::new(false),
+            manifests_seen: Mutex::new(HashSet::new()),
+            lie: Mutex::new(None),
+            host: host.clone(),
             stats: stats.clone(),
         });
         let proxy_handle = proxy.clone();
@@ -116,6 +149,16 @@ impl FaultyProxy {
     /// [`Fault::PassThrough`]).
     pub fn set_fault(&self, fault: Fault) {
         *self.proxy.fault.lock().expect("fault lock") = fault;
+    }
+
+    /// The digest [`Fault::WrongDigest`] claims.
+    pub fn set_lie(&self, digest: &str) {
+        *self.proxy.lie.lock().expect("lie lock") = Some(digest.to_string());
+    }
+
+    /// Faults of every kind injected so far.
+    pub fn injected(&self) -> usize {
+        self.stats.injected.load(Ordering::SeqCst)
     }
 
     /// Requests answered with an injected 500 so far.
@@ -177,6 +220,52 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
     if fault == Fault::ServerErrors {
         return internal_server_error(&proxy.stats);
     }
+    let token_failures = match fault {
+        Fault::TokenFailsThenPasses(n) => Some(n),
+        Fault::TokenAlwaysFails => Some(usize::MAX),
+        _ => None,
+    };
+    if let Some(failures) = token_failures {
+        if path == "/token" {
+            if proxy.stats.token_requests.fetch_add(1, Ordering::SeqCst) < failures {
+                proxy.stats.injected.fetch_add(1, Ordering::SeqCst);
+                return oci_error(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", "token service unavailable", None);
+            }
+            let token = serde_json::json!({ "token": PROXY_TOKEN, "access_token": PROXY_TOKEN, "expires_in": 300 });
+            return Response::builder()
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(token.to_string()))
+                .expect("token response");
+        }
+        let bearer = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if path.starts_with("/v2") && bearer != Some(&format!("Bearer {PROXY_TOKEN}")) {
+            let mut response = oci_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required", None);
+            let challenge = format!("Bearer realm=\"http://{}/token\",service=\"fault-proxy\"", proxy.host);
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.parse().expect("challenge header"));
+            return response;
+        }
+    }
+    let registry_request = path.contains("/manifests/") || is_blob_path(&path);
+    if let Fault::Statuses(n) | Fault::TooManyRequests(n) = fault
+        && registry_request
+        && proxy.stats.failed_requests.load(Ordering::SeqCst) < n
+    {
+        let count = proxy.stats.failed_requests.fetch_add(1, Ordering::SeqCst);
+        if count < n {
+            proxy.stats.injected.fetch_add(1, Ordering::SeqCst);
+            return match fault {
+                Fault::TooManyRequests(_) => {
+                    oci_error(StatusCode::TOO_MANY_REQUESTS, "TOOMANYREQUESTS", "slow down", Some("1"))
+                }
+                _ => {
+                    let status =
+                        [StatusCode::INTERNAL_SERVER_ERROR, StatusCode::BAD_GATEWAY, StatusCode::SERVICE_UNAVAILABLE]
+                            [count % 3];
+                    oci_error(status, "UNKNOWN", "injected failure", None)
+                }
+            };
+        }
+    }
     if let Fault::SlowBlobs(delay) = fault
         && parts.method == Method::GET
         && is_blob_path(&path)
@@ -200,6 +289,10 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
         Err(e) => return bad_gateway(format!("reading request body: {e}")),
     };
     let mut headers = parts.headers.clone();
+    // The upstream registry has no auth of its own: the proxy's token stays with the proxy.
+    if token_failures.is_some() {
+        headers.remove(header::AUTHORIZATION);
+    }
     // `Host` is kept, as a reverse proxy does: the registry builds absolute upload `Location`s
     // from it, and Ferry follows a `Location` only on the origin it talks to (the proxy).
     for name in [header::CONTENT_LENGTH, header::CONNECTION, header::TRANSFER_ENCODING] {
@@ -224,15 +317,37 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
         && match fault {
             Fault::TransientFailures => proxy.blobs_seen.lock().expect("blobs_seen lock").insert(path.clone()),
             Fault::BlobsAlwaysCut => true,
-            Fault::CorruptBlobs | Fault::ServerErrors | Fault::SlowBlobs(_) | Fault::PassThrough => false,
+            _ => false,
         };
     let corrupt = blob_get && fault == Fault::CorruptBlobs;
+    let stall = blob_get
+        && fault == Fault::StallBlobsOnce
+        && proxy.blobs_seen.lock().expect("blobs_seen lock").insert(path.clone());
+    let truncate = parts.method == Method::GET
+        && status == StatusCode::OK
+        && path.contains("/manifests/")
+        && fault == Fault::TruncatedManifestsOnce
+        && proxy.manifests_seen.lock().expect("manifests_seen lock").insert(path.clone());
 
     let mut response = Response::builder().status(status);
-    copy_response_headers(upstream.headers(), response.headers_mut().expect("builder headers"));
-    let body = if cut {
+    let headers = response.headers_mut().expect("builder headers");
+    copy_response_headers(upstream.headers(), headers);
+    if fault == Fault::WrongDigest && path.contains("/manifests/") && headers.contains_key("docker-content-digest") {
+        let lie = proxy.lie.lock().expect("lie lock").clone();
+        let lie = lie.unwrap_or_else(|| format!("sha256:{}", "0".repeat(64)));
+        headers.insert("docker-content-digest", lie.parse().expect("digest header"));
+        proxy.stats.injected.fetch_add(1, Ordering::SeqCst);
+    }
+    let length = upstream.content_length().unwrap_or(0) as usize;
+    let body = if stall {
+        proxy.stats.injected.fetch_add(1, Ordering::SeqCst);
+        Body::from_stream(stall_after(upstream.bytes_stream(), CUT_AFTER.min(length / 2)))
+    } else if truncate {
+        proxy.stats.injected.fetch_add(1, Ordering::SeqCst);
+        Body::from_stream(cut_after(upstream.bytes_stream(), length / 2))
+    } else if cut {
+        proxy.stats.injected.fetch_add(1, Ordering::SeqCst);
         proxy.stats.blob_cuts.fetch_add(1, Ordering::SeqCst);
-        let length = upstream.content_length().unwrap_or(0) as usize;
         let limit = CUT_AFTER.min(length / 2);
         Body::from_stream(cut_after(upstream.bytes_stream(), limit))
     } else if corrupt {
@@ -274,6 +389,25 @@ fn internal_server_error(stats: &Stats) -> Response {
             r#"{"errors":[{"code":"UNKNOWN","message":"internal server error (injected by the test proxy)"}]}"#,
         ))
         .expect("500 response")
+}
+
+fn oci_error(status: StatusCode, code: &str, message: &str, retry_after: Option<&str>) -> Response {
+    let mut response = Response::builder().status(status).header(header::CONTENT_TYPE, "application/json");
+    if let Some(seconds) = retry_after {
+        response = response.header(header::RETRY_AFTER, seconds);
+    }
+    let body = serde_json::json!({ "errors": [{ "code": code, "message": format!("{message} (injected by the test proxy)") }] });
+    response.body(Body::from(body.to_string())).expect("error response")
+}
+
+/// Pass `limit` bytes of `upstream`, then nothing, never ending: a stalled transfer.
+fn stall_after(
+    upstream: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+    limit: usize,
+) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    cut_after(upstream, limit)
+        .take_while(|chunk| futures_util::future::ready(chunk.is_ok()))
+        .chain(futures_util::stream::pending())
 }
 
 fn bad_gateway(message: String) -> Response {

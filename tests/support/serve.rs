@@ -130,6 +130,15 @@ impl FerryServer {
         self.wait_healthy();
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable for the next
+    /// [`FerryServer::restart`] (e.g. disarms `FERRY_FAILPOINTS` after a planned crash).
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.envs.retain(|(k, _)| k != key);
+        if let Some(value) = value {
+            self.envs.push((key.to_string(), value.to_string()));
+        }
+    }
+
     /// `ferry SUBCOMMAND --server URL --token TOKEN`: the operator CLI pointed at this server.
     pub fn cli(&self, subcommand: &str) -> FerryCommand {
         let token = self

@@ -25,6 +25,7 @@ use super::layout::OciLayout;
 use super::manifest::{Descriptor, ImageIndex, Manifest, OCI_INDEX};
 use super::reference::{Digest, Location, RegistryRef, Tag};
 use super::throughput::{StalledSide, TransferMeter};
+use crate::failpoint::{self, Point};
 
 /// How a copy behaves.
 #[derive(Clone, Debug)]
@@ -210,6 +211,7 @@ pub async fn copy(
     let engine = Engine { src, dst, options: options.clone(), progress, counters: Counters::default() };
     let mut copied = HashSet::new();
     let manifests = engine.copy_tree(&root, &mut copied).await?;
+    failpoint::hit(Point::AfterCopyBeforeTag).await;
     engine.push_root(&root, dst_tag.as_ref()).await?;
     for tag in &options.extra_tags {
         if Some(tag) != dst_tag.as_ref() {
@@ -299,8 +301,18 @@ impl Engine {
         self.progress.bytes_total.fetch_add(blobs.iter().map(|b| b.size).sum(), Ordering::Relaxed);
         // Boxed as `Send` futures: the closure's borrowed futures otherwise defeat rustc's Send
         // inference when a copy runs inside a spawned task (the worker).
-        let transfers: Vec<futures_util::future::BoxFuture<'_, Result<BlobOutcome, CopyError>>> =
-            blobs.iter().map(|blob| Box::pin(self.copy_blob(blob)) as _).collect();
+        let transfers: Vec<futures_util::future::BoxFuture<'_, Result<BlobOutcome, CopyError>>> = blobs
+            .iter()
+            .map(|blob| {
+                Box::pin(async move {
+                    let outcome = self.copy_blob(blob).await?;
+                    if matches!(outcome, BlobOutcome::Copied(_)) {
+                        failpoint::hit(Point::AfterBlobCopied).await;
+                    }
+                    Ok(outcome)
+                }) as _
+            })
+            .collect();
         futures_util::stream::iter(transfers)
             .buffer_unordered(self.options.jobs.max(1))
             .try_for_each(|outcome| {

@@ -5,12 +5,13 @@ use super::{Delivered, GateResult, Outcome, Worker, now_ms};
 use crate::config::{Pipeline, RepoName, Stage};
 use crate::deploy::{Deployment, NoopNotifier, NotifyError};
 use crate::error::WorkError;
+use crate::failpoint::{self, Point};
 use crate::intake::{Build, PromotionRequest, Sender};
 use crate::job::PromotionJob;
 use crate::ledger::{DeploymentRecord, EnvironmentEntry, PromotionRecord, PromotionState, promotion_id};
 use crate::registry::client::pull_scope;
 use crate::registry::reference::ImageRef;
-use crate::registry::{CopyOptions, Digest, Location, Progress, Tag, copy};
+use crate::registry::{CopyError, CopyOptions, Digest, Location, Progress, Tag, copy};
 
 impl Worker {
     pub(super) async fn promote(
@@ -225,6 +226,7 @@ impl Worker {
         if report.digest != digest.as_str() {
             return Err(WorkError::transient(format!("copy produced {} instead of {digest}", report.digest)));
         }
+        failpoint::hit(Point::AfterTagBeforeLedger).await;
         tracing::info!(
             digest = %digest, bytes = report.bytes_transferred, copied = report.blobs_copied,
             mounted = report.blobs_mounted, skipped = report.blobs_skipped, "copied to {target}"
@@ -303,9 +305,18 @@ impl Worker {
     ) -> Result<(Digest, Option<Digest>), WorkError> {
         let client = self.registries.client(&source.registry).await?;
         let scope = vec![pull_scope(&source.repository)];
-        let by_tag = match &request.tag {
-            Some(tag) => client.head_manifest(&source.repository, tag, &scope).await?,
-            None => None,
+        let by_tag = match (&request.tag, &request.digest) {
+            // Only the tag names the image: hash the manifest the tag serves rather than trust
+            // a `Docker-Content-Digest` header, which a broken registry or proxy can get wrong
+            // (`get_manifest` refuses bytes that do not match the header it is sent with).
+            (Some(tag), None) => match client.get_manifest(&source.repository, tag).await {
+                Ok(manifest) => Some(manifest.digest),
+                Err(CopyError::NotFound { .. }) => None,
+                Err(e) => return Err(e.into()),
+            },
+            // The event names the digest (checked below); the tag's header only says whether it moved.
+            (Some(tag), Some(_)) => client.head_manifest(&source.repository, tag, &scope).await?,
+            (None, _) => None,
         };
         match (&request.digest, by_tag) {
             (Some(digest), tag_now) => {
@@ -334,6 +345,7 @@ impl Worker {
         if index + 1 >= pipeline.stages.len() {
             return Ok(());
         }
+        failpoint::hit(Point::BeforeNextStageEnqueue).await;
         let job = self.job_for(pipeline, index + 1, record, format!("previous-stage:{}", record.stage), None);
         self.queue.enqueue(vec![job.to_new_job()]).await?;
         Ok(())

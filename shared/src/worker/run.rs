@@ -5,6 +5,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::{Worker, now_ms};
+use crate::failpoint::{self, Point};
 
 impl Worker {
     /// Receives jobs until `shutdown` turns true, `concurrency` at a time.
@@ -45,6 +46,7 @@ impl Worker {
                 _ = shutdown.changed() => break,
                 permit = slots.clone().acquire_owned() => {
                     let permit = permit.expect("semaphore never closed");
+                    failpoint::hit(Point::BeforeReceive).await;
                     match self.queue.receive(1, visibility).await {
                         Ok(mut deliveries) if !deliveries.is_empty() => {
                             let delivery = deliveries.remove(0);
