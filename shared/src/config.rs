@@ -39,6 +39,9 @@ pub struct Config {
     pub ledger: LedgerBackend,
     /// Entra ID credentials and endpoints for the Azure notifiers (App Service).
     pub azure: Option<Azure>,
+    /// Who may call the operations API and what they may do (OIDC, static user tokens, grants).
+    #[serde(default)]
+    pub identity: crate::identity::IdentityConfig,
     /// The values of the `*_arn` secrets, filled by [`Config::read_secrets`].
     #[serde(skip)]
     pub secret_values: SecretValues,
@@ -596,6 +599,7 @@ impl Config {
         }
         config.check_backends().map_err(|message| ConfigError::File { path: path.to_string(), message })?;
         config.check_secrets().map_err(|message| ConfigError::File { path: path.to_string(), message })?;
+        config.identity.check().map_err(|message| ConfigError::File { path: path.to_string(), message })?;
         if let Some(azure) = &config.azure {
             for (key, value) in
                 [("authority_host", &azure.authority_host), ("resource_manager", &azure.resource_manager)]

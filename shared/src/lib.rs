@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod error;
 pub mod escape;
 pub mod http;
+pub mod identity;
 pub mod intake;
 pub mod job;
 #[cfg(feature = "lambda")]

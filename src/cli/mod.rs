@@ -5,6 +5,7 @@ mod copy;
 mod log;
 pub mod ops;
 pub(crate) mod serve;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -84,6 +85,8 @@ pub enum Command {
         #[command(subcommand)]
         command: ops::DlqCommand,
     },
+    /// Static user tokens for [[identity.users]].
+    Token(token::TokenArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -99,6 +102,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History { connection, args } => ops::history(&connection, args).await,
         Command::Show { connection, args } => ops::show(&connection, args).await,
         Command::Dlq { connection, command } => ops::dlq(&connection, command).await,
+        Command::Token(args) => token::run(args),
     }
 }
 
@@ -107,7 +111,7 @@ impl Command {
     pub fn json(&self) -> bool {
         use ops::Json;
         match self {
-            Command::Copy(_) | Command::Serve(_) => false,
+            Command::Copy(_) | Command::Serve(_) | Command::Token(_) => false,
             Command::Config(args) => args.json(),
             Command::Status { args, .. } => args.json(),
             Command::Promote { args, .. } => args.json(),
