@@ -166,6 +166,11 @@ fn oidc_tokens_are_checked_and_refused_with_a_reason() {
     let rotated = status(&oidc.token("victor-sub", "Victor", &[]));
     assert_eq!(rotated.json()[0]["name"], PIPELINE, "after rotation: {}", rotated.stderr);
     assert!(oidc.jwks_fetches() > fetches, "the JWKS was fetched again for the new kid");
+    // RS256 as well: the provider moves to an RSA key.
+    oidc.rotate_to(SigningKey::generate_rsa("rsa-1"));
+    std::thread::sleep(Duration::from_millis(1_100));
+    let rsa = status(&oidc.token("victor-sub", "Victor", &[]));
+    assert_eq!(rsa.json()[0]["name"], PIPELINE, "an RS256 token: {}", rsa.stderr);
     // Unknown kids in a burst do not make Ferry fetch the JWKS for each of them.
     let (before, started) = (oidc.jwks_fetches(), Instant::now());
     for i in 0..5 {

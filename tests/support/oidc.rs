@@ -1,5 +1,6 @@
 //! A fake OIDC provider for the identity tests: an axum server on 127.0.0.1:0 serving a
-//! discovery document and a JWKS, minting REAL ES256-signed JWTs with keys generated here.
+//! discovery document and a JWKS, minting REAL signed JWTs (ES256 with a P-256 key generated
+//! here, or RS256 with an RSA key `openssl` generates).
 //! Its key can be rotated (the JWKS then serves only the new key) and it counts JWKS fetches.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use super::azure::Background;
 /// A signing key and the JWK that publishes it.
 pub struct SigningKey {
     pub kid: String,
+    alg: Algorithm,
     encoding: EncodingKey,
     jwk: Value,
 }
@@ -35,12 +37,51 @@ impl SigningKey {
             "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": kid,
             "x": b64(&point[1..33]), "y": b64(&point[33..65]),
         });
-        SigningKey { kid: kid.into(), encoding: EncodingKey::from_ec_der(pkcs8.as_ref()), jwk }
+        SigningKey { kid: kid.into(), alg: Algorithm::ES256, encoding: EncodingKey::from_ec_der(pkcs8.as_ref()), jwk }
+    }
+
+    /// An RS256 key: a 2048-bit RSA key from `openssl genpkey`, as PKCS#1 DER, and its modulus.
+    pub fn generate_rsa(kid: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for the RSA key");
+        let pem = dir.path().join("key.pem");
+        let der = dir.path().join("key.der");
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new("openssl").args(args).output().expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let os = |s: &'static str| std::ffi::OsStr::new(s);
+        openssl(&[
+            os("genpkey"),
+            os("-algorithm"),
+            os("RSA"),
+            os("-pkeyopt"),
+            os("rsa_keygen_bits:2048"),
+            os("-out"),
+            pem.as_os_str(),
+        ]);
+        openssl(&[
+            os("rsa"),
+            os("-in"),
+            pem.as_os_str(),
+            os("-traditional"),
+            os("-outform"),
+            os("DER"),
+            os("-out"),
+            der.as_os_str(),
+        ]);
+        let modulus = openssl(&[os("rsa"), os("-in"), pem.as_os_str(), os("-noout"), os("-modulus")]);
+        let modulus = hex::decode(modulus.trim().trim_start_matches("Modulus=")).expect("hex modulus");
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        // openssl genpkey's public exponent is 65537.
+        let jwk = json!({ "kty": "RSA", "alg": "RS256", "use": "sig", "kid": kid, "n": b64(&modulus), "e": "AQAB" });
+        let encoding = EncodingKey::from_rsa_der(&std::fs::read(&der).expect("read the DER key"));
+        SigningKey { kid: kid.into(), alg: Algorithm::RS256, encoding, jwk }
     }
 
     /// A JWT over `claims`, signed with this key, naming `kid` in its header.
     pub fn sign(&self, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::ES256);
+        let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("sign a JWT")
     }
@@ -90,7 +131,12 @@ impl FakeOidcProvider {
 
     /// A new key replaces the old one in the JWKS; tokens are signed with it from now on.
     pub fn rotate(&self, kid: &str) -> Arc<SigningKey> {
-        let key = Arc::new(SigningKey::generate(kid));
+        self.rotate_to(SigningKey::generate(kid))
+    }
+
+    /// Like [`FakeOidcProvider::rotate`], to `key`.
+    pub fn rotate_to(&self, key: SigningKey) -> Arc<SigningKey> {
+        let key = Arc::new(key);
         *self.published.keys.lock().unwrap() = vec![key.jwk.clone()];
         *self.key.lock().unwrap() = key.clone();
         key
