@@ -290,6 +290,150 @@ fn approvals_count_authenticated_subjects_and_roles_are_enforced() {
         server.log().lines().find(|l| l.contains("action=\"approve\"") && l.contains("bob-sub")).map(String::from);
     let bob_audit = bob_audit.expect("an audit line for bob's approval");
     assert!(bob_audit.contains("channel=\"oidc\"") && bob_audit.contains("verified=true"), "{bob_audit}");
+
+    // /metrics: for viewers only; a webhook from an unconfigured sender is counted by answer.
+    assert_eq!(post(server.port(), "/hooks/generic"), 401);
+    assert_eq!(get(server.port(), "/metrics", None).0, 401, "no token, no metrics");
+    let (status, text) = get(server.port(), "/metrics", Some(&victor));
+    assert_eq!(status, 200, "{text}");
+    let samples = parse_prometheus(&text);
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        samples
+            .iter()
+            .find(|s| s.0 == name && labels.iter().all(|(k, v)| s.1.iter().any(|(sk, sv)| sk == k && sv == v)))
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
+            .2
+    };
+    assert!(
+        value("ferry_promotion_jobs_total", &[("pipeline", PIPELINE), ("stage", "dev"), ("result", "promoted")]) >= 2.0
+    );
+    assert!(value("ferry_promotion_jobs_total", &[("stage", "prod"), ("result", "parked")]) >= 2.0);
+    let count = value("ferry_promotion_job_duration_seconds_count", &[("pipeline", PIPELINE), ("stage", "dev")]);
+    assert_eq!(value("ferry_promotion_job_duration_seconds_bucket", &[("stage", "dev"), ("le", "+Inf")]), count);
+    assert_eq!(value("ferry_webhooks_total", &[("sender", "generic"), ("answer", "401")]), 1.0);
+    assert_eq!(value("ferry_dead_letters", &[]), 0.0);
+}
+
+/// A metric sample: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// A raw HTTP/1.1 request to the server; its status and body.
+fn request(port: u16, head: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to ferry serve");
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "{head}Host: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    request(port, &format!("GET {path} HTTP/1.1\r\n{auth}"))
+}
+
+fn post(port: u16, path: &str) -> u16 {
+    request(port, &format!("POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 0\r\n")).0
+}
+
+/// Parses the Prometheus text format strictly: every line a `# HELP`/`# TYPE` comment or a
+/// sample `name{label="value",…} number` of a family declared by a preceding `# TYPE`; panics on
+/// anything else.
+fn parse_prometheus(text: &str) -> Vec<Sample> {
+    let is_name = |n: &str| {
+        !n.is_empty()
+            && n.chars()
+                .enumerate()
+                .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
+    };
+    let mut typed: Vec<(String, String)> = Vec::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# ") {
+            let mut parts = rest.splitn(3, ' ');
+            let (kind, name, what) = (parts.next().unwrap(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            assert!(is_name(name), "bad metric name in {line:?}");
+            match kind {
+                "HELP" => {}
+                "TYPE" => {
+                    assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&what), "{line:?}");
+                    assert!(!typed.iter().any(|(n, _)| n == name), "TYPE twice for {name}");
+                    typed.push((name.to_string(), what.to_string()));
+                }
+                _ => panic!("unknown comment {line:?}"),
+            }
+            continue;
+        }
+        assert!(!line.trim().is_empty(), "empty line in the exposition");
+        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value in {line:?}"));
+        let name = &line[..name_end];
+        assert!(is_name(name), "bad sample name in {line:?}");
+        let mut labels = Vec::new();
+        let mut rest = &line[name_end..];
+        if let Some(inner) = rest.strip_prefix('{') {
+            let mut chars = inner.char_indices().peekable();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                if c == '}' {
+                    end = Some(i);
+                    break;
+                }
+                let key_start = i;
+                let mut key_end = i;
+                let mut c = c;
+                while c != '=' {
+                    let (j, next) = chars.next().unwrap_or_else(|| panic!("unterminated label in {line:?}"));
+                    key_end = j;
+                    c = next;
+                }
+                let key = &inner[key_start..key_end];
+                assert!(is_name(key), "bad label name {key:?} in {line:?}");
+                assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "label value not quoted in {line:?}");
+                let mut value = String::new();
+                loop {
+                    match chars.next().unwrap_or_else(|| panic!("unterminated value in {line:?}")).1 {
+                        '\\' => match chars.next().map(|(_, c)| c) {
+                            Some('\\') => value.push('\\'),
+                            Some('"') => value.push('"'),
+                            Some('n') => value.push('\n'),
+                            other => panic!("bad escape {other:?} in {line:?}"),
+                        },
+                        '"' => break,
+                        c => value.push(c),
+                    }
+                }
+                labels.push((key.to_string(), value));
+                if chars.peek().map(|(_, c)| *c) == Some(',') {
+                    chars.next();
+                }
+            }
+            let end = end.unwrap_or_else(|| panic!("unterminated labels in {line:?}"));
+            rest = &inner[end + 1..];
+        }
+        let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("no space before the value in {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().unwrap_or_else(|_| panic!("bad value {v:?} in {line:?}")),
+        };
+        let family = typed
+            .iter()
+            .find(|(n, kind)| {
+                n == name
+                    || (kind == "histogram"
+                        && [format!("{n}_bucket"), format!("{n}_sum"), format!("{n}_count")].iter().any(|s| s == name))
+            })
+            .unwrap_or_else(|| panic!("sample {name} has no preceding # TYPE"));
+        if family.1 == "histogram" && name.ends_with("_bucket") {
+            assert!(labels.iter().any(|(k, _)| k == "le"), "a bucket without le: {line:?}");
+        }
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
 }
 
 /// `ferry token hash --generate` makes a token whose printed hash the server accepts.

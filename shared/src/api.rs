@@ -63,6 +63,7 @@ pub fn router_with_identity(ops: Arc<Operations>, token: Option<Secret>, identit
         .route("/api/dlq/{id}/redrive", post(redrive))
         .route("/api/jobs/{id}", get(job))
         .route("/api/show/{id}", get(show))
+        .route("/metrics", get(metrics))
         .with_state(Arc::new(ApiState { ops, token, identity }))
 }
 
@@ -413,4 +414,15 @@ async fn show(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): 
         Ok(shown) => ok(shown),
         Err(e) => e.into_response(),
     }
+}
+
+/// `GET /metrics` (Prometheus text format), for callers with the viewer role anywhere.
+async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    if let Err(r) = authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
+        return r.into_response();
+    }
+    // An unavailable queue leaves the gauge out rather than failing the whole scrape.
+    let dead_letters = state.ops.dead_letters().await.ok().map(|d| d.len());
+    let text = crate::metrics::render(dead_letters);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }

@@ -12,6 +12,7 @@ pub mod job;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod ledger;
+pub mod metrics;
 pub mod ops;
 pub mod person;
 pub mod queue;
