@@ -455,7 +455,9 @@ fn generated_static_token_is_accepted_by_its_hash() {
          [[identity.users]]\nname = \"robot\"\ntoken_hash = \"{hash}\"\n\
          [[identity.grants]]\nsubject = \"robot\"\nrole = \"viewer\"\n"
     );
-    let server = FerryServer::start(free_port(), &config, &[]);
+    let metrics_port = free_port();
+    let metrics_listen = format!("metrics_listen = \"127.0.0.1:{metrics_port}\"");
+    let server = FerryServer::start_with_server_keys(free_port(), &metrics_listen, &config, &[], None);
     let status = cli(&server, "status", &token).arg("--json").run();
     assert!(status.json().as_array().is_some(), "{}", status.stderr);
     let error = refused(cli(&server, "status", &format!("{token}x")).arg("--json").run());
@@ -463,4 +465,11 @@ fn generated_static_token_is_accepted_by_its_hash() {
     // Without an operator token there is no break-glass: a viewer cannot redrive.
     let error = refused(cli(&server, "dlq", &token).args(["redrive", "some-job", "--json", "--user", "robot"]).run());
     assert_eq!(error["class"], "forbidden", "{error:#}");
+
+    // server.metrics_listen serves /metrics without a token, and nothing else.
+    let (status, text) = get(metrics_port, "/metrics", None);
+    assert_eq!(status, 200, "{text}");
+    let samples = parse_prometheus(&text);
+    assert!(samples.iter().any(|s| s.0 == "ferry_dead_letters" && s.2 == 0.0), "{text}");
+    assert_eq!(get(metrics_port, "/api/status", Some(&token)).0, 404, "the metrics listener serves no API");
 }

@@ -421,8 +421,19 @@ async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Resp
     if let Err(r) = authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
         return r.into_response();
     }
+    scrape(&state.ops).await
+}
+
+async fn scrape(ops: &Operations) -> Response {
     // An unavailable queue leaves the gauge out rather than failing the whole scrape.
-    let dead_letters = state.ops.dead_letters().await.ok().map(|d| d.len());
+    let dead_letters = ops.dead_letters().await.ok().map(|d| d.len());
     let text = crate::metrics::render(dead_letters);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+/// `GET /metrics` without authentication, for `server.metrics_listen` (a private address).
+pub fn metrics_router(ops: Arc<Operations>) -> Router {
+    Router::new()
+        .route("/metrics", get(|State(ops): State<Arc<Operations>>| async move { scrape(&ops).await }))
+        .with_state(ops)
 }

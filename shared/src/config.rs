@@ -121,6 +121,9 @@ pub struct Server {
     /// Serve `/api/*` on this address only (e.g. a private interface), so that webhooks can face
     /// the internet while operations do not. Without it, `/api/*` shares `listen`.
     pub api_listen: Option<SocketAddr>,
+    /// Serve `GET /metrics` without authentication on this address only (a private interface
+    /// for the scraper). Without it, `/metrics` is on the operations API for viewers.
+    pub metrics_listen: Option<SocketAddr>,
     /// Connections served at once per listener; one more is answered 503 and closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -155,6 +158,7 @@ impl Default for Server {
             operator_token_env: None,
             operator_token_arn: None,
             api_listen: None,
+            metrics_listen: None,
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout(),
             body_timeout_secs: default_body_timeout(),

@@ -85,6 +85,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let metrics_listener = match config.server.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on server.metrics_listen = {addr} (in use?)"))?,
+        ),
+        None => None,
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let run_worker = config.worker.enabled && !args.no_worker;
     let worker_task = run_worker.then(|| tokio::spawn(worker.clone().run(stopped.clone())));
@@ -101,6 +109,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            eprintln!("ferry: metrics on http://{}/metrics", listener.local_addr()?);
+            let metrics = ferry_core::api::metrics_router(Arc::new(Operations::new(worker.clone())));
+            Some(tokio::spawn(server::serve(listener, metrics, limits, until_stopped(stopped.clone()))))
+        }
+        None => None,
+    };
     let signals = tokio::spawn(async move {
         shutdown().await;
         let _ = stop.send(true);
@@ -108,6 +124,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     server::serve(listener, app, limits, until_stopped(stopped)).await;
     signals.abort();
     if let Some(task) = api_task {
+        let _ = task.await;
+    }
+    if let Some(task) = metrics_task {
         let _ = task.await;
     }
     if let Some(task) = worker_task {
