@@ -312,6 +312,17 @@ fn approvals_count_authenticated_subjects_and_roles_are_enforced() {
     assert_eq!(value("ferry_promotion_job_duration_seconds_bucket", &[("stage", "dev"), ("le", "+Inf")]), count);
     assert_eq!(value("ferry_webhooks_total", &[("sender", "generic"), ("answer", "401")]), 1.0);
     assert_eq!(value("ferry_dead_letters", &[]), 0.0);
+    // Every job ran: once the last one is acknowledged, none waits in the queue.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = get(server.port(), "/metrics", Some(&victor));
+        let depth = parse_prometheus(&text).into_iter().find(|s| s.0 == "ferry_queue_depth").map(|s| s.2);
+        if depth == Some(0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "queue depth {depth:?} after 30 s:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A metric sample: name, labels, value.

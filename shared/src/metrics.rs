@@ -69,8 +69,9 @@ fn label_text(labels: &[(&'static str, String)], extra: Option<(&str, String)>) 
     if parts.is_empty() { String::new() } else { format!("{{{}}}", parts.join(",")) }
 }
 
-/// Everything, in the text format; `dead_letters` is the dead-letter store's size.
-pub fn render(dead_letters: Option<usize>) -> String {
+/// Everything, in the text format; `queue_depth` and `dead_letters` as the queue counts them
+/// (left out when it cannot).
+pub fn render(queue_depth: Option<u64>, dead_letters: Option<usize>) -> String {
     let f = families().lock().unwrap_or_else(|e| e.into_inner());
     let mut out = String::new();
     let _ = writeln!(out, "# HELP ferry_webhooks_total Webhooks received, by sender and HTTP answer.");
@@ -95,6 +96,11 @@ pub fn render(dead_letters: Option<usize>) -> String {
         let _ = writeln!(out, "ferry_promotion_job_duration_seconds_sum{} {}", label_text(labels, None), h.sum);
         let _ = writeln!(out, "ferry_promotion_job_duration_seconds_count{} {}", label_text(labels, None), h.count);
     }
+    if let Some(depth) = queue_depth {
+        let _ = writeln!(out, "# HELP ferry_queue_depth Jobs in the queue not done yet (waiting or in flight).");
+        let _ = writeln!(out, "# TYPE ferry_queue_depth gauge");
+        let _ = writeln!(out, "ferry_queue_depth {depth}");
+    }
     if let Some(depth) = dead_letters {
         let _ = writeln!(out, "# HELP ferry_dead_letters Jobs in the dead-letter store.");
         let _ = writeln!(out, "# TYPE ferry_dead_letters gauge");
@@ -111,7 +117,7 @@ mod tests {
     fn histogram_buckets_are_cumulative_and_labels_escaped() {
         promotion_job("unit-\"p\"", "dev", "promoted", Duration::from_millis(300));
         promotion_job("unit-\"p\"", "dev", "failed", Duration::from_secs(20));
-        let text = render(Some(3));
+        let text = render(Some(7), Some(3));
         assert!(
             text.contains(
                 "ferry_promotion_jobs_total{pipeline=\"unit-\\\"p\\\"\",stage=\"dev\",result=\"promoted\"} 1"
@@ -131,6 +137,6 @@ mod tests {
             (bucket("0.25"), bucket("0.5"), bucket("30"), bucket("+Inf")),
             ("0".into(), "1".into(), "2".into(), "2".into())
         );
-        assert!(text.contains("ferry_dead_letters 3"), "{text}");
+        assert!(text.contains("ferry_dead_letters 3") && text.contains("ferry_queue_depth 7"), "{text}");
     }
 }

@@ -564,6 +564,11 @@ impl Operations {
         Ok(Shown { promotion, approvals, job })
     }
 
+    /// Jobs not done yet, where the queue counts them (`/metrics`).
+    pub async fn queue_depth(&self) -> Option<u64> {
+        self.worker.queue().depth().await.ok().flatten()
+    }
+
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, OpsError> {
         self.worker.queue().dead_letters().await.map_err(Self::failed)
     }

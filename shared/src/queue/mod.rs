@@ -137,4 +137,9 @@ pub trait JobQueue: Send + Sync + 'static {
     fn redrive(&self, id: &str) -> QueueFuture<'_, bool>;
     /// Cheap readiness probe for /healthz.
     fn check(&self) -> QueueFuture<'_, ()>;
+    /// Jobs not done yet (waiting or in flight), for `/metrics`; `None` where the backend does
+    /// not count them.
+    fn depth(&self) -> QueueFuture<'_, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
 }
