@@ -93,6 +93,19 @@ fn probes() -> Vec<(&'static str, Probe, bool)> {
         ),
         p("azure", Probe { tables: "[azure]\nzz_probe = 1", ..Probe::default() }),
         p("notices", Probe { tables: "[[notices]]\nkind = \"slack\"\nzz_probe = 1", ..Probe::default() }),
+        p("identity", Probe { tables: "[identity]\nzz_probe = 1", ..Probe::default() }),
+        p(
+            "identity.oidc",
+            Probe {
+                tables: "[[identity.oidc]]\nissuer = \"https://idp.example\"\naudience = \"a\"\nzz_probe = 1",
+                ..Probe::default()
+            },
+        ),
+        p(
+            "identity.users",
+            Probe { tables: "[[identity.users]]\nname = \"n\"\ntoken_hash = \"h\"\nzz_probe = 1", ..Probe::default() },
+        ),
+        p("identity.grants", Probe { tables: "[[identity.grants]]\nrole = \"viewer\"\nzz_probe = 1", ..Probe::default() }),
         p("worker", Probe { tables: "[worker]\nzz_probe = 1", ..Probe::default() }),
         ("queue.sqlite", Probe { tables: "[queue]\nkind = \"sqlite\"\nzz_probe = 1", ..Probe::default() }, true),
         (

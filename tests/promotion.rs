@@ -1182,7 +1182,8 @@ fn approvals_count_people_not_spellings_and_only_allowed_approvers() {
     let record = promotion(&server, "prod", &hotfix);
     let details: Vec<&str> = record["gates"].as_array().unwrap().iter().filter_map(|g| g["detail"].as_str()).collect();
     assert!(
-        details.iter().any(|d| d.contains("bob approved") && d.contains("through the shared operator token")),
+        details.iter().any(|d| d.contains("bob approved")
+            && d.contains("through operator-token (X-Ferry-User as claimed, unverified)")),
         "the ledger says how each approval came in: {details:#?}"
     );
     assert!(details.contains(&"approved by bob, carol"), "{details:#?}");
@@ -1445,7 +1446,7 @@ fn show_follows_a_job_to_its_promotion_and_every_command_speaks_json() {
     assert_times_are_ms(&shown, "show");
     assert_eq!(shown["promotion"]["state"], "succeeded", "{shown:#}");
     assert_eq!(shown["approvals"][0]["by"], "bob", "{shown:#}");
-    assert_eq!(shown["approvals"][0]["via"], "the shared operator token", "{shown:#}");
+    assert_eq!(shown["approvals"][0]["via"], "operator-token (X-Ferry-User as claimed, unverified)", "{shown:#}");
     assert!(shown["approvals"][0]["at_ms"].is_i64(), "{shown:#}");
     assert_eq!(shown["job"]["state"], "promoted", "{shown:#}");
     let gates: Vec<&str> =
@@ -1453,7 +1454,11 @@ fn show_follows_a_job_to_its_promotion_and_every_command_speaks_json() {
     assert!(gates.contains(&"approval"), "{shown:#}");
     let text = server.cli("show").arg(&id).run();
     let text = text.success();
-    assert!(text.contains("approvals (1):") && text.contains("bob  through the shared operator token"), "{text}");
+    assert!(
+        text.contains("approvals (1):")
+            && text.contains("bob  through operator-token (X-Ferry-User as claimed, unverified)"),
+        "{text}"
+    );
     assert!(text.contains("gate decisions (") && text.contains("attempts   "), "{text}");
     // On the stores directly, the same.
     let local = support::cli::ferry("show")
@@ -1547,7 +1552,11 @@ fn operator_actions_leave_an_audit_trail_in_the_log() {
     assert!(line.contains(&format!("pipeline=\"{PIPELINE}\"")) && line.contains("stage=\"dev\""), "{line}");
     let line = audit("approve", "bob", "");
     assert!(line.contains(&format!("promotion=\"{id}\"")) && line.contains("stage=\"prod\""), "{line}");
-    assert!(line.contains("result=\"ok: 1 of 1 approvals: released") && line.contains("via the shared"), "{line}");
+    assert!(line.contains("result=\"ok: 1 of 1 approvals: released") && line.contains("via operator-token"), "{line}");
+    assert!(
+        line.contains("channel=\"operator-token\"") && line.contains("verified=false"),
+        "break-glass is recorded as such: {line}"
+    );
     let line = audit("reject", "carol", "");
     assert!(line.contains(&format!("promotion=\"{pending}\"")) && line.contains("smoke test failed"), "{line}");
     assert!(line.contains("result=\"ok: rejected\""), "{line}");

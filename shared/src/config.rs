@@ -43,6 +43,9 @@ pub struct Config {
     /// when it is decided.
     #[serde(default)]
     pub notices: Vec<crate::notices::NoticeChannel>,
+    /// Who may call the operations API and what they may do (OIDC, static user tokens, grants).
+    #[serde(default)]
+    pub identity: crate::identity::IdentityConfig,
     /// The values of the `*_arn` secrets, filled by [`Config::read_secrets`].
     #[serde(skip)]
     pub secret_values: SecretValues,
@@ -122,6 +125,9 @@ pub struct Server {
     /// Serve `/api/*` on this address only (e.g. a private interface), so that webhooks can face
     /// the internet while operations do not. Without it, `/api/*` shares `listen`.
     pub api_listen: Option<SocketAddr>,
+    /// Serve `GET /metrics` without authentication on this address only (a private interface
+    /// for the scraper). Without it, `/metrics` is on the operations API for viewers.
+    pub metrics_listen: Option<SocketAddr>,
     /// Connections served at once per listener; one more is answered 503 and closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -159,6 +165,7 @@ impl Default for Server {
             operator_token_env: None,
             operator_token_arn: None,
             api_listen: None,
+            metrics_listen: None,
             max_connections: default_max_connections(),
             header_timeout_secs: default_header_timeout(),
             body_timeout_secs: default_body_timeout(),
@@ -627,6 +634,7 @@ impl Config {
         let file = |message| (None, message);
         errors.extend(config.check_backends().err().map(file));
         errors.extend(config.check_secrets().into_iter().map(file));
+        errors.extend(config.identity.check().err().map(file));
         if let Some(azure) = &config.azure {
             for (key, value) in
                 [("authority_host", &azure.authority_host), ("resource_manager", &azure.resource_manager)]

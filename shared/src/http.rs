@@ -92,6 +92,18 @@ async fn hook(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let response = answer_hook(intake, sender, url_token, headers, body).await;
+    crate::metrics::webhook(sender.as_str(), response.status().as_u16());
+    response
+}
+
+async fn answer_hook(
+    intake: Arc<Intake>,
+    sender: Sender,
+    url_token: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(auth) = intake.senders.get(&sender) else {
         tracing::warn!(sender = sender.as_str(), "webhook for a sender that is not configured");
         return error(

@@ -7,11 +7,13 @@ pub mod error;
 pub mod escape;
 pub mod failpoint;
 pub mod http;
+pub mod identity;
 pub mod intake;
 pub mod job;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod ledger;
+pub mod metrics;
 pub mod notices;
 pub mod ops;
 pub mod person;

@@ -64,7 +64,7 @@ pub struct Approved {
 pub struct ApprovalSeen {
     pub by: String,
     pub at_ms: i64,
-    /// E.g. "the shared operator token"; `None` for approvals recorded by older versions.
+    /// E.g. "oidc (Alice)", "operator-token (…, unverified)"; `None` for older approvals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
 }
@@ -146,6 +146,8 @@ struct Audit<'a> {
     pipeline: &'a str,
     stage: &'a str,
     promotion: &'a str,
+    /// How the request reached Ferry (e.g. "oidc (Alice)", "operator-token (… unverified)").
+    via: &'a str,
 }
 
 impl Audit<'_> {
@@ -159,6 +161,9 @@ impl Audit<'_> {
             pipeline = self.pipeline,
             stage = self.stage,
             promotion = self.promotion,
+            channel = channel_of(self.via),
+            verified = !self.via.starts_with(crate::identity::Channel::OperatorToken.as_str()),
+            via = self.via,
             detail,
             result,
             "audit: {} by {}",
@@ -166,6 +171,11 @@ impl Audit<'_> {
             self.who
         );
     }
+}
+
+/// The channel word a `via` starts with (`oidc`, `user-token`, `operator-token`, …).
+fn channel_of(via: &str) -> &str {
+    via.split(' ').next().unwrap_or(via)
 }
 
 /// An operation's result as the audit line says it.
@@ -290,10 +300,11 @@ impl Operations {
         reference: &str,
         stage: &str,
         by: Option<&str>,
+        via: &str,
     ) -> Result<String, OpsError> {
         let result = self.promote_unaudited(pipeline, reference, stage, by).await;
         // The promotion id is known once the worker resolved the reference: the job leads to it.
-        let audit = Audit { action: "promote", who: by.unwrap_or("-"), pipeline, stage, promotion: "-" };
+        let audit = Audit { action: "promote", who: by.unwrap_or("-"), pipeline, stage, promotion: "-", via };
         audit.log(&format!("reference {reference}"), &audit_result(&result, |job| format!("queued job {job}")));
         result
     }
@@ -319,7 +330,7 @@ impl Operations {
         let mut seen = None;
         let result = self.approve_unaudited(id, by, via, &mut seen).await;
         let (pipeline, stage) = seen.as_ref().map_or(("-", "-"), |r| (r.pipeline.as_str(), r.stage.as_str()));
-        let audit = Audit { action: "approve", who: by, pipeline, stage, promotion: id };
+        let audit = Audit { action: "approve", who: by, pipeline, stage, promotion: id, via };
         let result_text = audit_result(&result, |a| {
             let counted = if a.already_counted { "already counted, " } else { "" };
             let released = match &a.job {
@@ -405,11 +416,17 @@ impl Operations {
         Ok(Approved { promotion, approvals: counted, required, released, job, already_counted: false })
     }
 
-    pub async fn reject(&self, id: &str, by: &str, reason: Option<&str>) -> Result<PromotionRecord, OpsError> {
+    pub async fn reject(
+        &self,
+        id: &str,
+        by: &str,
+        reason: Option<&str>,
+        via: &str,
+    ) -> Result<PromotionRecord, OpsError> {
         let mut seen = None;
         let result = self.reject_unaudited(id, by, reason, &mut seen).await;
         let (pipeline, stage) = seen.as_ref().map_or(("-", "-"), |r| (r.pipeline.as_str(), r.stage.as_str()));
-        let audit = Audit { action: "reject", who: by, pipeline, stage, promotion: id };
+        let audit = Audit { action: "reject", who: by, pipeline, stage, promotion: id, via };
         audit.log(&format!("reason {}", reason.unwrap_or("-")), &audit_result(&result, |r| state_name(r.state)));
         result
     }
@@ -455,6 +472,7 @@ impl Operations {
         stage: &str,
         to: Option<&str>,
         by: Option<&str>,
+        via: &str,
     ) -> Result<PromotionRecord, OpsError> {
         let started = now_ms();
         let from = match self.worker.ledger().environment(pipeline, stage).await {
@@ -472,7 +490,7 @@ impl Operations {
             };
         let back_to = record.as_ref().map(|r| r.digest.as_str()).or(to).unwrap_or("the previous good digest");
         let promotion = record.as_ref().map_or("-", |r| r.id.as_str());
-        let audit = Audit { action: "rollback", who: by.unwrap_or("-"), pipeline, stage, promotion };
+        let audit = Audit { action: "rollback", who: by.unwrap_or("-"), pipeline, stage, promotion, via };
         audit.log(&format!("rollback from {from} to {back_to}"), &audit_result(&result, |r| state_name(r.state)));
         result
     }
@@ -549,19 +567,24 @@ impl Operations {
         Ok(Shown { promotion, approvals, job })
     }
 
+    /// Jobs not done yet, where the queue counts them (`/metrics`).
+    pub async fn queue_depth(&self) -> Option<u64> {
+        self.worker.queue().depth().await.ok().flatten()
+    }
+
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, OpsError> {
         self.worker.queue().dead_letters().await.map_err(Self::failed)
     }
 
     /// `by` puts dead-lettered job `id` back in the queue.
-    pub async fn redrive(&self, id: &str, by: Option<&str>) -> Result<(), OpsError> {
+    pub async fn redrive(&self, id: &str, by: Option<&str>, via: &str) -> Result<(), OpsError> {
         let mut seen = None;
         let result = self.redrive_unaudited(id, &mut seen).await;
         // What the job was about, as far as the ledger knows (a job that failed before it
         // resolved its image has no promotion).
         let (pipeline, stage) = seen.as_ref().map_or(("-", "-"), |r| (r.pipeline.as_str(), r.stage.as_str()));
         let promotion = seen.as_ref().map_or("-", |r| r.id.as_str());
-        let audit = Audit { action: "redrive", who: by.unwrap_or("-"), pipeline, stage, promotion };
+        let audit = Audit { action: "redrive", who: by.unwrap_or("-"), pipeline, stage, promotion, via };
         audit.log(&format!("job {id}"), &audit_result(&result, |()| "back in the queue".to_string()));
         result
     }

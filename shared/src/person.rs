@@ -1,7 +1,8 @@
 //! The people behind operator actions, as far as Ferry can tell them apart today.
 //!
-//! With one shared operator token, the acting person is a name the caller sends
-//! (`X-Ferry-User`, `--user`). Two spellings of one name must be one person — otherwise
+//! With an identity (`[identity]`, see [`crate::identity`]) the acting person is the
+//! authenticated subject. With the shared operator token (break-glass) or the local database, it
+//! is a name the caller sends (`X-Ferry-User`, `--user`). Two spellings of one name must be one person — otherwise
 //! `alice` triggers a promotion and `Alice` and `ALICE` approve it — so names are compared in a
 //! canonical form: Unicode compatibility normalization (NFKC, which folds full-width and other
 //! look-alike presentation forms), lower case, normalized again, trimmed. Names carrying control
@@ -13,8 +14,9 @@ use unicode_normalization::UnicodeNormalization;
 pub const MAX_NAME_CHARS: usize = 128;
 
 /// How an operator action reached Ferry, recorded beside the approval.
-pub const VIA_OPERATOR_TOKEN: &str = "the shared operator token";
-pub const VIA_LOCAL_DATABASE: &str = "the local database (ferry --config)";
+/// The break-glass channel: the name is whatever `X-Ferry-User` claimed.
+pub const VIA_OPERATOR_TOKEN: &str = "operator-token (X-Ferry-User as claimed, unverified)";
+pub const VIA_LOCAL_DATABASE: &str = "local-database (ferry --config)";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {

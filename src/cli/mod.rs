@@ -6,6 +6,7 @@ mod copy;
 mod log;
 pub mod ops;
 pub(crate) mod serve;
+mod token;
 
 use clap::{Parser, Subcommand};
 
@@ -100,6 +101,8 @@ pub enum Command {
     },
     Completion(completion::CompletionArgs),
     Man(completion::ManArgs),
+    /// Static user tokens for [[identity.users]].
+    Token(token::TokenArgs),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -117,6 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq { connection, command } => ops::dlq(&connection, command).await,
         Command::Completion(args) => completion::completion(args),
         Command::Man(args) => completion::man(args),
+        Command::Token(args) => token::run(args),
     }
 }
 
@@ -126,7 +130,7 @@ impl Command {
         use ops::Json;
         match self {
             Command::Copy(args) => args.json(),
-            Command::Serve(_) | Command::Completion(_) | Command::Man(_) => false,
+            Command::Serve(_) | Command::Completion(_) | Command::Man(_) | Command::Token(_) => false,
             Command::Config(args) => args.json(),
             Command::Status { args, .. } => args.json(),
             Command::Promote { args, .. } => args.json(),

@@ -346,12 +346,13 @@ impl Backend {
         };
         match (status.as_u16(), error) {
             (200..=299, _) => value.ok_or_else(|| not_ferry().into()),
-            (401, Some(_)) => Err(Failure::new(
+            (401, Some(message)) => Err(Failure::new(
                 "unauthorized",
                 EXIT_FAILED,
                 format!(
-                    "{base} refused the operator token (401): pass the token that ferry serve reads from \
-                     server.operator_token_env, with --token or FERRY_OPERATOR_TOKEN"
+                    "{base} refused the operator token (401): {message}: pass the token that ferry serve reads from \
+                     server.operator_token_env, or your OIDC or personal token ([identity]), with --token or \
+                     FERRY_OPERATOR_TOKEN"
                 ),
             )
             .into()),
@@ -493,9 +494,10 @@ pub async fn promote(c: &Connection, args: PromoteArgs) -> anyhow::Result<()> {
             let body = json!({ "pipeline": args.pipeline, "reference": args.reference, "to": args.to });
             s(&backend.http(reqwest::Method::POST, "/api/promote", Some(body)).await?["job"]).into_owned()
         }
-        Backend::Local { ops, .. } => {
-            ops.promote(&args.pipeline, &args.reference, &args.to, Some(&user)).await.map_err(ops_failure)?
-        }
+        Backend::Local { ops, .. } => ops
+            .promote(&args.pipeline, &args.reference, &args.to, Some(&user), ferry_core::person::VIA_LOCAL_DATABASE)
+            .await
+            .map_err(ops_failure)?,
     };
     if !args.json {
         println!("queued job {job}: {} {} → {}", args.pipeline, args.reference, args.to);
@@ -636,7 +638,9 @@ pub async fn reject(c: &Connection, args: RejectArgs) -> anyhow::Result<()> {
             let path = format!("/api/promotions/{}/reject", query_value(&args.id));
             backend.http(reqwest::Method::POST, &path, Some(body)).await?
         }
-        Backend::Local { ops, .. } => to_value(ops.reject(&args.id, &user, args.reason.as_deref()).await)?,
+        Backend::Local { ops, .. } => {
+            to_value(ops.reject(&args.id, &user, args.reason.as_deref(), ferry_core::person::VIA_LOCAL_DATABASE).await)?
+        }
     };
     if args.json {
         return print_json(&record);
@@ -653,9 +657,16 @@ pub async fn rollback(c: &Connection, args: RollbackArgs) -> anyhow::Result<()> 
             let body = json!({ "pipeline": args.pipeline, "stage": args.stage, "to": args.to });
             backend.http(reqwest::Method::POST, "/api/rollback", Some(body)).await?
         }
-        Backend::Local { ops, .. } => {
-            to_value(ops.rollback(&args.pipeline, &args.stage, args.to.as_deref(), Some(&user)).await)?
-        }
+        Backend::Local { ops, .. } => to_value(
+            ops.rollback(
+                &args.pipeline,
+                &args.stage,
+                args.to.as_deref(),
+                Some(&user),
+                ferry_core::person::VIA_LOCAL_DATABASE,
+            )
+            .await,
+        )?,
     };
     if args.json {
         return print_json(&value);
@@ -831,7 +842,10 @@ pub async fn dlq(c: &Connection, command: DlqCommand) -> anyhow::Result<()> {
                     let path = format!("/api/dlq/{}/redrive", query_value(&id));
                     backend.http(reqwest::Method::POST, &path, None).await?;
                 }
-                Backend::Local { ops, user } => ops.redrive(&id, user.as_deref()).await.map_err(ops_failure)?,
+                Backend::Local { ops, user } => ops
+                    .redrive(&id, user.as_deref(), ferry_core::person::VIA_LOCAL_DATABASE)
+                    .await
+                    .map_err(ops_failure)?,
             }
             if !json {
                 println!("redriven {id}: back in the queue");

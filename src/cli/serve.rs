@@ -56,9 +56,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?.with_replay_guard(replay);
     let worker = Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone())?);
     let intake_app = router(Arc::new(intake));
-    let api_app = ferry_core::api::operator_token(&config)
-        .map_err(anyhow::Error::msg)?
-        .map(|token| ferry_core::api::router(Arc::new(Operations::new(worker.clone())), token));
+    let token = ferry_core::api::operator_token(&config).map_err(anyhow::Error::msg)?;
+    let identity = if config.identity.is_on() {
+        Some(ferry_core::identity::Authenticator::new(config.identity.clone()).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    // The API is on with an operator token (break-glass) or an identity configuration.
+    let api_app = (token.is_some() || identity.is_some())
+        .then(|| ferry_core::api::router_with_identity(Arc::new(Operations::new(worker.clone())), token, identity));
     // With `api_listen`, operations get a listener of their own and the webhook one has none.
     // Where `/api/*` is not served, it says why (rather than an empty 404 that looks like a
     // wrong URL to `ferry --server`).
@@ -82,6 +88,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let metrics_listener = match config.server.metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on server.metrics_listen = {addr} (in use?)"))?,
+        ),
+        None => None,
+    };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let run_worker = config.worker.enabled && !args.no_worker;
     let worker_task = run_worker.then(|| tokio::spawn(worker.clone().run(stopped.clone())));
@@ -98,6 +112,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
+            eprintln!("ferry: metrics on http://{}/metrics", listener.local_addr()?);
+            let metrics = ferry_core::api::metrics_router(Arc::new(Operations::new(worker.clone())));
+            Some(tokio::spawn(server::serve(listener, metrics, limits, until_stopped(stopped.clone()))))
+        }
+        None => None,
+    };
     let signals = tokio::spawn(async move {
         shutdown().await;
         let _ = stop.send(true);
@@ -105,6 +127,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     server::serve(listener, app, limits, until_stopped(stopped)).await;
     signals.abort();
     if let Some(task) = api_task {
+        let _ = task.await;
+    }
+    if let Some(task) = metrics_task {
         let _ = task.await;
     }
     if let Some(task) = worker_task {

@@ -20,6 +20,7 @@ pub struct FerryCommand {
     envs: Vec<(OsString, OsString)>,
     timeout: Duration,
     measure_memory: bool,
+    stdin: Option<Vec<u8>>,
 }
 
 /// Start a `ferry copy` invocation.
@@ -34,6 +35,7 @@ pub fn ferry(subcommand: &str) -> FerryCommand {
         envs: Vec::new(),
         timeout: Duration::from_secs(180),
         measure_memory: false,
+        stdin: None,
     }
 }
 
@@ -63,6 +65,12 @@ impl FerryCommand {
         self
     }
 
+    /// Feed `input` to ferry's stdin (else stdin is empty).
+    pub fn stdin(mut self, input: &str) -> Self {
+        self.stdin = Some(input.as_bytes().to_vec());
+        self
+    }
+
     /// Run under GNU time to learn the peak resident set size.
     pub fn measure_memory(mut self) -> Self {
         self.measure_memory = true;
@@ -87,7 +95,7 @@ impl FerryCommand {
         };
         cmd.args(&self.args)
             .env("HOME", &home)
-            .stdin(Stdio::null())
+            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
             .stdout(fs::File::create(&stdout_path).expect("stdout file"))
             .stderr(fs::File::create(&stderr_path).expect("stderr file"));
         for var in AMBIENT_AUTH_VARS {
@@ -101,6 +109,10 @@ impl FerryCommand {
 
         let started = Instant::now();
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {ferry}: {e}"));
+        if let (Some(input), Some(mut pipe)) = (&self.stdin, child.stdin.take()) {
+            use std::io::Write as _;
+            pipe.write_all(input).expect("write ferry's stdin");
+        }
         let status = loop {
             if let Some(status) = child.try_wait().expect("wait for ferry") {
                 break status;

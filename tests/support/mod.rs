@@ -15,6 +15,7 @@ pub mod kubernetes;
 pub mod lambda;
 pub mod layout;
 pub mod moto;
+pub mod oidc;
 pub mod registry;
 pub mod serve;
 pub mod terraform;

@@ -17,7 +17,13 @@ async fn main() -> Result<(), lambda::Error> {
     lambda::init_tracing();
     let (config, stores) = lambda::start().await?;
     let worker = Arc::new(Worker::new(config.clone(), stores.queue, stores.ledger)?);
-    let api = ferry_core::api::router(Arc::new(Operations::new(worker.clone())), lambda::operator_token(&config)?);
+    // `[identity]` (OIDC, static user tokens, grants) applies here as in `ferry serve`.
+    let identity = match config.identity.is_on() {
+        true => Some(ferry_core::identity::Authenticator::new(config.identity.clone())?),
+        false => None,
+    };
+    let ops = Arc::new(Operations::new(worker.clone()));
+    let api = ferry_core::api::router_with_identity(ops, Some(lambda::operator_token(&config)?), identity);
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         let (worker, api) = (worker.clone(), api.clone());
         async move {

@@ -143,4 +143,9 @@ pub trait JobQueue: Send + Sync + 'static {
     fn ready(&self) -> QueueFuture<'_, ()> {
         self.check()
     }
+    /// Jobs not done yet (waiting or in flight), for `/metrics`; `None` where the backend does
+    /// not count them.
+    fn depth(&self) -> QueueFuture<'_, Option<u64>> {
+        Box::pin(async { Ok(None) })
+    }
 }

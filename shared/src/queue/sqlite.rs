@@ -356,6 +356,15 @@ impl JobQueue for SqliteQueue {
         self.call("list dead letters", |conn, _| dead_letters(conn))
     }
 
+    fn depth(&self) -> QueueFuture<'_, Option<u64>> {
+        self.call("count jobs", |conn, _| {
+            let ready: i64 = conn
+                .prepare_cached("SELECT count(*) FROM jobs WHERE state = 'ready'")?
+                .query_row([], |row| row.get(0))?;
+            Ok(Some(ready.max(0) as u64))
+        })
+    }
+
     fn redrive(&self, id: &str) -> QueueFuture<'_, bool> {
         let id = id.to_owned();
         self.call("redrive", move |conn, batch| {
@@ -1285,6 +1294,20 @@ mod tests {
         assert_eq!(received, ids, "all jobs, in enqueue order");
         assert_eq!(deliveries[1].payload, json!({ "key": "b" }));
         assert!(deliveries.iter().all(|d| d.receive_count == 1));
+    }
+
+    #[tokio::test]
+    async fn depth_counts_waiting_and_in_flight_jobs_not_done_or_dead_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = open(&dir);
+        queue.enqueue(vec![job("a"), job("b"), job("c")]).await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), Some(3));
+        let delivered = queue.receive(2, VISIBILITY).await.unwrap();
+        assert_eq!(delivered.len(), 2);
+        assert_eq!(queue.depth().await.unwrap(), Some(3), "in flight still counts");
+        queue.ack(&delivered[0].receipt).await.unwrap();
+        queue.dead_letter(&delivered[1].receipt, "broken").await.unwrap();
+        assert_eq!(queue.depth().await.unwrap(), Some(1), "done and dead jobs do not count");
     }
 
     #[tokio::test]

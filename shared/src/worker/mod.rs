@@ -228,10 +228,14 @@ impl Worker {
                 .await;
                 let mut promotion = None;
                 let turn = self.stage_turn(&job.pipeline, &job.stage).await;
+                let started = std::time::Instant::now();
                 let result = self.promote(job, job_id, attempt, &mut promotion).await;
                 drop(turn);
                 let outcome = result.unwrap_or_else(|error| Outcome::Failed { error, promotion: promotion.clone() });
                 let record = self.job_record(job_id, attempt, &outcome, promotion).await;
+                let result = serde_json::to_value(record.state).ok();
+                let result = result.as_ref().and_then(|v| v.as_str()).unwrap_or("unknown");
+                crate::metrics::promotion_job(&job.pipeline, &job.stage, result, started.elapsed());
                 self.record_job(record).await;
                 outcome
             }
