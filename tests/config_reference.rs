@@ -105,7 +105,10 @@ fn probes() -> Vec<(&'static str, Probe, bool)> {
             "identity.users",
             Probe { tables: "[[identity.users]]\nname = \"n\"\ntoken_hash = \"h\"\nzz_probe = 1", ..Probe::default() },
         ),
-        p("identity.grants", Probe { tables: "[[identity.grants]]\nrole = \"viewer\"\nzz_probe = 1", ..Probe::default() }),
+        p(
+            "identity.grants",
+            Probe { tables: "[[identity.grants]]\nrole = \"viewer\"\nzz_probe = 1", ..Probe::default() },
+        ),
         p("worker", Probe { tables: "[worker]\nzz_probe = 1", ..Probe::default() }),
         ("queue.sqlite", Probe { tables: "[queue]\nkind = \"sqlite\"\nzz_probe = 1", ..Probe::default() }, true),
         (
