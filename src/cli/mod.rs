@@ -85,6 +85,7 @@ pub enum Command {
     },
     /// Everything about a promotion (p-…, r-…) or a job id: gate decisions, approvals (who,
     /// when, through which channel), attempts, errors, and the job's outcome.
+    #[command(mut_arg("user", |a| a.hide(true)))]
     Show {
         #[command(flatten)]
         connection: ops::Connection,
