@@ -190,6 +190,10 @@ pub struct Registry {
     /// `GetAuthorizationToken`, user `AWS`), refreshed before the token expires.
     #[serde(default)]
     pub ecr: bool,
+    /// An Azure Container Registry reached with the `[azure]` Entra ID credential: its token is
+    /// exchanged for an ACR refresh token (`/oauth2/exchange`), no password is stored.
+    #[serde(default)]
+    pub acr: bool,
     /// The registry's token service when it lives on another host (an https URL, compared with
     /// the challenge's realm without its query). Ferry refuses any other foreign realm, since
     /// the realm receives the registry's credentials. Docker Hub's `auth.docker.io` is built in.
@@ -809,6 +813,19 @@ impl Config {
                     "registries.\"{host}\": `ecr = true` takes its credentials from the AWS credential chain; remove the username and password keys"
                 ));
             }
+            if r.acr && user {
+                return Err(format!(
+                    "registries.\"{host}\": `acr = true` takes its credentials from Entra ID ([azure]); remove the username and password keys"
+                ));
+            }
+            if r.acr && r.ecr {
+                return Err(format!("registries.\"{host}\": set `acr` or `ecr`, not both"));
+            }
+            if r.acr && self.azure.is_none() {
+                return Err(format!(
+                    "registries.\"{host}\".acr: needs an [azure] table (tenant_id, client_id, and client_secret_env or a workload / managed identity): Ferry exchanges its Entra ID token for the registry's tokens"
+                ));
+            }
             if r.ecr && !cfg!(feature = "aws") {
                 return Err(format!(
                     "registries.\"{host}\".ecr: this build of Ferry has no `aws` feature; build ferry-core with features = [\"aws\"]"
@@ -1118,6 +1135,19 @@ tags = ["v*"]
             GOOD.replacen("plain_http = true\n", "ecr = true\nusername_env = \"U\"\npassword_env = \"P\"\n", 1);
         let err = Config::parse(&with_password, "f").unwrap_err().to_string();
         assert!(err.contains("`ecr = true` takes its credentials from the AWS credential chain"), "{err}");
+    }
+
+    #[test]
+    fn an_acr_registry_needs_azure_and_takes_no_username_or_password() {
+        let azure = "\n[azure]\ntenant_id = \"t\"\nclient_id = \"c\"\n";
+        let acr = GOOD.replacen("plain_http = true\n", "plain_http = true\nacr = true\n", 1);
+        assert!(Config::parse(&format!("{acr}{azure}"), "f").unwrap().registries["127.0.0.1:5001"].acr);
+        let err = Config::parse(&acr, "f").unwrap_err().to_string();
+        assert!(err.contains(".acr: needs an [azure] table"), "{err}");
+        let with_password =
+            GOOD.replacen("plain_http = true\n", "acr = true\nusername_env = \"U\"\npassword_env = \"P\"\n", 1);
+        let err = Config::parse(&format!("{with_password}{azure}"), "f").unwrap_err().to_string();
+        assert!(err.contains("`acr = true` takes its credentials from Entra ID"), "{err}");
     }
 
     #[test]

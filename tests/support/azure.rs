@@ -499,3 +499,182 @@ async fn arm(
         _ => arm_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported by the fake"),
     }
 }
+
+/// A FAKE Azure Container Registry front (WIRE_FORMATS §10.7, Azure/acr `docs/AAD-OAuth.md`):
+/// `/oauth2/exchange` turns an access token the fake Entra ID issued into an ACR refresh token
+/// (a JWT with `exp`), `/oauth2/token` turns a live refresh token into an access token, and
+/// every `/v2/` request must carry such an access token (else `401` with ACR's `Bearer`
+/// challenge) before it is forwarded to a REAL registry.
+pub struct FakeAcr {
+    pub state: Arc<AcrState>,
+    server: Background,
+}
+
+pub struct AcrState {
+    entra: Arc<EntraState>,
+    upstream: String,
+    client: reqwest::Client,
+    /// `127.0.0.1:PORT`, the ACR "service" name; set once the server is bound.
+    pub service: Mutex<String>,
+    /// `/oauth2/exchange` and `/oauth2/token` requests answered (successful or not).
+    pub exchanges: AtomicUsize,
+    pub token_requests: AtomicUsize,
+    /// Lifetime of issued refresh tokens, seconds.
+    pub refresh_lifetime: AtomicU64,
+    /// Refresh tokens issued, with their `exp` (unix seconds).
+    refresh_tokens: Mutex<HashMap<String, u64>>,
+    access_tokens: Mutex<HashSet<String>>,
+    /// When set, `/oauth2/exchange` answers this status with ACR's error body.
+    pub exchange_fails: Mutex<Option<u16>>,
+    /// `/v2/` requests refused for a missing or unknown bearer token.
+    pub challenges: AtomicUsize,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn acr_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({ "errors": [{ "code": code, "message": message, "detail": null }] }))).into_response()
+}
+
+impl FakeAcr {
+    /// In front of the plain-http registry at `upstream` (`127.0.0.1:PORT`), trusting `entra`.
+    pub fn start(entra: &FakeEntra, upstream: &str) -> Self {
+        let state = Arc::new(AcrState {
+            entra: entra.state.clone(),
+            upstream: format!("http://{upstream}"),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            service: Mutex::new(String::new()),
+            exchanges: AtomicUsize::new(0),
+            token_requests: AtomicUsize::new(0),
+            refresh_lifetime: AtomicU64::new(3 * 3600),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            access_tokens: Mutex::new(HashSet::new()),
+            exchange_fails: Mutex::new(None),
+            challenges: AtomicUsize::new(0),
+        });
+        let app = axum::Router::new().fallback(acr).with_state(state.clone());
+        let server = Background::serve(app);
+        *state.service.lock().unwrap() = format!("127.0.0.1:{}", server.port);
+        FakeAcr { state, server }
+    }
+
+    /// `127.0.0.1:PORT`: the registry host Ferry is configured with.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.server.port)
+    }
+
+    pub fn exchanges(&self) -> usize {
+        self.state.exchanges.load(Ordering::SeqCst)
+    }
+
+    pub fn token_requests(&self) -> usize {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn acr(State(state): State<Arc<AcrState>>, request: Request) -> Response {
+    use base64::Engine as _;
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let service = state.service.lock().unwrap().clone();
+    let form = |body: &Bytes| -> HashMap<String, String> { url::form_urlencoded::parse(body).into_owned().collect() };
+    if parts.method == Method::POST && path == "/oauth2/exchange" {
+        state.exchanges.fetch_add(1, Ordering::SeqCst);
+        if let Some(status) = *state.exchange_fails.lock().unwrap() {
+            return acr_error(
+                StatusCode::from_u16(status).unwrap(),
+                "UNAUTHORIZED",
+                "authentication required, visit https://aka.ms/acr/authorization for more information.",
+            );
+        }
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        let form = form(&body);
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        if field("grant_type") != "access_token" || field("service") != service || field("tenant") != TENANT {
+            return acr_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &format!("bad exchange request: {form:?}"));
+        }
+        let scope = state.entra.issued.lock().unwrap().get(field("access_token")).cloned();
+        if !scope.is_some_and(|s| s.ends_with("/.default")) {
+            return acr_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "the access token was not issued by Entra ID");
+        }
+        let exp = unix_now() + state.refresh_lifetime.load(Ordering::SeqCst);
+        let n = state.refresh_tokens.lock().unwrap().len();
+        let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!(
+            "{}.{}.fake-signature",
+            b64(r#"{"alg":"RS256","typ":"JWT"}"#.into()),
+            b64(json!({ "exp": exp, "aud": service, "jti": n, "grant_type": "refresh_token" }).to_string())
+        );
+        state.refresh_tokens.lock().unwrap().insert(token.clone(), exp);
+        return axum::Json(json!({ "refresh_token": token })).into_response();
+    }
+    if parts.method == Method::POST && path == "/oauth2/token" {
+        state.token_requests.fetch_add(1, Ordering::SeqCst);
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        let form = form(&body);
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        if field("grant_type") != "refresh_token" || field("service") != service || field("scope").is_empty() {
+            return acr_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &format!("bad token request: {form:?}"));
+        }
+        let exp = state.refresh_tokens.lock().unwrap().get(field("refresh_token")).copied();
+        match exp {
+            Some(exp) if exp > unix_now() => {}
+            Some(_) => return acr_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "the refresh token has expired"),
+            None => return acr_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unknown refresh token"),
+        }
+        let token = format!("fake-acr-access-{}", state.access_tokens.lock().unwrap().len());
+        state.access_tokens.lock().unwrap().insert(token.clone());
+        return axum::Json(json!({ "access_token": token })).into_response();
+    }
+    if !path.starts_with("/v2") {
+        return acr_error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("no such endpoint {path}"));
+    }
+    let bearer = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    if !bearer.is_some_and(|t| state.access_tokens.lock().unwrap().contains(&t)) {
+        state.challenges.fetch_add(1, Ordering::SeqCst);
+        let challenge = format!(r#"Bearer realm="http://{service}/oauth2/token",service="{service}""#);
+        let mut response = acr_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required");
+        response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+        return response;
+    }
+    // Forward to the real registry, `Host` kept so its upload `Location`s point back here.
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let mut headers = parts.headers.clone();
+    for name in [
+        axum::http::header::CONTENT_LENGTH,
+        axum::http::header::CONNECTION,
+        axum::http::header::TRANSFER_ENCODING,
+        axum::http::header::AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    let path_and_query = parts.uri.path_and_query().map_or(path.clone(), |p| p.as_str().to_string());
+    let upstream = match state
+        .client
+        .request(parts.method.clone(), format!("{}{path_and_query}", state.upstream))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("upstream: {e}")).into_response(),
+    };
+    let mut response = Response::builder().status(upstream.status());
+    for (name, value) in upstream.headers() {
+        // A HEAD answer has no body, so its Content-Length (the manifest's size) is kept as is.
+        let length = name == axum::http::header::CONTENT_LENGTH && parts.method != Method::HEAD;
+        if !length && name != axum::http::header::TRANSFER_ENCODING {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = upstream.bytes().await.unwrap_or_default();
+    response.body(axum::body::Body::from(bytes)).unwrap()
+}

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, RepoName};
+use crate::deploy::azure::ArmClient;
 use crate::error::WorkError;
 use crate::registry::auth::Credential;
 use crate::registry::client::{ClientOptions, Deadlines, HttpClients, RegistryClient};
@@ -16,6 +17,8 @@ pub enum RegistryCredential {
     Fixed(Credential),
     #[cfg(feature = "aws")]
     Ecr(Arc<crate::registry::ecr::EcrCredentials>),
+    /// An ACR refresh token exchanged for the `[azure]` Entra ID token (about 3 hours).
+    Acr(Arc<crate::registry::acr::AcrCredentials>),
 }
 
 impl RegistryCredential {
@@ -25,6 +28,7 @@ impl RegistryCredential {
             RegistryCredential::Fixed(credential) => Ok(credential.clone()),
             #[cfg(feature = "aws")]
             RegistryCredential::Ecr(ecr) => ecr.credential().await.map_err(|e| WorkError::new(e.class, e.to_string())),
+            RegistryCredential::Acr(acr) => acr.credential().await.map_err(|e| WorkError::new(e.class, e.to_string())),
         }
     }
 }
@@ -38,7 +42,10 @@ pub struct RegistrySettings {
 }
 
 impl RegistrySettings {
-    pub fn from_config(config: &Config) -> Result<Self, WorkError> {
+    /// The registries of `config`; `acr = true` registries take their Entra ID tokens from
+    /// `arm`'s credential (one token cache with the Azure notifiers), made here when needed.
+    pub fn from_config(config: &Config, arm: &mut Option<Arc<ArmClient>>) -> Result<Self, WorkError> {
+        let mut acr_hosts = Vec::new();
         let mut client = ClientOptions::default();
         let mut credentials = HashMap::new();
         for (host, registry) in &config.registries {
@@ -92,6 +99,9 @@ impl RegistrySettings {
                     )));
                 }
             }
+            if registry.acr {
+                acr_hosts.push((host.clone(), registry.plain_http));
+            }
             if registry.ecr {
                 #[cfg(feature = "aws")]
                 credentials.insert(
@@ -105,6 +115,24 @@ impl RegistrySettings {
             }
         }
         let http = HttpClients::new(&client).map_err(|e| WorkError::permanent(e.to_string()))?;
+        for (host, plain_http) in acr_hosts {
+            let arm = super::notifiers::shared_arm(arm, config)?;
+            let tenant = config
+                .azure
+                .as_ref()
+                .and_then(|azure| azure.tenant_id.clone())
+                .or_else(|| std::env::var("AZURE_TENANT_ID").ok().filter(|t| !t.is_empty()));
+            let acr = crate::registry::acr::AcrCredentials::new(
+                &host,
+                plain_http,
+                tenant,
+                arm.credential().clone(),
+                arm.scope(),
+                http.for_registry(api_host(&host)),
+            )
+            .map_err(|e| WorkError::permanent(e.to_string()))?;
+            credentials.insert(host, RegistryCredential::Acr(Arc::new(acr)));
+        }
         Ok(RegistrySettings { client, credentials, http })
     }
 

@@ -1,0 +1,156 @@
+//! Azure Container Registry with Entra ID (`acr = true`): Ferry exchanges the `[azure]` Entra
+//! token for an ACR refresh token and gets access tokens with it, against a FAKE ACR token
+//! service (tests/support/azure.rs, shapes of WIRE_FORMATS §10.7) in front of a REAL registry,
+//! and the FAKE Entra ID. Promotions run through `ferry serve`.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::azure::{CLIENT_ID, CLIENT_SECRET, FakeAcr, FakeEntra, TENANT};
+use support::registry::free_port;
+use support::{FerryServer, OciLayout, Registry};
+
+const REPO: &str = "shop/api";
+const DISTRIBUTION_SECRET: &str = "acr-distribution-secret";
+const OPERATOR_TOKEN: &str = "acr-operator-token";
+
+/// Ferry promoting from `build` (plain, notifying) to the fake ACR `acr`, with no password for
+/// it anywhere in the config.
+fn start_ferry(port: u16, build: &Registry, acr: &FakeAcr, entra: &FakeEntra) -> FerryServer {
+    let config = format!(
+        r#"
+[registries."{build}"]
+plain_http = true
+
+[registries."{acr}"]
+plain_http = true
+acr = true
+
+[sources.distribution]
+secret_env = "E2E_DISTRIBUTION_SECRET"
+header = "X-Ferry-Secret"
+
+[azure]
+tenant_id = "{TENANT}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "E2E_AZURE_SECRET"
+authority_host = "{entra}"
+resource_manager = "http://127.0.0.1:9/"
+
+[[pipelines]]
+name = "shop-api"
+source = "{build}/{REPO}"
+  [[pipelines.stages]]
+  name = "prod"
+  target = "{acr}/{REPO}"
+"#,
+        build = build.host(),
+        acr = acr.host(),
+        entra = entra.url(),
+    );
+    assert!(!config.contains("password") && !config.contains("username"));
+    FerryServer::start_with_operator_token(
+        port,
+        &config,
+        &[("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET), ("E2E_AZURE_SECRET", CLIENT_SECRET)],
+        OPERATOR_TOKEN,
+    )
+}
+
+fn setup() -> (FakeEntra, Registry, FakeAcr, Registry, u16) {
+    let entra = FakeEntra::start();
+    let behind = Registry::plain();
+    let acr = FakeAcr::start(&entra, behind.host());
+    let port = free_port();
+    let build = Registry::plain_notifying(
+        &format!("http://127.0.0.1:{port}/hooks/distribution"),
+        "X-Ferry-Secret",
+        DISTRIBUTION_SECRET,
+    );
+    (entra, behind, acr, build, port)
+}
+
+/// Pushes an image with three layers, so one promotion asks for several blobs.
+fn push(registry: &Registry, tag: &str) -> String {
+    let mut layout = OciLayout::new();
+    let image = layout.add_image(tag, &[120_000, 80_000, 40_000]);
+    let pushed = registry.skopeo_push(&layout.reference(tag), &format!("{REPO}:{tag}"), &[]);
+    assert_eq!(pushed.computed_digest(), image.digest());
+    pushed.computed_digest()
+}
+
+fn wait_until<T>(what: &str, server: &FerryServer, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not so after 90 s\nferry log:\n{}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn history(server: &FerryServer) -> Vec<Value> {
+    server.cli("history").args(["shop-api", "prod", "--json"]).run().json().as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn promotions_into_acr_exchange_the_entra_token_once_and_land_digest_exact() {
+    let (entra, behind, acr, build, port) = setup();
+    let server = start_ferry(port, &build, &acr, &entra);
+    for tag in ["1.0", "1.1", "1.2"] {
+        let digest = push(&build, tag);
+        wait_until(&format!("the ACR holds {tag}"), &server, || {
+            behind.client().manifest(REPO, tag).filter(|m| m.digest == digest).map(|_| ())
+        });
+        wait_until(&format!("{tag} succeeded"), &server, || {
+            history(&server).into_iter().find(|r| r["digest"] == digest.as_str() && r["state"] == "succeeded")
+        });
+    }
+    assert!(acr.state.challenges.load(Ordering::SeqCst) >= 1, "the registry asked for a token");
+    assert!(acr.token_requests() >= 1, "access tokens came from /oauth2/token");
+    assert_eq!(acr.exchanges(), 1, "one exchange for three promotions of three blobs each");
+    assert_eq!(entra.requests(), 1, "one Entra ID token for the whole run");
+}
+
+#[test]
+fn a_refresh_token_near_its_expiry_is_exchanged_again() {
+    let (entra, behind, acr, build, port) = setup();
+    // Ten minutes: inside Ferry's renewal margin, so the next job must not reuse it.
+    acr.state.refresh_lifetime.store(600, Ordering::SeqCst);
+    let server = start_ferry(port, &build, &acr, &entra);
+    for tag in ["1.0", "1.1"] {
+        let digest = push(&build, tag);
+        wait_until(&format!("the ACR holds {tag}"), &server, || {
+            behind.client().manifest(REPO, tag).filter(|m| m.digest == digest).map(|_| ())
+        });
+        wait_until(&format!("{tag} succeeded"), &server, || {
+            history(&server).into_iter().find(|r| r["digest"] == digest.as_str() && r["state"] == "succeeded")
+        });
+    }
+    assert!(acr.exchanges() >= 2, "the short-lived refresh token was renewed: {} exchanges", acr.exchanges());
+    assert_eq!(entra.requests(), 1, "the Entra ID token itself is still cached");
+}
+
+#[test]
+fn a_refused_exchange_fails_the_promotion_at_once_with_acrs_error_and_a_role_hint() {
+    let (entra, behind, acr, build, port) = setup();
+    *acr.state.exchange_fails.lock().unwrap() = Some(401);
+    let server = start_ferry(port, &build, &acr, &entra);
+    let digest = push(&build, "1.0");
+    let letter = wait_until("the job is dead-lettered", &server, || {
+        server.cli("dlq").args(["list", "--json"]).run().json().as_array()?.first().cloned()
+    });
+    assert_eq!(letter["receive_count"], 1, "a refused exchange is permanent, not retried: {letter:#}");
+    let error = letter["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("UNAUTHORIZED") && error.contains("oauth2/exchange") && error.contains("AcrPull"),
+        "{letter:#}"
+    );
+    assert!(!history(&server).iter().any(|r| r["digest"] == digest.as_str() && r["state"] == "succeeded"));
+    assert_eq!(acr.exchanges(), 1, "a 401 is permanent, not retried");
+    assert!(behind.client().manifest(REPO, "1.0").is_none());
+}
