@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::azure::{CLIENT_ID, CLIENT_SECRET, FakeAcr, FakeEntra, TENANT};
+use support::azure::{CLIENT_ID, CLIENT_SECRET, FakeAcr, FakeArm, FakeEntra, TENANT};
 use support::registry::free_port;
 use support::{FerryServer, OciLayout, Registry};
 
@@ -153,4 +153,137 @@ fn a_refused_exchange_fails_the_promotion_at_once_with_acrs_error_and_a_role_hin
     assert!(!history(&server).iter().any(|r| r["digest"] == digest.as_str() && r["state"] == "succeeded"));
     assert_eq!(acr.exchanges(), 1, "a 401 is permanent, not retried");
     assert!(behind.client().manifest(REPO, "1.0").is_none());
+}
+
+/// `dev` (Ferry's copy into one ACR) then `prod` (`copy = "acr-import"` from dev's ACR into
+/// another), both ACRs behind the fake token service, importImage on the FAKE ARM.
+fn start_import_pipeline(
+    port: u16,
+    build: &Registry,
+    (dev, dev_id): (&FakeAcr, &str),
+    (prod, prod_id): (&FakeAcr, &str),
+    entra: &FakeEntra,
+    arm: &FakeArm,
+) -> FerryServer {
+    let config = format!(
+        r#"
+[registries."{build}"]
+plain_http = true
+
+[registries."{dev}"]
+plain_http = true
+acr = true
+arm_id = "{dev_id}"
+
+[registries."{prod}"]
+plain_http = true
+acr = true
+arm_id = "{prod_id}"
+
+[sources.distribution]
+secret_env = "E2E_DISTRIBUTION_SECRET"
+header = "X-Ferry-Secret"
+
+[azure]
+tenant_id = "{TENANT}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "E2E_AZURE_SECRET"
+authority_host = "{entra}"
+resource_manager = "{arm_url}"
+
+[[pipelines]]
+name = "shop-api"
+source = "{build}/{REPO}"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "{dev}/{REPO}"
+  [[pipelines.stages]]
+  name = "prod"
+  target = "{prod}/{REPO}"
+  copy = "acr-import"
+"#,
+        build = build.host(),
+        dev = dev.host(),
+        prod = prod.host(),
+        entra = entra.url(),
+        arm_url = arm.url(),
+    );
+    FerryServer::start_with_operator_token(
+        port,
+        &config,
+        &[("E2E_DISTRIBUTION_SECRET", DISTRIBUTION_SECRET), ("E2E_AZURE_SECRET", CLIENT_SECRET)],
+        OPERATOR_TOKEN,
+    )
+}
+
+struct ImportWorld {
+    entra: FakeEntra,
+    arm: FakeArm,
+    build: Registry,
+    dev: FakeAcr,
+    prod_behind: Registry,
+    server: FerryServer,
+    _dev_behind: Registry,
+    _prod: FakeAcr,
+}
+
+fn import_world(fail: Option<(&str, &str)>) -> ImportWorld {
+    let (entra, dev_behind, dev, build, port) = setup();
+    let prod_behind = Registry::plain();
+    let prod = FakeAcr::start(&entra, prod_behind.host());
+    let arm = FakeArm::start(&entra);
+    let dev_id = arm.add_registry("contosodev", dev_behind.host());
+    let prod_id = arm.add_registry("contosoprod", prod_behind.host());
+    *arm.state.import_fails.lock().unwrap() = fail.map(|(c, m)| (c.to_string(), m.to_string()));
+    let server = start_import_pipeline(port, &build, (&dev, &dev_id), (&prod, &prod_id), &entra, &arm);
+    ImportWorld { entra, arm, build, dev, prod_behind, server, _dev_behind: dev_behind, _prod: prod }
+}
+
+fn stage_history(server: &FerryServer, stage: &str) -> Vec<Value> {
+    server.cli("history").args(["shop-api", stage, "--json"]).run().json().as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn acr_import_copies_server_side_by_digest_and_reads_the_target_back() {
+    let w = import_world(None);
+    let digest = push(&w.build, "1.0");
+    wait_until("prod succeeded", &w.server, || {
+        stage_history(&w.server, "prod")
+            .into_iter()
+            .find(|r| r["digest"] == digest.as_str() && r["state"] == "succeeded")
+    });
+    assert_eq!(w.prod_behind.client().manifest(REPO, "1.0").map(|m| m.digest), Some(digest.clone()));
+    let imports = w.arm.state.imports.lock().unwrap().clone();
+    assert_eq!(imports.len(), 1, "{imports:#?}");
+    let body = &imports[0];
+    assert_eq!(
+        body["source"]["resourceId"],
+        w.arm.state.acr_registries.lock().unwrap().keys().find(|k| k.ends_with("/contosodev")).unwrap().as_str()
+    );
+    assert_eq!(body["source"]["sourceImage"], format!("{REPO}@{digest}"));
+    assert_eq!(body["mode"], "Force");
+    let tags: Vec<&str> = body["targetTags"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(tags.contains(&format!("{REPO}:1.0").as_str()), "{body:#}");
+    assert!(w.arm.log().iter().any(|l| l.contains("/importImage?api-version=2023-07-01")), "{:#?}", w.arm.log());
+    assert_eq!(w.dev.exchanges(), 1, "dev's refresh token served the copy and the read-back");
+    assert_eq!(w.entra.requests(), 1, "one Entra ID token for ARM and both registries");
+}
+
+#[test]
+fn a_failed_import_fails_the_promotion_with_azures_code_and_message() {
+    let w = import_world(Some(("InvalidImageName", "The source image shop/api was not found in contosodev.")));
+    let digest = push(&w.build, "1.0");
+    let letter = wait_until("prod is dead-lettered", &w.server, || {
+        w.server.cli("dlq").args(["list", "--json"]).run().json().as_array()?.first().cloned()
+    });
+    let error = letter["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("InvalidImageName")
+            && error.contains("was not found in contosodev")
+            && error.contains("acr-import"),
+        "{letter:#}"
+    );
+    assert!(
+        !stage_history(&w.server, "prod").iter().any(|r| r["digest"] == digest.as_str() && r["state"] == "succeeded")
+    );
 }

@@ -217,7 +217,18 @@ pub struct ArmState {
     pub forbidden: Mutex<HashSet<String>>,
     operations: Mutex<HashMap<String, usize>>,
     base: Mutex<String>,
+    /// ACR resource id → the plain-http registry (`127.0.0.1:PORT`) holding its images.
+    pub acr_registries: Mutex<HashMap<String, String>>,
+    /// The `importImage` request bodies received.
+    pub imports: Mutex<Vec<Value>>,
+    /// When set, import operations end `Failed` with this (code, message).
+    pub import_fails: Mutex<Option<(String, String)>>,
+    /// Import operation id → `None` while copying, then `Ok(())` or the failure.
+    import_ops: Arc<Mutex<HashMap<String, ImportState>>>,
 }
+
+/// `None` while the import copies, then its outcome (an Azure error code and message).
+type ImportState = Option<Result<(), (String, String)>>;
 
 pub struct FakeArm {
     pub state: Arc<ArmState>,
@@ -241,6 +252,10 @@ impl FakeArm {
             forbidden: Mutex::new(HashSet::new()),
             operations: Mutex::new(HashMap::new()),
             base: Mutex::new(String::new()),
+            acr_registries: Mutex::new(HashMap::new()),
+            imports: Mutex::new(Vec::new()),
+            import_fails: Mutex::new(None),
+            import_ops: Arc::new(Mutex::new(HashMap::new())),
         });
         let app = axum::Router::new().fallback(arm).with_state(state.clone());
         let server = Background::serve(app);
@@ -293,6 +308,82 @@ impl FakeArm {
     pub fn log(&self) -> Vec<String> {
         self.state.log.lock().unwrap().clone()
     }
+
+    /// An ACR resource `name` in the fake subscription whose images live in the plain-http
+    /// registry `host`; returns its resource id.
+    pub fn add_registry(&self, name: &str, host: &str) -> String {
+        let id = format!(
+            "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerRegistry/registries/{name}"
+        );
+        self.state.acr_registries.lock().unwrap().insert(id.clone(), host.to_string());
+        id
+    }
+}
+
+/// ARM `importImage` (WIRE_FORMATS §9): checks the body, answers 202 with an
+/// `Azure-AsyncOperation` to poll, and really copies `sourceImage` into each target tag with
+/// skopeo on a thread, the operation staying `InProgress` until the copy ends.
+fn import_image(state: &ArmState, target_id: &str, query: Option<&str>, body: &Bytes) -> Response {
+    if query.is_none_or(|q| !q.contains("api-version=2023-07-01")) {
+        return arm_error(StatusCode::BAD_REQUEST, "InvalidApiVersionParameter", "api-version=2023-07-01 expected");
+    }
+    let registries = state.acr_registries.lock().unwrap().clone();
+    let Some(target) = registries.get(target_id).cloned() else {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            &format!("The Resource '{target_id}' was not found."),
+        );
+    };
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    state.imports.lock().unwrap().push(request.clone());
+    let source = &request["source"];
+    let image = source["sourceImage"].as_str().unwrap_or_default().to_string();
+    let Some(source_host) = source["resourceId"].as_str().and_then(|id| registries.get(id)).cloned() else {
+        return arm_error(StatusCode::BAD_REQUEST, "InvalidParameters", "source.resourceId is not a known registry");
+    };
+    let mode_ok = matches!(request["mode"].as_str(), Some("Force" | "NoForce"));
+    if !image.contains("@sha256:") || !mode_ok {
+        return arm_error(StatusCode::BAD_REQUEST, "InvalidParameters", &format!("bad import request: {request}"));
+    }
+    let targets: Vec<String> = match request["targetTags"].as_array() {
+        Some(tags) => tags.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+        None => request["untaggedTargetRepositories"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .map(|repo| format!("{repo}@{}", image.split_once('@').unwrap().1))
+            .collect(),
+    };
+    let id = format!("import-{}", state.imports.lock().unwrap().len());
+    let ops = state.import_ops.clone();
+    ops.lock().unwrap().insert(id.clone(), None);
+    let fails = state.import_fails.lock().unwrap().clone();
+    let op_id = id.clone();
+    std::thread::spawn(move || {
+        let mut outcome = Ok(());
+        for target_ref in &targets {
+            let copied = std::process::Command::new(super::tools::skopeo())
+                .args(["copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"])
+                .arg(format!("docker://{source_host}/{image}"))
+                .arg(format!("docker://{target}/{target_ref}"))
+                .output()
+                .expect("run skopeo");
+            if !copied.status.success() {
+                outcome = Err(("ImportFailed".into(), String::from_utf8_lossy(&copied.stderr).into_owned()));
+            }
+        }
+        if let Some(failure) = fails {
+            outcome = Err(failure);
+        }
+        ops.lock().unwrap().insert(op_id, Some(outcome));
+    });
+    let mut response = StatusCode::ACCEPTED.into_response();
+    let poll = format!("{}/fake-imports/{id}", state.base.lock().unwrap());
+    response.headers_mut().insert("azure-asyncoperation", poll.parse().unwrap());
+    response.headers_mut().insert("retry-after", "0".parse().unwrap());
+    response
 }
 
 fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -359,6 +450,21 @@ async fn arm(
                 "code": "SwapFailed", "message": "Cannot swap slots because the staging slot failed to warm up." } }))
             .into_response(),
         };
+    }
+    if let Some(id) = path.strip_prefix("/fake-imports/") {
+        return match state.import_ops.lock().unwrap().get(id) {
+            None => arm_error(StatusCode::NOT_FOUND, "NotFound", "no such operation"),
+            Some(None) => axum::Json(json!({ "status": "InProgress" })).into_response(),
+            Some(Some(Ok(()))) => axum::Json(json!({ "status": "Succeeded" })).into_response(),
+            Some(Some(Err((code, message)))) => {
+                axum::Json(json!({ "status": "Failed", "error": { "code": code, "message": message } })).into_response()
+            }
+        };
+    }
+    if let Some(target) = path.strip_suffix("/importImage")
+        && method == Method::POST
+    {
+        return import_image(&state, target, uri.query(), &body);
     }
     let aks = format!(
         "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerService/managedClusters/"

@@ -145,6 +145,38 @@ impl AcrCredentials {
     }
 }
 
+/// The ARM API version of `importImage`.
+pub const IMPORT_API_VERSION: &str = "2023-07-01";
+
+/// Server-side copy (`copy = "acr-import"`): ARM `importImage` on the target registry, from the
+/// source registry's resource id, `source_image` being `repo@sha256:…` so the import is
+/// digest-exact; followed to its end as a long-running operation. `mode` is `Force`: a
+/// promotion moves the stage's tags, which `NoForce` would refuse when they already exist.
+/// Without tags the repository gets the manifest untagged.
+pub async fn import_image(
+    arm: &crate::deploy::azure::ArmClient,
+    source_arm_id: &str,
+    target_arm_id: &str,
+    source_image: &str,
+    target_repository: &str,
+    target_tags: &[String],
+    timeout: Duration,
+) -> Result<(), AzureError> {
+    let mut body = serde_json::json!({
+        "source": { "resourceId": source_arm_id, "sourceImage": source_image },
+        "mode": "Force",
+    });
+    if target_tags.is_empty() {
+        body["untaggedTargetRepositories"] = serde_json::json!([target_repository]);
+    } else {
+        body["targetTags"] = serde_json::json!(target_tags);
+    }
+    let path = format!("{}/importImage", target_arm_id.trim_end_matches('/'));
+    let resource = format!("importImage of {source_image} into {target_arm_id}");
+    let started = arm.send(reqwest::Method::POST, &path, Some(IMPORT_API_VERSION), Some(&body), &resource).await?;
+    arm.wait_for_operation(started, &resource, timeout, Duration::from_secs(2)).await
+}
+
 /// ACR's error code and message: the registry's `{"errors":[{"code","message"}]}`, or any of
 /// the Azure shapes.
 fn acr_error_body(body: &[u8]) -> (String, String) {

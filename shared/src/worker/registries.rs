@@ -39,6 +39,10 @@ pub struct RegistrySettings {
     credentials: HashMap<String, RegistryCredential>,
     /// One trust store per registry that names a `ca_cert`, one shared by the others.
     http: HttpClients,
+    /// The ARM client of the `acr = true` registries (for `copy = "acr-import"`).
+    arm: Option<Arc<ArmClient>>,
+    /// Registry → its ARM resource id (`arm_id`).
+    arm_ids: HashMap<String, String>,
 }
 
 impl RegistrySettings {
@@ -46,6 +50,8 @@ impl RegistrySettings {
     /// `arm`'s credential (one token cache with the Azure notifiers), made here when needed.
     pub fn from_config(config: &Config, arm: &mut Option<Arc<ArmClient>>) -> Result<Self, WorkError> {
         let mut acr_hosts = Vec::new();
+        let arm_ids =
+            config.registries.iter().filter_map(|(host, r)| r.arm_id.clone().map(|id| (host.clone(), id))).collect();
         let mut client = ClientOptions::default();
         let mut credentials = HashMap::new();
         for (host, registry) in &config.registries {
@@ -115,6 +121,7 @@ impl RegistrySettings {
             }
         }
         let http = HttpClients::new(&client).map_err(|e| WorkError::permanent(e.to_string()))?;
+        let acr_hosts_empty = acr_hosts.is_empty();
         for (host, plain_http) in acr_hosts {
             let arm = super::notifiers::shared_arm(arm, config)?;
             let tenant = config
@@ -133,7 +140,8 @@ impl RegistrySettings {
             .map_err(|e| WorkError::permanent(e.to_string()))?;
             credentials.insert(host, RegistryCredential::Acr(Arc::new(acr)));
         }
-        Ok(RegistrySettings { client, credentials, http })
+        let arm = if acr_hosts_empty { None } else { arm.clone() };
+        Ok(RegistrySettings { client, credentials, http, arm, arm_ids })
     }
 
     /// The credential for `registry` now (renewed when it is about to expire).
@@ -150,6 +158,45 @@ impl RegistrySettings {
             source_credential: self.credential(&source.registry).await?,
             target_credential: self.credential(&target.registry).await?,
             docker_config: Default::default(),
+        })
+    }
+
+    /// `copy = "acr-import"`: ARM `importImage` of `source@digest` into `target` with `tags`.
+    pub(super) async fn acr_import(
+        &self,
+        source: &RepoName,
+        target: &RepoName,
+        digest: &crate::registry::Digest,
+        tags: &[crate::registry::Tag],
+    ) -> Result<(), WorkError> {
+        let arm_id = |repo: &RepoName| {
+            self.arm_ids.get(&repo.registry).ok_or_else(|| {
+                WorkError::permanent(format!(
+                    "registries.\"{}\".arm_id is needed for copy = \"acr-import\"",
+                    repo.registry
+                ))
+            })
+        };
+        let (source_id, target_id) = (arm_id(source)?, arm_id(target)?);
+        let arm = self
+            .arm
+            .as_ref()
+            .ok_or_else(|| WorkError::permanent("copy = \"acr-import\" needs acr = true registries and [azure]"))?;
+        let tags: Vec<String> = tags.iter().map(|tag| format!("{}:{tag}", target.repository)).collect();
+        let image = format!("{}@{digest}", source.repository);
+        crate::registry::acr::import_image(
+            arm,
+            source_id,
+            target_id,
+            &image,
+            &target.repository,
+            &tags,
+            Duration::from_secs(1800),
+        )
+        .await
+        .map_err(|e| {
+            let message = format!("acr-import {source}@{digest} → {target}: {e}");
+            if e.is_retryable() { WorkError::transient(message) } else { WorkError::permanent(message) }
         })
     }
 
