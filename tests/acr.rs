@@ -287,3 +287,20 @@ fn a_failed_import_fails_the_promotion_with_azures_code_and_message() {
         !stage_history(&w.server, "prod").iter().any(|r| r["digest"] == digest.as_str() && r["state"] == "succeeded")
     );
 }
+
+#[test]
+fn a_failing_exchange_service_is_transient_and_the_job_is_retried() {
+    let (entra, behind, acr, build, port) = setup();
+    *acr.state.exchange_fails.lock().unwrap() = Some(503);
+    let server = start_ferry(port, &build, &acr, &entra);
+    let digest = push(&build, "1.0");
+    wait_until("the exchange was tried", &server, || (acr.exchanges() >= 1).then_some(()));
+    *acr.state.exchange_fails.lock().unwrap() = None;
+    wait_until("1.0 succeeded after a retry", &server, || {
+        history(&server).into_iter().find(|r| r["digest"] == digest.as_str() && r["state"] == "succeeded")
+    });
+    assert_eq!(behind.client().manifest(REPO, "1.0").map(|m| m.digest), Some(digest));
+    assert!(acr.exchanges() >= 2, "exchanged again after the 503");
+    let letters = server.cli("dlq").args(["list", "--json"]).run().json();
+    assert_eq!(letters, serde_json::json!([]), "a 503 from the exchange is not permanent");
+}
