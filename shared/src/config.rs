@@ -205,6 +205,14 @@ pub struct Registry {
     /// `GetAuthorizationToken`, user `AWS`), refreshed before the token expires.
     #[serde(default)]
     pub ecr: bool,
+    /// An Azure Container Registry reached with the `[azure]` Entra ID credential: its token is
+    /// exchanged for an ACR refresh token (`/oauth2/exchange`), no password is stored.
+    #[serde(default)]
+    pub acr: bool,
+    /// The registry's ARM resource id
+    /// (`/subscriptions/…/resourceGroups/…/providers/Microsoft.ContainerRegistry/registries/<name>`),
+    /// needed on both sides of a `copy = "acr-import"` stage.
+    pub arm_id: Option<String>,
     /// The registry's token service when it lives on another host (an https URL, compared with
     /// the challenge's realm without its query). Ferry refuses any other foreign realm, since
     /// the realm receives the registry's credentials. Docker Hub's `auth.docker.io` is built in.
@@ -302,6 +310,10 @@ pub struct Stage {
     /// What must hold before an image enters this stage.
     #[serde(default)]
     pub gate: Gate,
+    /// How the image gets into `target`: Ferry's own copy (default), or `acr-import`: ARM
+    /// `importImage` on the target registry (both sides `acr = true` with an `arm_id`).
+    #[serde(default)]
+    pub copy: CopyMethod,
     /// `approval`: how many different people must approve (never the one who triggered it).
     #[serde(default = "default_approvers")]
     pub approvers: u32,
@@ -335,6 +347,17 @@ pub struct Stage {
     /// The Azure DevOps release environment whose deployment events report on this stage
     /// (default: the stage name, compared case-insensitively).
     pub azure_devops_environment: Option<String>,
+}
+
+/// How a stage's image is copied into its target.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyMethod {
+    /// Ferry's digest-exact copy engine.
+    #[default]
+    Ferry,
+    /// Azure Container Registry's server-side import (ARM `importImage`).
+    AcrImport,
 }
 
 /// The longest soak a stage may ask for.
@@ -696,6 +719,27 @@ impl Config {
                         if let Err(m) = config.check_registry(&target, &stage_key, "target") {
                             errors.push(at(stage.target.span(), m));
                         }
+                        if stage.copy == CopyMethod::AcrImport {
+                            let source = if j == 0 { &pipeline.source } else { &pipeline.stages[j - 1].target };
+                            // An unparsable source is reported where it is written.
+                            let source = RepoName::parse(source.get_ref()).ok();
+                            for (side, repo) in [("source", source.as_ref()), ("target", Some(&target))] {
+                                let Some(repo) = repo else { continue };
+                                let registry = config.registries.get(&repo.registry);
+                                let ready = registry.is_some_and(|r| {
+                                    r.acr && r.arm_id.as_ref().is_some_and(|id| id.starts_with("/subscriptions/"))
+                                });
+                                if !ready {
+                                    errors.push(at(
+                                        stage.name.span(),
+                                        format!(
+                                            "{stage_key}.copy: `acr-import` needs its {side} registry `{}` to be an ACR: set `acr = true` and `arm_id = \"/subscriptions/…/resourceGroups/…/providers/Microsoft.ContainerRegistry/registries/<name>\"` under [registries.\"{}\"]",
+                                            repo.registry, repo.registry
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
                     }
                 }
                 if j == 0 && matches!(stage.gate, Gate::After | Gate::Soak) {
@@ -878,6 +922,19 @@ impl Config {
             if r.ecr && user {
                 errors.push(format!(
                     "registries.\"{host}\": `ecr = true` takes its credentials from the AWS credential chain; remove the username and password keys"
+                ));
+            }
+            if r.acr && user {
+                errors.push(format!(
+                    "registries.\"{host}\": `acr = true` takes its credentials from Entra ID ([azure]); remove the username and password keys"
+                ));
+            }
+            if r.acr && r.ecr {
+                errors.push(format!("registries.\"{host}\": set `acr` or `ecr`, not both"));
+            }
+            if r.acr && self.azure.is_none() {
+                errors.push(format!(
+                    "registries.\"{host}\".acr: needs an [azure] table (tenant_id, client_id, and client_secret_env or a workload / managed identity): Ferry exchanges its Entra ID token for the registry's tokens"
                 ));
             }
             if r.ecr && !cfg!(feature = "aws") {
@@ -1195,6 +1252,50 @@ tags = ["v*"]
             GOOD.replacen("plain_http = true\n", "ecr = true\nusername_env = \"U\"\npassword_env = \"P\"\n", 1);
         let err = Config::parse(&with_password, "f").unwrap_err().to_string();
         assert!(err.contains("`ecr = true` takes its credentials from the AWS credential chain"), "{err}");
+    }
+
+    #[test]
+    fn an_acr_registry_needs_azure_and_takes_no_username_or_password() {
+        let azure = "\n[azure]\ntenant_id = \"t\"\nclient_id = \"c\"\n";
+        let acr = GOOD.replacen("plain_http = true\n", "plain_http = true\nacr = true\n", 1);
+        assert!(Config::parse(&format!("{acr}{azure}"), "f").unwrap().registries["127.0.0.1:5001"].acr);
+        let err = Config::parse(&acr, "f").unwrap_err().to_string();
+        assert!(err.contains(".acr: needs an [azure] table"), "{err}");
+        let with_password =
+            GOOD.replacen("plain_http = true\n", "acr = true\nusername_env = \"U\"\npassword_env = \"P\"\n", 1);
+        let err = Config::parse(&format!("{with_password}{azure}"), "f").unwrap_err().to_string();
+        assert!(err.contains("`acr = true` takes its credentials from Entra ID"), "{err}");
+    }
+
+    #[test]
+    fn acr_import_needs_acr_registries_with_arm_ids_on_both_sides() {
+        let id = |name: &str| {
+            format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.ContainerRegistry/registries/{name}")
+        };
+        let make = |source: &str, target: &str| {
+            GOOD.replacen("plain_http = true\n", &format!("plain_http = true\n{source}"), 1)
+                .replacen(
+                    "[registries.\"127.0.0.1:5002\"]\nplain_http = true\n",
+                    &format!("[registries.\"127.0.0.1:5002\"]\nplain_http = true\n{target}"),
+                    1,
+                )
+                .replace(
+                    "  target = \"127.0.0.1:5002/shop/api\"\n",
+                    "  target = \"127.0.0.1:5002/shop/api\"\n  copy = \"acr-import\"\n",
+                )
+                + "\n[azure]\ntenant_id = \"t\"\nclient_id = \"c\"\n"
+        };
+        let acr = |name: &str| format!("acr = true\narm_id = \"{}\"\n", id(name));
+        let config = Config::parse(&make(&acr("dev"), &acr("prod")), "f").unwrap();
+        assert_eq!(config.pipelines[0].stages[0].copy, CopyMethod::AcrImport);
+        let err = Config::parse(&make("", &acr("prod")), "f").unwrap_err().to_string();
+        assert!(
+            err.contains("`acr-import` needs its source registry `127.0.0.1:5001`") && err.contains("arm_id"),
+            "{err}"
+        );
+        let err = Config::parse(&make(&acr("dev"), "acr = true\n"), "f").unwrap_err().to_string();
+        assert!(err.contains("`acr-import` needs its target registry `127.0.0.1:5002`"), "{err}");
+        assert_eq!(Config::parse(GOOD, "f").unwrap().pipelines[0].stages[0].copy, CopyMethod::Ferry);
     }
 
     #[test]

@@ -217,7 +217,18 @@ pub struct ArmState {
     pub forbidden: Mutex<HashSet<String>>,
     operations: Mutex<HashMap<String, usize>>,
     base: Mutex<String>,
+    /// ACR resource id → the plain-http registry (`127.0.0.1:PORT`) holding its images.
+    pub acr_registries: Mutex<HashMap<String, String>>,
+    /// The `importImage` request bodies received.
+    pub imports: Mutex<Vec<Value>>,
+    /// When set, import operations end `Failed` with this (code, message).
+    pub import_fails: Mutex<Option<(String, String)>>,
+    /// Import operation id → `None` while copying, then `Ok(())` or the failure.
+    import_ops: Arc<Mutex<HashMap<String, ImportState>>>,
 }
+
+/// `None` while the import copies, then its outcome (an Azure error code and message).
+type ImportState = Option<Result<(), (String, String)>>;
 
 pub struct FakeArm {
     pub state: Arc<ArmState>,
@@ -241,6 +252,10 @@ impl FakeArm {
             forbidden: Mutex::new(HashSet::new()),
             operations: Mutex::new(HashMap::new()),
             base: Mutex::new(String::new()),
+            acr_registries: Mutex::new(HashMap::new()),
+            imports: Mutex::new(Vec::new()),
+            import_fails: Mutex::new(None),
+            import_ops: Arc::new(Mutex::new(HashMap::new())),
         });
         let app = axum::Router::new().fallback(arm).with_state(state.clone());
         let server = Background::serve(app);
@@ -293,6 +308,82 @@ impl FakeArm {
     pub fn log(&self) -> Vec<String> {
         self.state.log.lock().unwrap().clone()
     }
+
+    /// An ACR resource `name` in the fake subscription whose images live in the plain-http
+    /// registry `host`; returns its resource id.
+    pub fn add_registry(&self, name: &str, host: &str) -> String {
+        let id = format!(
+            "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerRegistry/registries/{name}"
+        );
+        self.state.acr_registries.lock().unwrap().insert(id.clone(), host.to_string());
+        id
+    }
+}
+
+/// ARM `importImage` (WIRE_FORMATS §9): checks the body, answers 202 with an
+/// `Azure-AsyncOperation` to poll, and really copies `sourceImage` into each target tag with
+/// skopeo on a thread, the operation staying `InProgress` until the copy ends.
+fn import_image(state: &ArmState, target_id: &str, query: Option<&str>, body: &Bytes) -> Response {
+    if query.is_none_or(|q| !q.contains("api-version=2023-07-01")) {
+        return arm_error(StatusCode::BAD_REQUEST, "InvalidApiVersionParameter", "api-version=2023-07-01 expected");
+    }
+    let registries = state.acr_registries.lock().unwrap().clone();
+    let Some(target) = registries.get(target_id).cloned() else {
+        return arm_error(
+            StatusCode::NOT_FOUND,
+            "ResourceNotFound",
+            &format!("The Resource '{target_id}' was not found."),
+        );
+    };
+    let request: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    state.imports.lock().unwrap().push(request.clone());
+    let source = &request["source"];
+    let image = source["sourceImage"].as_str().unwrap_or_default().to_string();
+    let Some(source_host) = source["resourceId"].as_str().and_then(|id| registries.get(id)).cloned() else {
+        return arm_error(StatusCode::BAD_REQUEST, "InvalidParameters", "source.resourceId is not a known registry");
+    };
+    let mode_ok = matches!(request["mode"].as_str(), Some("Force" | "NoForce"));
+    if !image.contains("@sha256:") || !mode_ok {
+        return arm_error(StatusCode::BAD_REQUEST, "InvalidParameters", &format!("bad import request: {request}"));
+    }
+    let targets: Vec<String> = match request["targetTags"].as_array() {
+        Some(tags) => tags.iter().filter_map(|t| t.as_str().map(str::to_string)).collect(),
+        None => request["untaggedTargetRepositories"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.as_str())
+            .map(|repo| format!("{repo}@{}", image.split_once('@').unwrap().1))
+            .collect(),
+    };
+    let id = format!("import-{}", state.imports.lock().unwrap().len());
+    let ops = state.import_ops.clone();
+    ops.lock().unwrap().insert(id.clone(), None);
+    let fails = state.import_fails.lock().unwrap().clone();
+    let op_id = id.clone();
+    std::thread::spawn(move || {
+        let mut outcome = Ok(());
+        for target_ref in &targets {
+            let copied = std::process::Command::new(super::tools::skopeo())
+                .args(["copy", "--all", "--preserve-digests", "--src-tls-verify=false", "--dest-tls-verify=false"])
+                .arg(format!("docker://{source_host}/{image}"))
+                .arg(format!("docker://{target}/{target_ref}"))
+                .output()
+                .expect("run skopeo");
+            if !copied.status.success() {
+                outcome = Err(("ImportFailed".into(), String::from_utf8_lossy(&copied.stderr).into_owned()));
+            }
+        }
+        if let Some(failure) = fails {
+            outcome = Err(failure);
+        }
+        ops.lock().unwrap().insert(op_id, Some(outcome));
+    });
+    let mut response = StatusCode::ACCEPTED.into_response();
+    let poll = format!("{}/fake-imports/{id}", state.base.lock().unwrap());
+    response.headers_mut().insert("azure-asyncoperation", poll.parse().unwrap());
+    response.headers_mut().insert("retry-after", "0".parse().unwrap());
+    response
 }
 
 fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
@@ -359,6 +450,21 @@ async fn arm(
                 "code": "SwapFailed", "message": "Cannot swap slots because the staging slot failed to warm up." } }))
             .into_response(),
         };
+    }
+    if let Some(id) = path.strip_prefix("/fake-imports/") {
+        return match state.import_ops.lock().unwrap().get(id) {
+            None => arm_error(StatusCode::NOT_FOUND, "NotFound", "no such operation"),
+            Some(None) => axum::Json(json!({ "status": "InProgress" })).into_response(),
+            Some(Some(Ok(()))) => axum::Json(json!({ "status": "Succeeded" })).into_response(),
+            Some(Some(Err((code, message)))) => {
+                axum::Json(json!({ "status": "Failed", "error": { "code": code, "message": message } })).into_response()
+            }
+        };
+    }
+    if let Some(target) = path.strip_suffix("/importImage")
+        && method == Method::POST
+    {
+        return import_image(&state, target, uri.query(), &body);
     }
     let aks = format!(
         "/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}/providers/Microsoft.ContainerService/managedClusters/"
@@ -498,4 +604,183 @@ async fn arm(
         }
         _ => arm_error(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", "not supported by the fake"),
     }
+}
+
+/// A FAKE Azure Container Registry front (WIRE_FORMATS §10.7, Azure/acr `docs/AAD-OAuth.md`):
+/// `/oauth2/exchange` turns an access token the fake Entra ID issued into an ACR refresh token
+/// (a JWT with `exp`), `/oauth2/token` turns a live refresh token into an access token, and
+/// every `/v2/` request must carry such an access token (else `401` with ACR's `Bearer`
+/// challenge) before it is forwarded to a REAL registry.
+pub struct FakeAcr {
+    pub state: Arc<AcrState>,
+    server: Background,
+}
+
+pub struct AcrState {
+    entra: Arc<EntraState>,
+    upstream: String,
+    client: reqwest::Client,
+    /// `127.0.0.1:PORT`, the ACR "service" name; set once the server is bound.
+    pub service: Mutex<String>,
+    /// `/oauth2/exchange` and `/oauth2/token` requests answered (successful or not).
+    pub exchanges: AtomicUsize,
+    pub token_requests: AtomicUsize,
+    /// Lifetime of issued refresh tokens, seconds.
+    pub refresh_lifetime: AtomicU64,
+    /// Refresh tokens issued, with their `exp` (unix seconds).
+    refresh_tokens: Mutex<HashMap<String, u64>>,
+    access_tokens: Mutex<HashSet<String>>,
+    /// When set, `/oauth2/exchange` answers this status with ACR's error body.
+    pub exchange_fails: Mutex<Option<u16>>,
+    /// `/v2/` requests refused for a missing or unknown bearer token.
+    pub challenges: AtomicUsize,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn acr_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({ "errors": [{ "code": code, "message": message, "detail": null }] }))).into_response()
+}
+
+impl FakeAcr {
+    /// In front of the plain-http registry at `upstream` (`127.0.0.1:PORT`), trusting `entra`.
+    pub fn start(entra: &FakeEntra, upstream: &str) -> Self {
+        let state = Arc::new(AcrState {
+            entra: entra.state.clone(),
+            upstream: format!("http://{upstream}"),
+            client: reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap(),
+            service: Mutex::new(String::new()),
+            exchanges: AtomicUsize::new(0),
+            token_requests: AtomicUsize::new(0),
+            refresh_lifetime: AtomicU64::new(3 * 3600),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            access_tokens: Mutex::new(HashSet::new()),
+            exchange_fails: Mutex::new(None),
+            challenges: AtomicUsize::new(0),
+        });
+        let app = axum::Router::new().fallback(acr).with_state(state.clone());
+        let server = Background::serve(app);
+        *state.service.lock().unwrap() = format!("127.0.0.1:{}", server.port);
+        FakeAcr { state, server }
+    }
+
+    /// `127.0.0.1:PORT`: the registry host Ferry is configured with.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.server.port)
+    }
+
+    pub fn exchanges(&self) -> usize {
+        self.state.exchanges.load(Ordering::SeqCst)
+    }
+
+    pub fn token_requests(&self) -> usize {
+        self.state.token_requests.load(Ordering::SeqCst)
+    }
+}
+
+async fn acr(State(state): State<Arc<AcrState>>, request: Request) -> Response {
+    use base64::Engine as _;
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_string();
+    let service = state.service.lock().unwrap().clone();
+    let form = |body: &Bytes| -> HashMap<String, String> { url::form_urlencoded::parse(body).into_owned().collect() };
+    if parts.method == Method::POST && path == "/oauth2/exchange" {
+        state.exchanges.fetch_add(1, Ordering::SeqCst);
+        if let Some(status) = *state.exchange_fails.lock().unwrap() {
+            return acr_error(
+                StatusCode::from_u16(status).unwrap(),
+                "UNAUTHORIZED",
+                "authentication required, visit https://aka.ms/acr/authorization for more information.",
+            );
+        }
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        let form = form(&body);
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        if field("grant_type") != "access_token" || field("service") != service || field("tenant") != TENANT {
+            return acr_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &format!("bad exchange request: {form:?}"));
+        }
+        let scope = state.entra.issued.lock().unwrap().get(field("access_token")).cloned();
+        if !scope.is_some_and(|s| s.ends_with("/.default")) {
+            return acr_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "the access token was not issued by Entra ID");
+        }
+        let exp = unix_now() + state.refresh_lifetime.load(Ordering::SeqCst);
+        let n = state.refresh_tokens.lock().unwrap().len();
+        let b64 = |s: String| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let token = format!(
+            "{}.{}.fake-signature",
+            b64(r#"{"alg":"RS256","typ":"JWT"}"#.into()),
+            b64(json!({ "exp": exp, "aud": service, "jti": n, "grant_type": "refresh_token" }).to_string())
+        );
+        state.refresh_tokens.lock().unwrap().insert(token.clone(), exp);
+        return axum::Json(json!({ "refresh_token": token })).into_response();
+    }
+    if parts.method == Method::POST && path == "/oauth2/token" {
+        state.token_requests.fetch_add(1, Ordering::SeqCst);
+        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+        let form = form(&body);
+        let field = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
+        if field("grant_type") != "refresh_token" || field("service") != service || field("scope").is_empty() {
+            return acr_error(StatusCode::BAD_REQUEST, "BAD_REQUEST", &format!("bad token request: {form:?}"));
+        }
+        let exp = state.refresh_tokens.lock().unwrap().get(field("refresh_token")).copied();
+        match exp {
+            Some(exp) if exp > unix_now() => {}
+            Some(_) => return acr_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "the refresh token has expired"),
+            None => return acr_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "unknown refresh token"),
+        }
+        let token = format!("fake-acr-access-{}", state.access_tokens.lock().unwrap().len());
+        state.access_tokens.lock().unwrap().insert(token.clone());
+        return axum::Json(json!({ "access_token": token })).into_response();
+    }
+    if !path.starts_with("/v2") {
+        return acr_error(StatusCode::NOT_FOUND, "NOT_FOUND", &format!("no such endpoint {path}"));
+    }
+    let bearer = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    if !bearer.is_some_and(|t| state.access_tokens.lock().unwrap().contains(&t)) {
+        state.challenges.fetch_add(1, Ordering::SeqCst);
+        let challenge = format!(r#"Bearer realm="http://{service}/oauth2/token",service="{service}""#);
+        let mut response = acr_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "authentication required");
+        response.headers_mut().insert(axum::http::header::WWW_AUTHENTICATE, challenge.parse().unwrap());
+        return response;
+    }
+    // Forward to the real registry, `Host` kept so its upload `Location`s point back here.
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let mut headers = parts.headers.clone();
+    for name in [
+        axum::http::header::CONTENT_LENGTH,
+        axum::http::header::CONNECTION,
+        axum::http::header::TRANSFER_ENCODING,
+        axum::http::header::AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    let path_and_query = parts.uri.path_and_query().map_or(path.clone(), |p| p.as_str().to_string());
+    let upstream = match state
+        .client
+        .request(parts.method.clone(), format!("{}{path_and_query}", state.upstream))
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(e) => return (StatusCode::BAD_GATEWAY, format!("upstream: {e}")).into_response(),
+    };
+    let mut response = Response::builder().status(upstream.status());
+    for (name, value) in upstream.headers() {
+        // A HEAD answer has no body, so its Content-Length (the manifest's size) is kept as is.
+        let length = name == axum::http::header::CONTENT_LENGTH && parts.method != Method::HEAD;
+        if !length && name != axum::http::header::TRANSFER_ENCODING {
+            response = response.header(name, value);
+        }
+    }
+    let bytes = upstream.bytes().await.unwrap_or_default();
+    response.body(axum::body::Body::from(bytes)).unwrap()
 }

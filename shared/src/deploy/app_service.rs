@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::{Value, json};
 
-use super::azure::{ArmClient, ArmResponse, AzureError, retry_after};
+use super::azure::{ArmClient, AzureError};
 use super::{Deployment, Notified, Notifier, NotifyError};
 
 /// The Microsoft.Web api-version Ferry speaks (WIRE_FORMATS §7).
@@ -103,7 +103,7 @@ impl AppServiceNotifier {
                 &resource,
             )
             .await?;
-        self.wait_for_operation(started, &resource).await?;
+        self.arm.wait_for_operation(started, &resource, self.timeout, self.poll_interval).await?;
         self.wait_for_image(None, image).await?;
         Ok(format!("{} swapped into production; web app {} runs {image}", self.resource(Some(slot)), self.app))
     }
@@ -181,61 +181,6 @@ impl AppServiceNotifier {
                 });
             }
             tokio::time::sleep(self.poll_interval).await;
-        }
-    }
-
-    /// Follows a long-running operation to its end.
-    async fn wait_for_operation(&self, started: ArmResponse, resource: &str) -> Result<(), AzureError> {
-        if started.status != StatusCode::ACCEPTED {
-            return Ok(());
-        }
-        let header = |name: &str| started.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let deadline = Instant::now() + self.timeout;
-        let mut pause = retry_after(&started.headers).unwrap_or(self.poll_interval);
-        let timed_out = || AzureError::Operation {
-            what: resource.into(),
-            code: "OperationTimedOut".into(),
-            message: format!("still running after {:?}", self.timeout),
-        };
-        if let Some(operation) = header("azure-asyncoperation") {
-            loop {
-                tokio::time::sleep(pause.min(Duration::from_secs(60))).await;
-                let polled = self.arm.send(Method::GET, &operation, None, None, resource).await?;
-                match polled.body["status"].as_str().unwrap_or_default() {
-                    s if s.eq_ignore_ascii_case("succeeded") => return Ok(()),
-                    s if s.eq_ignore_ascii_case("failed") || s.eq_ignore_ascii_case("canceled") => {
-                        let error = &polled.body["error"];
-                        return Err(AzureError::Operation {
-                            what: resource.into(),
-                            code: error["code"].as_str().unwrap_or(s).to_string(),
-                            message: error["message"].as_str().unwrap_or("the operation did not succeed").to_string(),
-                        });
-                    }
-                    _ => {}
-                }
-                if Instant::now() >= deadline {
-                    return Err(timed_out());
-                }
-                pause = retry_after(&polled.headers).unwrap_or(self.poll_interval);
-            }
-        }
-        let Some(location) = header("location") else {
-            return Err(AzureError::Operation {
-                what: resource.into(),
-                code: "NoOperationUrl".into(),
-                message: "ARM answered 202 without Location or Azure-AsyncOperation to follow".into(),
-            });
-        };
-        loop {
-            tokio::time::sleep(pause.min(Duration::from_secs(60))).await;
-            let polled = self.arm.send(Method::GET, &location, None, None, resource).await?;
-            if polled.status != StatusCode::ACCEPTED {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(timed_out());
-            }
-            pause = retry_after(&polled.headers).unwrap_or(self.poll_interval);
         }
     }
 }

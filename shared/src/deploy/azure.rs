@@ -515,6 +515,69 @@ impl ArmClient {
             retry_after(&headers),
         ))
     }
+
+    /// Follows a long-running operation to its end: `Azure-AsyncOperation` until its status is
+    /// final, else `Location` until it stops answering 202; `timeout` overall, polling every
+    /// `poll_interval` unless ARM sends `Retry-After`.
+    pub async fn wait_for_operation(
+        &self,
+        started: ArmResponse,
+        resource: &str,
+        timeout: Duration,
+        poll_interval: Duration,
+    ) -> Result<(), AzureError> {
+        if started.status != StatusCode::ACCEPTED {
+            return Ok(());
+        }
+        let header = |name: &str| started.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let deadline = Instant::now() + timeout;
+        let mut pause = retry_after(&started.headers).unwrap_or(poll_interval);
+        let timed_out = || AzureError::Operation {
+            what: resource.into(),
+            code: "OperationTimedOut".into(),
+            message: format!("still running after {:?}", timeout),
+        };
+        if let Some(operation) = header("azure-asyncoperation") {
+            loop {
+                tokio::time::sleep(pause.min(Duration::from_secs(60))).await;
+                let polled = self.send(Method::GET, &operation, None, None, resource).await?;
+                match polled.body["status"].as_str().unwrap_or_default() {
+                    s if s.eq_ignore_ascii_case("succeeded") => return Ok(()),
+                    s if s.eq_ignore_ascii_case("failed") || s.eq_ignore_ascii_case("canceled") => {
+                        let error = &polled.body["error"];
+                        return Err(AzureError::Operation {
+                            what: resource.into(),
+                            code: error["code"].as_str().unwrap_or(s).to_string(),
+                            message: error["message"].as_str().unwrap_or("the operation did not succeed").to_string(),
+                        });
+                    }
+                    _ => {}
+                }
+                if Instant::now() >= deadline {
+                    return Err(timed_out());
+                }
+                pause = retry_after(&polled.headers).unwrap_or(poll_interval);
+            }
+        }
+        let Some(location) = header("location") else {
+            return Err(AzureError::Operation {
+                what: resource.into(),
+                code: "NoOperationUrl".into(),
+                message: "ARM answered 202 without Location or Azure-AsyncOperation to follow".into(),
+            });
+        };
+        loop {
+            tokio::time::sleep(pause.min(Duration::from_secs(60))).await;
+            let polled = self.send(Method::GET, &location, None, None, resource).await?;
+            if polled.status != StatusCode::ACCEPTED {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(timed_out());
+            }
+            pause = retry_after(&polled.headers).unwrap_or(poll_interval);
+        }
+    }
 }
 
 /// The ARM client for `config`'s `[azure]` table and the process environment, with its

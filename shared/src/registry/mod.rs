@@ -1,5 +1,6 @@
 //! Registry access and the digest-exact copy engine.
 
+pub mod acr;
 pub mod archive;
 pub mod auth;
 pub mod client;

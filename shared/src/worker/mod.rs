@@ -102,8 +102,10 @@ impl Worker {
     /// A worker for `config`; fails when the configuration names something it cannot set up
     /// (an unreadable CA file, an unset secret, a kubeconfig that does not load).
     pub fn new(config: Arc<Config>, queue: Arc<dyn JobQueue>, ledger: Arc<dyn Ledger>) -> Result<Self, WorkError> {
-        let registries = RegistrySettings::from_config(&config)?;
-        let notifiers = notifiers::from_config(&config)?;
+        // One Entra ID token cache for the Azure notifiers and the `acr = true` registries.
+        let mut arm = None;
+        let registries = RegistrySettings::from_config(&config, &mut arm)?;
+        let notifiers = notifiers::from_config(&config, &mut arm)?;
         let notices = Arc::new(crate::notices::Notices::from_config(&config)?);
         Ok(Worker {
             config,

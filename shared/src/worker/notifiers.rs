@@ -13,10 +13,9 @@ use crate::error::WorkError;
 /// Each stage's notifier, keyed by (pipeline, stage).
 pub(super) type Notifiers = HashMap<(String, String), Arc<dyn Notifier>>;
 
-pub(super) fn from_config(config: &Config) -> Result<Notifiers, WorkError> {
+/// `arm`: the one ARM client (and token cache) of the worker, made only when needed.
+pub(super) fn from_config(config: &Config, arm: &mut Option<Arc<ArmClient>>) -> Result<Notifiers, WorkError> {
     let mut notifiers = Notifiers::new();
-    // One ARM client (and token cache) for every App Service stage, made only when needed.
-    let mut arm: Option<Arc<ArmClient>> = None;
     for pipeline in &config.pipelines {
         for stage in &pipeline.stages {
             let notifier: Arc<dyn Notifier> = match &stage.notify {
@@ -28,7 +27,7 @@ pub(super) fn from_config(config: &Config) -> Result<Notifiers, WorkError> {
                     Arc::new(WebhookNotifier::new(url, secret).map_err(setup)?)
                 }
                 Some(Notify::AppService { subscription, resource_group, app, slot, swap }) => {
-                    let arm = shared_arm(&mut arm, config)?;
+                    let arm = shared_arm(arm, config)?;
                     Arc::new(
                         AppServiceNotifier::new(arm, subscription, resource_group, app, slot.as_deref(), *swap)
                             .map_err(setup)?,
@@ -47,7 +46,7 @@ pub(super) fn from_config(config: &Config) -> Result<Notifiers, WorkError> {
                     let notifier = match (kubeconfig, aks) {
                         (None, Some(aks)) => {
                             let cluster = AksCluster {
-                                arm: shared_arm(&mut arm, config)?,
+                                arm: shared_arm(arm, config)?,
                                 subscription: aks.subscription.clone(),
                                 resource_group: aks.resource_group.clone(),
                                 cluster: aks.cluster.clone(),
@@ -74,7 +73,7 @@ pub(super) fn from_config(config: &Config) -> Result<Notifiers, WorkError> {
 }
 
 /// The one ARM client (and token cache) of every Azure notifier, made when the first needs it.
-fn shared_arm(arm: &mut Option<Arc<ArmClient>>, config: &Config) -> Result<Arc<ArmClient>, WorkError> {
+pub(super) fn shared_arm(arm: &mut Option<Arc<ArmClient>>, config: &Config) -> Result<Arc<ArmClient>, WorkError> {
     if let Some(arm) = arm {
         return Ok(arm.clone());
     }

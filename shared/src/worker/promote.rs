@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use super::registries::registry_ref;
 use super::{Delivered, GateResult, Outcome, Worker, now_ms};
-use crate::config::{Pipeline, RepoName, Stage};
+use crate::config::{CopyMethod, Pipeline, RepoName, Stage};
 use crate::deploy::{Deployment, NoopNotifier, NotifyError};
 use crate::error::WorkError;
 use crate::failpoint::{self, Point};
@@ -219,18 +219,34 @@ impl Worker {
         let from = Location::Registry(registry_ref(source, ImageRef { tag: None, digest: Some(digest.clone()) }));
         let to = Location::Registry(registry_ref(target, ImageRef { tag: first, digest: None }));
         let options = CopyOptions { extra_tags: rest, ..CopyOptions::default() };
-        let access = self.registries.access(source, target).await?;
-        let report = copy(&from, &to, &access, &options, Arc::new(Progress::default()))
-            .await
-            .map_err(|e| WorkError::from(e).context(format_args!("copy {from} → {to}")))?;
-        if report.digest != digest.as_str() {
-            return Err(WorkError::transient(format!("copy produced {} instead of {digest}", report.digest)));
+        if stage.copy == CopyMethod::AcrImport {
+            self.registries.acr_import(source, target, digest, &tags).await?;
+            // Read back as after any copy: the stage's tag (or the digest) must be the digest.
+            let client = self.registries.client(&target.registry).await?;
+            let reference = tags.first().map(|t| t.to_string()).unwrap_or_else(|| digest.to_string());
+            let found =
+                client.head_manifest(&target.repository, &reference, &vec![pull_scope(&target.repository)]).await?;
+            if found.as_ref() != Some(digest) {
+                let found = found.map_or_else(|| "nothing".to_string(), |d| d.to_string());
+                return Err(WorkError::permanent(format!(
+                    "acr-import into {target}: {target}:{reference} is {found}, not {digest}"
+                )));
+            }
+            tracing::info!(digest = %digest, "imported into {target} by ACR");
+        } else {
+            let access = self.registries.access(source, target).await?;
+            let report = copy(&from, &to, &access, &options, Arc::new(Progress::default()))
+                .await
+                .map_err(|e| WorkError::from(e).context(format_args!("copy {from} → {to}")))?;
+            if report.digest != digest.as_str() {
+                return Err(WorkError::transient(format!("copy produced {} instead of {digest}", report.digest)));
+            }
+            tracing::info!(
+                digest = %digest, bytes = report.bytes_transferred, copied = report.blobs_copied,
+                mounted = report.blobs_mounted, skipped = report.blobs_skipped, "copied to {target}"
+            );
         }
         failpoint::hit(Point::AfterTagBeforeLedger).await;
-        tracing::info!(
-            digest = %digest, bytes = report.bytes_transferred, copied = report.blobs_copied,
-            mounted = report.blobs_mounted, skipped = report.blobs_skipped, "copied to {target}"
-        );
 
         let deployment = Deployment {
             pipeline: pipeline.name.get_ref().clone(),

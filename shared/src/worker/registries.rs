@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, RepoName};
+use crate::deploy::azure::ArmClient;
 use crate::error::WorkError;
 use crate::registry::auth::Credential;
 use crate::registry::client::{ClientOptions, Deadlines, HttpClients, RegistryClient};
@@ -16,6 +17,8 @@ pub enum RegistryCredential {
     Fixed(Credential),
     #[cfg(feature = "aws")]
     Ecr(Arc<crate::registry::ecr::EcrCredentials>),
+    /// An ACR refresh token exchanged for the `[azure]` Entra ID token (about 3 hours).
+    Acr(Arc<crate::registry::acr::AcrCredentials>),
 }
 
 impl RegistryCredential {
@@ -25,6 +28,7 @@ impl RegistryCredential {
             RegistryCredential::Fixed(credential) => Ok(credential.clone()),
             #[cfg(feature = "aws")]
             RegistryCredential::Ecr(ecr) => ecr.credential().await.map_err(|e| WorkError::new(e.class, e.to_string())),
+            RegistryCredential::Acr(acr) => acr.credential().await.map_err(|e| WorkError::new(e.class, e.to_string())),
         }
     }
 }
@@ -35,10 +39,19 @@ pub struct RegistrySettings {
     credentials: HashMap<String, RegistryCredential>,
     /// One trust store per registry that names a `ca_cert`, one shared by the others.
     http: HttpClients,
+    /// The ARM client of the `acr = true` registries (for `copy = "acr-import"`).
+    arm: Option<Arc<ArmClient>>,
+    /// Registry → its ARM resource id (`arm_id`).
+    arm_ids: HashMap<String, String>,
 }
 
 impl RegistrySettings {
-    pub fn from_config(config: &Config) -> Result<Self, WorkError> {
+    /// The registries of `config`; `acr = true` registries take their Entra ID tokens from
+    /// `arm`'s credential (one token cache with the Azure notifiers), made here when needed.
+    pub fn from_config(config: &Config, arm: &mut Option<Arc<ArmClient>>) -> Result<Self, WorkError> {
+        let mut acr_hosts = Vec::new();
+        let arm_ids =
+            config.registries.iter().filter_map(|(host, r)| r.arm_id.clone().map(|id| (host.clone(), id))).collect();
         let mut client = ClientOptions::default();
         let mut credentials = HashMap::new();
         for (host, registry) in &config.registries {
@@ -92,6 +105,9 @@ impl RegistrySettings {
                     )));
                 }
             }
+            if registry.acr {
+                acr_hosts.push((host.clone(), registry.plain_http));
+            }
             if registry.ecr {
                 #[cfg(feature = "aws")]
                 credentials.insert(
@@ -105,7 +121,27 @@ impl RegistrySettings {
             }
         }
         let http = HttpClients::new(&client).map_err(|e| WorkError::permanent(e.to_string()))?;
-        Ok(RegistrySettings { client, credentials, http })
+        let acr_hosts_empty = acr_hosts.is_empty();
+        for (host, plain_http) in acr_hosts {
+            let arm = super::notifiers::shared_arm(arm, config)?;
+            let tenant = config
+                .azure
+                .as_ref()
+                .and_then(|azure| azure.tenant_id.clone())
+                .or_else(|| std::env::var("AZURE_TENANT_ID").ok().filter(|t| !t.is_empty()));
+            let acr = crate::registry::acr::AcrCredentials::new(
+                &host,
+                plain_http,
+                tenant,
+                arm.credential().clone(),
+                arm.scope(),
+                http.for_registry(api_host(&host)),
+            )
+            .map_err(|e| WorkError::permanent(e.to_string()))?;
+            credentials.insert(host, RegistryCredential::Acr(Arc::new(acr)));
+        }
+        let arm = if acr_hosts_empty { None } else { arm.clone() };
+        Ok(RegistrySettings { client, credentials, http, arm, arm_ids })
     }
 
     /// The credential for `registry` now (renewed when it is about to expire).
@@ -122,6 +158,45 @@ impl RegistrySettings {
             source_credential: self.credential(&source.registry).await?,
             target_credential: self.credential(&target.registry).await?,
             docker_config: Default::default(),
+        })
+    }
+
+    /// `copy = "acr-import"`: ARM `importImage` of `source@digest` into `target` with `tags`.
+    pub(super) async fn acr_import(
+        &self,
+        source: &RepoName,
+        target: &RepoName,
+        digest: &crate::registry::Digest,
+        tags: &[crate::registry::Tag],
+    ) -> Result<(), WorkError> {
+        let arm_id = |repo: &RepoName| {
+            self.arm_ids.get(&repo.registry).ok_or_else(|| {
+                WorkError::permanent(format!(
+                    "registries.\"{}\".arm_id is needed for copy = \"acr-import\"",
+                    repo.registry
+                ))
+            })
+        };
+        let (source_id, target_id) = (arm_id(source)?, arm_id(target)?);
+        let arm = self
+            .arm
+            .as_ref()
+            .ok_or_else(|| WorkError::permanent("copy = \"acr-import\" needs acr = true registries and [azure]"))?;
+        let tags: Vec<String> = tags.iter().map(|tag| format!("{}:{tag}", target.repository)).collect();
+        let image = format!("{}@{digest}", source.repository);
+        crate::registry::acr::import_image(
+            arm,
+            source_id,
+            target_id,
+            &image,
+            &target.repository,
+            &tags,
+            Duration::from_secs(1800),
+        )
+        .await
+        .map_err(|e| {
+            let message = format!("acr-import {source}@{digest} → {target}: {e}");
+            if e.is_retryable() { WorkError::transient(message) } else { WorkError::permanent(message) }
         })
     }
 
