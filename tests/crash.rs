@@ -9,7 +9,7 @@ mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use ferry_core::failpoint::{self, Point};
 use serde_json::{Value, json};
@@ -176,23 +176,7 @@ fn wait_for<T>(what: &str, timeout: Duration, server: &FerryServer, mut probe: i
 
 /// Posts a signed generic webhook for `repository:tag@digest`; the answer's status and body.
 fn post_webhook(server: &FerryServer, repository: &str, tag: &str, digest: &str) -> (u16, Value) {
-    let body = serde_json::to_vec(&json!({ "repository": repository, "tag": tag, "digest": digest })).unwrap();
-    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
-    let signature = ferry_core::intake::verify::generic_signature(GENERIC_SECRET.as_bytes(), &timestamp, &body);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(server.url("/hooks/generic"))
-            .header("Content-Type", "application/json")
-            .header("X-Ferry-Timestamp", timestamp)
-            .header("X-Ferry-Signature", signature)
-            .body(body)
-            .send()
-            .await
-            .expect("ferry answers the webhook");
-        let status = response.status().as_u16();
-        (status, response.json::<Value>().await.unwrap_or(Value::Null))
-    })
+    server.post_generic(GENERIC_SECRET, &json!({ "repository": repository, "tag": tag, "digest": digest }))
 }
 
 fn history(server: &FerryServer, stage: &str) -> Vec<Value> {

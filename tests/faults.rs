@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::registry::free_port;
@@ -114,23 +114,7 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 fn post_webhook(server: &FerryServer, body: &Value) -> (u16, Value) {
-    let body = serde_json::to_vec(body).unwrap();
-    let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs().to_string();
-    let signature = ferry_core::intake::verify::generic_signature(GENERIC_SECRET.as_bytes(), &timestamp, &body);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(server.url("/hooks/generic"))
-            .header("Content-Type", "application/json")
-            .header("X-Ferry-Timestamp", timestamp)
-            .header("X-Ferry-Signature", signature)
-            .body(body)
-            .send()
-            .await
-            .expect("ferry answers the webhook");
-        let status = response.status().as_u16();
-        (status, response.json::<Value>().await.unwrap_or(Value::Null))
-    })
+    server.post_generic(GENERIC_SECRET, body)
 }
 
 fn image(registry: &Registry, repo: &str, tag: &str, layers: &[usize]) -> String {
