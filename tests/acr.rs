@@ -6,12 +6,12 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::azure::{CLIENT_ID, CLIENT_SECRET, FakeAcr, FakeArm, FakeEntra, TENANT};
 use support::registry::free_port;
-use support::{FerryServer, OciLayout, Registry};
+use support::{FerryServer, Registry};
 
 const REPO: &str = "shop/api";
 const DISTRIBUTION_SECRET: &str = "acr-distribution-secret";
@@ -75,22 +75,11 @@ fn setup() -> (FakeEntra, Registry, FakeAcr, Registry, u16) {
 
 /// Pushes an image with three layers, so one promotion asks for several blobs.
 fn push(registry: &Registry, tag: &str) -> String {
-    let mut layout = OciLayout::new();
-    let image = layout.add_image(tag, &[120_000, 80_000, 40_000]);
-    let pushed = registry.skopeo_push(&layout.reference(tag), &format!("{REPO}:{tag}"), &[]);
-    assert_eq!(pushed.computed_digest(), image.digest());
-    pushed.computed_digest()
+    registry.push_image(REPO, tag, &[120_000, 80_000, 40_000])
 }
 
-fn wait_until<T>(what: &str, server: &FerryServer, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not so after 90 s\nferry log:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until<T>(what: &str, server: &FerryServer, probe: impl FnMut() -> Option<T>) -> T {
+    server.wait_until(what, Duration::from_secs(90), probe)
 }
 
 fn history(server: &FerryServer) -> Vec<Value> {

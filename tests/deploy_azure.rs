@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_core::deploy::azure::{ArmClient, CredentialSource, EntraCredential, azure_http};
 use ferry_core::deploy::{AppServiceNotifier, Deployment, Notifier, NotifyError};
@@ -18,7 +18,7 @@ use support::azure::{
     SwapMode, TENANT,
 };
 use support::registry::free_port;
-use support::{FerryServer, OciLayout, Registry};
+use support::{FerryServer, Registry};
 
 const OLD: &str = "127.0.0.1:5999/shop/api@sha256:1111111111111111111111111111111111111111111111111111111111111111";
 const NEW: &str = "127.0.0.1:5999/shop/api@sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -379,22 +379,11 @@ source = "{}/{REPO}"
 }
 
 fn push(registry: &Registry, tag: &str) -> String {
-    let mut layout = OciLayout::new();
-    let image = layout.add_image(tag, &[150_000]);
-    let pushed = registry.skopeo_push(&layout.reference(tag), &format!("{REPO}:{tag}"), &[]);
-    assert_eq!(pushed.computed_digest(), image.digest());
-    pushed.computed_digest()
+    registry.push_image(REPO, tag, &[150_000])
 }
 
-fn wait_until<T>(what: &str, server: &FerryServer, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not so after 90 s\nferry log:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until<T>(what: &str, server: &FerryServer, probe: impl FnMut() -> Option<T>) -> T {
+    server.wait_until(what, Duration::from_secs(90), probe)
 }
 
 fn history(server: &FerryServer, stage: &str) -> Vec<Value> {

@@ -268,15 +268,8 @@ const REPO: &str = "shop/api";
 const DISTRIBUTION_SECRET: &str = "deploy-kube-distribution-secret";
 const OPERATOR_TOKEN: &str = "deploy-kube-operator-token";
 
-fn wait_until<T>(what: &str, server: &FerryServer, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not so after 120 s\nferry log:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until<T>(what: &str, server: &FerryServer, probe: impl FnMut() -> Option<T>) -> T {
+    server.wait_until(what, Duration::from_secs(120), probe)
 }
 
 fn history(server: &FerryServer, stage: &str) -> Vec<Value> {

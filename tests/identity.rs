@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::oidc::{FakeOidcProvider, SigningKey, now_s};
 use support::registry::free_port;
-use support::{FerryCommand, FerryServer, OciLayout, Registry, ferry};
+use support::{FerryCommand, FerryServer, Registry, ferry};
 
 const PIPELINE: &str = "shop-api";
 const REPO: &str = "shop/api";
@@ -101,9 +101,7 @@ fn cli(server: &FerryServer, subcommand: &str, token: &str) -> FerryCommand {
 }
 
 fn push(registry: &Registry, tag: &str) -> String {
-    let mut layout = OciLayout::new();
-    layout.add_image(tag, &[50_000]);
-    registry.skopeo_push(&layout.reference(tag), &format!("{REPO}:{tag}"), &[]).computed_digest()
+    registry.push_image(REPO, tag, &[50_000])
 }
 
 /// The JSON error of a refused `--json` command.

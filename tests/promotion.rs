@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 use support::registry::free_port;
-use support::{Fault, FaultyProxy, FerryServer, OciLayout, Registry};
+use support::{Fault, FaultyProxy, FerryServer, Registry};
 
 const PIPELINE: &str = "shop-api";
 const REPO: &str = "shop/api";
@@ -71,23 +71,12 @@ source = "{source}/{REPO}"
 
 /// Pushes a fresh image with `layer_sizes` to `registry` as `shop/api:TAG`; its digest.
 fn push(registry: &Registry, tag: &str, layer_sizes: &[usize]) -> String {
-    let mut layout = OciLayout::new();
-    let image = layout.add_image(tag, layer_sizes);
-    let pushed = registry.skopeo_push(&layout.reference(tag), &format!("{REPO}:{tag}"), &[]);
-    assert_eq!(pushed.computed_digest(), image.digest(), "the build registry holds what was pushed");
-    pushed.computed_digest()
+    registry.push_image(REPO, tag, layer_sizes)
 }
 
 /// Polls `probe` until it gives a value; fails with the ferry log after `timeout`.
-fn wait_until<T>(what: &str, timeout: Duration, server: &FerryServer, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not so after {timeout:?}\nferry log:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until<T>(what: &str, timeout: Duration, server: &FerryServer, probe: impl FnMut() -> Option<T>) -> T {
+    server.wait_until(what, timeout, probe)
 }
 
 /// Waits until `shop/api:TAG` in `registry` is the image `digest`, and the ledger has recorded

@@ -7,7 +7,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::registry::free_port;
@@ -17,15 +17,8 @@ const PIPELINE: &str = "shop-api";
 const REPO: &str = "shop/api";
 const OPERATOR_TOKEN: &str = "registry-trust-operator-token";
 
-fn wait_until<T>(what: &str, server: &FerryServer, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not so after 90 s\nferry log:\n{}", server.log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn wait_until<T>(what: &str, server: &FerryServer, probe: impl FnMut() -> Option<T>) -> T {
+    server.wait_until(what, Duration::from_secs(90), probe)
 }
 
 /// The promotion of `digest` into `stage` once it has finished, one way or the other.

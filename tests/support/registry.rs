@@ -273,6 +273,18 @@ fn wait_until_ready(child: &mut Child, client: &RegistryClient, log: &Path) -> R
 }
 
 /// A port that was free a moment ago (bind port 0, read it, release it).
+impl Registry {
+    /// Pushes a fresh image with layers of `layer_sizes` bytes as `repository:tag` (skopeo, from
+    /// an OCI layout); the digest the registry holds, checked against what was built.
+    pub fn push_image(&self, repository: &str, tag: &str, layer_sizes: &[usize]) -> String {
+        let mut layout = super::OciLayout::new();
+        let image = layout.add_image(tag, layer_sizes);
+        let pushed = self.skopeo_push(&layout.reference(tag), &format!("{repository}:{tag}"), &[]);
+        assert_eq!(pushed.computed_digest(), image.digest(), "the registry holds what was pushed");
+        pushed.computed_digest()
+    }
+}
+
 /// A free port for a server that must know its port before it starts (docker-registry's config,
 /// or `ferry serve` when a registry must be told where to notify it first).
 ///

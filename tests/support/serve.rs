@@ -174,6 +174,19 @@ impl FerryServer {
         })
     }
 
+    /// Polls `probe` every 100 ms until it gives a value; panics naming `what` and showing the
+    /// log after `timeout`.
+    pub fn wait_until<T>(&self, what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = probe() {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "{what}: not so after {timeout:?}\nferry log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Waits until the log contains `needle`; panics with the log after `timeout`.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
