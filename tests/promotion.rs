@@ -69,6 +69,21 @@ source = "{source}/{REPO}"
     )
 }
 
+/// [`start_ferry`] with one stage, dev, whose target is a proxy in front of a real registry that
+/// answers 500 to everything until the test calls `set_fault`; two attempts per job, 100 ms
+/// apart. Returns (dev, its proxy, the server).
+fn start_ferry_with_failing_dev(port: u16, source: &Registry) -> (Registry, FaultyProxy, FerryServer) {
+    let dev = Registry::plain();
+    let broken = FaultyProxy::start(&dev, Fault::ServerErrors);
+    let server = start_ferry(
+        port,
+        source.host(),
+        &[("dev", broken.host(), "auto")],
+        "[worker]\nmax_attempts = 2\nretry_base_ms = 100\n",
+    );
+    (dev, broken, server)
+}
+
 /// Pushes a fresh image with `layer_sizes` to `registry` as `shop/api:TAG`; its digest.
 fn push(registry: &Registry, tag: &str, layer_sizes: &[usize]) -> String {
     registry.push_image(REPO, tag, layer_sizes)
@@ -467,14 +482,7 @@ fn fifty_duplicate_webhooks_yield_one_promotion() {
 fn permanently_failing_target_dead_letters_then_redrives() {
     let port = free_port();
     let build = notifying_build_registry(port);
-    let dev = Registry::plain();
-    let broken = FaultyProxy::start(&dev, Fault::ServerErrors);
-    let server = start_ferry(
-        port,
-        build.host(),
-        &[("dev", broken.host(), "auto")],
-        "[worker]\nmax_attempts = 2\nretry_base_ms = 100\n",
-    );
+    let (dev, broken, server) = start_ferry_with_failing_dev(port, &build);
 
     let digest = push(&build, "1.0", &[300_000]);
     let letter = wait_until("the job is dead-lettered", Duration::from_secs(90), &server, || {
@@ -540,14 +548,7 @@ fn a_copy_longer_than_the_visibility_timeout_runs_once_and_is_not_dead_lettered(
 fn a_manual_promotion_by_tag_that_keeps_failing_shows_as_dead_lettered() {
     let port = free_port();
     let build = Registry::plain();
-    let dev = Registry::plain();
-    let broken = FaultyProxy::start(&dev, Fault::ServerErrors);
-    let server = start_ferry(
-        port,
-        build.host(),
-        &[("dev", broken.host(), "auto")],
-        "[worker]\nmax_attempts = 2\nretry_base_ms = 100\n",
-    );
+    let (_dev, _broken, server) = start_ferry_with_failing_dev(port, &build);
     let digest = push(&build, "1.0", &[300_000]);
 
     server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--user", "alice"]).run().success();
@@ -1348,14 +1349,7 @@ fn waiting_texts_are_computed_when_shown() {
 fn a_failed_job_is_reported_and_a_redrive_waits_for_its_outcome() {
     let port = free_port();
     let source = Registry::plain();
-    let dev = Registry::plain();
-    let broken = FaultyProxy::start(&dev, Fault::ServerErrors);
-    let server = start_ferry(
-        port,
-        source.host(),
-        &[("dev", broken.host(), "auto")],
-        "[worker]\nmax_attempts = 2\nretry_base_ms = 100\n",
-    );
+    let (dev, broken, server) = start_ferry_with_failing_dev(port, &source);
     let digest = push(&source, "1.0", &[100_000]);
 
     let failed = server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--user", "alice"]).run();
