@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::console::session::{CSRF_HEADER, SESSION_COOKIE, Sessions};
 use crate::identity::{AuthError, Authenticator, Caller, Channel, Role, Scope};
 use crate::intake::verify::secrets_equal;
 use crate::ops::{Operations, OpsError};
@@ -41,17 +42,57 @@ pub fn operator_token(config: &crate::config::Config) -> Result<Option<Secret>, 
 struct ApiState {
     ops: Arc<Operations>,
     token: Option<Secret>,
-    identity: Option<Authenticator>,
+    identity: Option<Arc<Authenticator>>,
+    /// Console sessions, accepted in place of a bearer token (state changes then need the
+    /// session's CSRF token).
+    sessions: Option<Arc<Sessions>>,
 }
 
-/// The operations API guarded by the operator token only.
+/// Why the operations API and console could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(String);
+
+/// The operations API and the web console as every shell serves them (`ferry serve`, the API
+/// function on AWS), or `None` when neither an operator token nor `[identity]` is configured.
+pub fn operations_app(config: &crate::config::Config, ops: Arc<Operations>) -> Result<Option<Router>, SetupError> {
+    let token = operator_token(config).map_err(SetupError)?;
+    let identity = match config.identity.is_on() {
+        true => Some(Arc::new(Authenticator::new(config.identity.clone()).map_err(SetupError)?)),
+        false => None,
+    };
+    if token.is_none() && identity.is_none() {
+        return Ok(None);
+    }
+    let key = config
+        .secret(
+            "identity.session_key",
+            config.identity.session_key_env.as_ref(),
+            config.identity.session_key_arn.as_ref(),
+        )
+        .map_err(|e| SetupError(e.to_string()))?;
+    if key.as_ref().is_some_and(|k| k.expose().len() < 32) {
+        return Err(SetupError("identity.session_key: the session key must be at least 32 characters".into()));
+    }
+    let sessions = Arc::new(Sessions::new(key.as_ref().map(|k| k.expose().as_bytes()), config.identity.session_ttl_s));
+    let console = crate::console::Console {
+        sessions: sessions.clone(),
+        identity: identity.clone(),
+        public_url: config.server.public_url.clone(),
+    };
+    let api = api_router(ApiState { ops, token, identity, sessions: Some(sessions) });
+    Ok(Some(api.merge(crate::console::router(Arc::new(console)))))
+}
+
+/// The operations API guarded by the operator token only (no console).
 pub fn router(ops: Arc<Operations>, token: Secret) -> Router {
-    router_with_identity(ops, Some(token), None)
+    api_router(ApiState { ops, token: Some(token), identity: None, sessions: None })
 }
 
-/// The operations API with `[identity]` (and the operator token as break-glass, when set).
-pub fn router_with_identity(ops: Arc<Operations>, token: Option<Secret>, identity: Option<Authenticator>) -> Router {
+fn api_router(state: ApiState) -> Router {
+    let state = Arc::new(state);
     Router::new()
+        .route("/api/me", get(me))
         .route("/api/status", get(status))
         .route("/api/promote", post(promote))
         .route("/api/promotions/{id}", get(promotion))
@@ -64,7 +105,32 @@ pub fn router_with_identity(ops: Arc<Operations>, token: Option<Secret>, identit
         .route("/api/jobs/{id}", get(job))
         .route("/api/show/{id}", get(show))
         .route("/metrics", get(metrics))
-        .with_state(Arc::new(ApiState { ops, token, identity }))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), csrf_guard))
+        .with_state(state)
+}
+
+/// A state-changing request that rides on a console session must carry the session's CSRF
+/// token in `X-Ferry-CSRF`: another site can make a browser send the cookie, not the token.
+/// Bearer-token callers (the CLI, automation) send no cookie and are not affected.
+async fn csrf_guard(
+    State(state): State<Arc<ApiState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let safe = matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD);
+    let headers = request.headers();
+    if !safe && headers.get(axum::http::header::AUTHORIZATION).is_none() {
+        if let Some(Ok(session)) = state.sessions.as_ref().map(|s| s.session(headers)) {
+            let presented = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            if !session.csrf_matches(presented) {
+                return refused(
+                    StatusCode::FORBIDDEN,
+                    "missing or wrong CSRF token (X-Ferry-CSRF): reload the console page and try again".into(),
+                );
+            }
+        }
+    }
+    next.run(request).await
 }
 
 /// Why a listener serves no operations API.
@@ -153,6 +219,17 @@ async fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, Refusal
             });
         }
     }
+    // No bearer token: a console session, when the request has one.
+    if given.is_empty() {
+        if let Some(sessions) = &state.sessions {
+            if crate::console::session::cookie(headers, SESSION_COOKIE).is_some() {
+                return sessions
+                    .session(headers)
+                    .map(|s| s.caller())
+                    .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.to_string()));
+            }
+        }
+    }
     let Some(identity) = &state.identity else {
         return Err(Refusal(
             StatusCode::UNAUTHORIZED,
@@ -169,7 +246,7 @@ async fn caller(state: &ApiState, headers: &HeaderMap) -> Result<Caller, Refusal
 /// The caller, if they hold `role` in `scope`; else 403 naming the missing role.
 async fn authorized(state: &ApiState, headers: &HeaderMap, role: Role, scope: Scope<'_>) -> Result<Caller, Refusal> {
     let caller = caller(state, headers).await?;
-    let grants = state.identity.as_ref().map(Authenticator::grants).unwrap_or_default();
+    let grants = grants(state);
     if caller.role(grants, scope).is_some_and(|have| have >= role) {
         return Ok(caller);
     }
@@ -210,10 +287,74 @@ async fn status(State(state): State<Arc<ApiState>>, headers: HeaderMap, Query(q)
     if let Err(r) = authorized(&state, &headers, Role::Viewer, scope).await {
         return r.into_response();
     }
+    let caller = match caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     match state.ops.status(q.pipeline.as_deref()).await {
-        Ok(s) => ok(s),
+        // A read that names no pipeline shows the pipelines the caller may see.
+        Ok(mut s) => {
+            s.retain(|p| sees_pipeline(&state, &caller, &p.name, p.stages.iter().map(|s| s.name.as_str())));
+            ok(s)
+        }
         Err(e) => e.into_response(),
     }
+}
+
+fn grants(state: &ApiState) -> &[crate::identity::Grant] {
+    state.identity.as_deref().map(Authenticator::grants).unwrap_or_default()
+}
+
+/// Whether `caller` is a viewer of the pipeline or of one of its stages.
+fn sees_pipeline<'a>(
+    state: &ApiState,
+    caller: &Caller,
+    pipeline: &str,
+    mut stages: impl Iterator<Item = &'a str>,
+) -> bool {
+    let grants = grants(state);
+    caller.role(grants, Scope::Pipeline(pipeline)).is_some()
+        || stages.any(|stage| caller.role(grants, Scope::Stage(pipeline, stage)).is_some())
+}
+
+/// `GET /api/me`: who the caller is and their role on each pipeline and stage (the console
+/// shows only the actions a person may take; the API checks them again on every request).
+async fn me(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
+    let caller = match caller(&state, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let session = state
+        .sessions
+        .as_ref()
+        .and_then(|s| s.session(&headers).ok())
+        .filter(|_| headers.get(axum::http::header::AUTHORIZATION).is_none());
+    let grants = grants(&state);
+    let mut pipelines = serde_json::Map::new();
+    for pipeline in &state.ops.config().pipelines {
+        let name = pipeline.name.get_ref();
+        let stages: serde_json::Map<_, _> = pipeline
+            .stages
+            .iter()
+            .map(|s| {
+                let stage = s.name.get_ref();
+                (stage.clone(), json!(caller.role(grants, Scope::Stage(name, stage))))
+            })
+            .collect();
+        if stages.values().all(serde_json::Value::is_null) {
+            continue;
+        }
+        pipelines.insert(name.clone(), json!({ "role": caller.role(grants, Scope::Pipeline(name)), "stages": stages }));
+    }
+    ok(json!({
+        "subject": caller.subject,
+        "display": caller.display,
+        "via": caller.channel.as_str(),
+        "verified": caller.verified(),
+        "session_expires_at": session.map(|s| s.exp),
+        "everywhere": caller.role(grants, Scope::Everywhere),
+        "pipelines": pipelines,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -365,11 +506,26 @@ async fn history(
 }
 
 async fn dlq(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
-        return r.into_response();
-    }
+    let caller = match authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     match state.ops.dead_letters().await {
-        Ok(d) => ok(d),
+        // Each letter is shown to viewers of its pipeline and stage; one naming none, to viewers
+        // of every pipeline.
+        Ok(mut letters) => {
+            let grants = grants(&state);
+            letters.retain(|letter| {
+                let field = |name: &str| letter.payload.get(name).and_then(serde_json::Value::as_str);
+                let scope = match (field("pipeline"), field("stage")) {
+                    (Some(p), Some(s)) => Scope::Stage(p, s),
+                    (Some(p), None) => Scope::Pipeline(p),
+                    _ => Scope::Everywhere,
+                };
+                caller.role(grants, scope).is_some()
+            });
+            ok(letters)
+        }
         Err(e) => e.into_response(),
     }
 }

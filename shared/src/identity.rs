@@ -21,7 +21,7 @@ use crate::intake::verify::secrets_equal;
 pub const LEEWAY_S: u64 = 30;
 
 /// `[identity]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityConfig {
     #[serde(default)]
@@ -30,6 +30,33 @@ pub struct IdentityConfig {
     pub users: Vec<StaticUser>,
     #[serde(default)]
     pub grants: Vec<Grant>,
+    /// How long a console sign-in lasts, in seconds.
+    #[serde(default = "default_session_ttl_s")]
+    pub session_ttl_s: u64,
+    /// Environment variable holding the key console session cookies are sealed with (at least
+    /// 32 characters). Without it (and `session_key_arn`) `ferry serve` picks a random key at
+    /// start: sessions then end when it restarts. Set it wherever several instances serve the
+    /// console (the API function on AWS).
+    pub session_key_env: Option<String>,
+    /// Or the Secrets Manager secret / SSM SecureString parameter (ARN) holding it.
+    pub session_key_arn: Option<String>,
+}
+
+fn default_session_ttl_s() -> u64 {
+    8 * 3600
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        IdentityConfig {
+            oidc: Vec::new(),
+            users: Vec::new(),
+            grants: Vec::new(),
+            session_ttl_s: default_session_ttl_s(),
+            session_key_env: None,
+            session_key_arn: None,
+        }
+    }
 }
 
 impl IdentityConfig {
@@ -89,6 +116,21 @@ pub struct OidcIssuer {
     /// Least time between two JWKS fetches caused by an unknown `kid`, in seconds.
     #[serde(default = "default_jwks_refetch_s")]
     pub jwks_refetch_s: u64,
+    /// The client id of Ferry's app registration for console sign-in (authorization code +
+    /// PKCE). Without it this issuer's tokens are accepted on the API but the console offers no
+    /// sign-in with it (e.g. GitHub Actions' issuer, which signs workflows in, not people).
+    pub client_id: Option<String>,
+    /// Environment variable holding the client secret, for providers that require one of a web
+    /// app (Entra ID "Web" platform); PKCE alone otherwise.
+    pub client_secret_env: Option<String>,
+    /// What the sign-in button says: "Sign in with {label}". Default: the issuer's host.
+    pub label: Option<String>,
+    #[serde(default = "default_scopes")]
+    pub scopes: Vec<String>,
+}
+
+fn default_scopes() -> Vec<String> {
+    vec!["openid".into(), "profile".into()]
 }
 
 fn default_subject_claim() -> String {
@@ -126,7 +168,7 @@ pub struct Grant {
 
 /// Each role includes the ones before it: an approver may read, an operator may approve, an
 /// admin may do everything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -267,12 +309,31 @@ struct IssuerKeys {
     config: OidcIssuer,
     host: String,
     http: reqwest::Client,
+    client_secret: Option<crate::registry::auth::Secret>,
     cache: Mutex<KeyCache>,
+}
+
+/// What an issuer's discovery document says about where things are.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Discovery {
+    pub issuer: String,
+    pub jwks_uri: String,
+    pub authorization_endpoint: Option<String>,
+    pub token_endpoint: Option<String>,
+}
+
+/// An issuer the console offers sign-in with.
+#[derive(Debug, Clone)]
+pub struct LoginIssuer {
+    pub index: usize,
+    pub label: String,
+    pub client_id: String,
+    pub scopes: Vec<String>,
 }
 
 #[derive(Default)]
 struct KeyCache {
-    jwks_uri: Option<String>,
+    discovered: Option<Discovery>,
     keys: Option<JwkSet>,
     fetched_at: Option<Instant>,
 }
@@ -292,10 +353,17 @@ impl Authenticator {
             let http =
                 crate::deploy::azure::azure_http(ca.as_deref()).map_err(|e| format!("identity.oidc[{i}]: {e}"))?;
             let host = url::Url::parse(&issuer.issuer).ok().and_then(|u| u.host_str().map(str::to_string));
+            let client_secret = match &issuer.client_secret_env {
+                Some(var) => Some(crate::registry::auth::Secret::new(std::env::var(var).map_err(|_| {
+                    format!("identity.oidc[{i}].client_secret_env: environment variable {var} is not set")
+                })?)),
+                None => None,
+            };
             issuers.push(IssuerKeys {
                 config: issuer.clone(),
                 host: host.unwrap_or_default(),
                 http,
+                client_secret,
                 cache: Mutex::new(KeyCache::default()),
             });
         }
@@ -338,7 +406,6 @@ impl Authenticator {
     }
 
     async fn jwt(&self, token: &str) -> Result<Caller, AuthError> {
-        let alg = header_alg(token)?;
         let unverified = unverified_claims(token)?;
         let iss = unverified.get("iss").and_then(Value::as_str).unwrap_or_default();
         let issuer = self
@@ -346,40 +413,130 @@ impl Authenticator {
             .iter()
             .find(|i| i.config.issuer == iss)
             .ok_or_else(|| AuthError::Jwt(format!("issuer `{iss}` is not one of [[identity.oidc]]")))?;
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Jwt(format!("bad header: {e}")))?;
-        let jwk = issuer.key(header.kid.as_deref()).await?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|e| AuthError::Jwt(format!("issuer key unusable: {e}")))?;
-        let mut validation = Validation::new(alg);
-        validation.leeway = LEEWAY_S;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&issuer.config.issuer]);
-        validation.set_audience(&[&issuer.config.audience]);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
-            .map_err(|e| AuthError::Jwt(jwt_reason(&e, &issuer.config)))?;
-        let claims = data.claims;
-        let sub = claims.get(&issuer.config.subject_claim).and_then(Value::as_str).ok_or_else(|| {
-            AuthError::Jwt(format!("no `{}` claim (identity.oidc.subject_claim)", issuer.config.subject_claim))
-        })?;
-        let display = match &issuer.config.name_claim {
-            Some(claim) => claims.get(claim).and_then(Value::as_str),
-            None => claims.get("name").or_else(|| claims.get("preferred_username")).and_then(Value::as_str),
-        };
-        let groups = match claims.get(&issuer.config.groups_claim) {
-            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
-            Some(Value::String(one)) => vec![one.clone()],
-            _ => Vec::new(),
-        };
-        Ok(Caller {
-            subject: Some(format!("{sub}@{}", issuer.host)),
-            display: display.map(str::to_string),
-            groups,
-            channel: Channel::Oidc,
-        })
+        issuer.verify(token, &issuer.config.audience).await.map(|(caller, _)| caller)
+    }
+
+    /// The issuers people can sign in to the console with (those with a `client_id`).
+    pub fn login_issuers(&self) -> Vec<LoginIssuer> {
+        self.issuers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, i)| {
+                Some(LoginIssuer {
+                    index,
+                    label: i.config.label.clone().unwrap_or_else(|| i.host.clone()),
+                    client_id: i.config.client_id.clone()?,
+                    scopes: i.config.scopes.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Issuer `index`'s discovery document (fetched once).
+    pub async fn discovery(&self, index: usize) -> Result<Discovery, AuthError> {
+        let issuer = self.issuers.get(index).ok_or(AuthError::UnknownToken)?;
+        let mut cache = issuer.cache.lock().await;
+        issuer.discover(&mut cache).await
+    }
+
+    /// Redeems an authorization code at issuer `index`'s token endpoint (with the PKCE verifier,
+    /// and the client secret when configured) and checks the ID token it answers: signature,
+    /// `iss`, `aud` = the client id, `exp`/`nbf`, and `nonce`.
+    pub async fn redeem_code(
+        &self,
+        index: usize,
+        code: &str,
+        verifier: &str,
+        redirect_uri: &str,
+        nonce: &str,
+    ) -> Result<Caller, AuthError> {
+        let issuer = self.issuers.get(index).ok_or(AuthError::UnknownToken)?;
+        let client_id = issuer.config.client_id.clone().ok_or(AuthError::UnknownToken)?;
+        let endpoint =
+            self.discovery(index).await?.token_endpoint.ok_or_else(|| {
+                AuthError::IssuerUnavailable(format!("{} lists no token_endpoint", issuer.config.issuer))
+            })?;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", redirect_uri),
+            ("client_id", client_id.as_str()),
+            ("code_verifier", verifier),
+        ];
+        if let Some(secret) = &issuer.client_secret {
+            form.push(("client_secret", secret.expose()));
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let response = issuer
+            .http
+            .post(&endpoint)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| AuthError::IssuerUnavailable(format!("POST {endpoint}: {e}")))?;
+        let status = response.status();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let error = answer.get("error").and_then(Value::as_str).unwrap_or("no error code");
+            let description = answer.get("error_description").and_then(Value::as_str).unwrap_or_default();
+            return Err(AuthError::Jwt(format!(
+                "the identity provider refused the sign-in code (HTTP {status}): {error} {description}"
+            )));
+        }
+        let id_token = answer
+            .get("id_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| AuthError::Jwt("the token endpoint answered no id_token (is `openid` in scopes?)".into()))?;
+        let (caller, claims) = issuer.verify(id_token, &client_id).await?;
+        let presented = claims.get("nonce").and_then(Value::as_str).unwrap_or_default();
+        if !secrets_equal(presented.as_bytes(), nonce.as_bytes()) {
+            return Err(AuthError::Jwt("the ID token's nonce is not this sign-in's".into()));
+        }
+        Ok(caller)
     }
 }
 
 impl IssuerKeys {
+    /// Checks `token` against this issuer's keys, `iss`, `aud` = `audience`, `exp` and `nbf`.
+    async fn verify(&self, token: &str, audience: &str) -> Result<(Caller, serde_json::Map<String, Value>), AuthError> {
+        let alg = header_alg(token)?;
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Jwt(format!("bad header: {e}")))?;
+        let jwk = self.key(header.kid.as_deref()).await?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|e| AuthError::Jwt(format!("issuer key unusable: {e}")))?;
+        let mut validation = Validation::new(alg);
+        validation.leeway = LEEWAY_S;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let data = jsonwebtoken::decode::<serde_json::Map<String, Value>>(token, &key, &validation)
+            .map_err(|e| AuthError::Jwt(jwt_reason(&e, &self.config, audience)))?;
+        let claims = data.claims;
+        let config = &self.config;
+        let sub = claims.get(&config.subject_claim).and_then(Value::as_str).ok_or_else(|| {
+            AuthError::Jwt(format!("no `{}` claim (identity.oidc.subject_claim)", config.subject_claim))
+        })?;
+        let display = match &config.name_claim {
+            Some(claim) => claims.get(claim).and_then(Value::as_str),
+            None => claims.get("name").or_else(|| claims.get("preferred_username")).and_then(Value::as_str),
+        };
+        let groups = match claims.get(&config.groups_claim) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_string).collect(),
+            Some(Value::String(one)) => vec![one.clone()],
+            _ => Vec::new(),
+        };
+        let caller = Caller {
+            subject: Some(format!("{sub}@{}", self.host)),
+            display: display.map(str::to_string),
+            groups,
+            channel: Channel::Oidc,
+        };
+        Ok((caller, claims))
+    }
+
     /// The key `kid` names (or the only key when the token names none): from the cache, else
     /// from the JWKS fetched again — at most once per `jwks_refetch_s` (a rotated key appears
     /// there; unknown kids must not make Ferry hammer the issuer).
@@ -413,23 +570,40 @@ impl IssuerKeys {
     }
 
     async fn fetch(&self, cache: &mut KeyCache) -> Result<JwkSet, AuthError> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            AuthError::IssuerUnavailable(format!("{what} of {}: {e}", self.config.issuer))
-        };
-        if cache.jwks_uri.is_none() {
-            let url = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
-            let doc: Value = self.get_json(&url).await.map_err(|e| unavailable("discovery document", &e))?;
-            if doc.get("issuer").and_then(Value::as_str) != Some(self.config.issuer.as_str()) {
-                return Err(unavailable("discovery document", &"its `issuer` is not the configured issuer"));
-            }
-            let jwks_uri = doc.get("jwks_uri").and_then(Value::as_str).unwrap_or_default();
-            crate::deploy::azure::endpoint_url("jwks_uri", jwks_uri)
-                .map_err(|e| unavailable("discovery document", &e))?;
-            cache.jwks_uri = Some(jwks_uri.to_string());
+        let uri = self.discover(cache).await?.jwks_uri;
+        let set: Value = self.get_json(&uri).await.map_err(|e| self.unavailable("JWKS", &e))?;
+        serde_json::from_value(set).map_err(|e| self.unavailable("JWKS", &e))
+    }
+
+    fn unavailable(&self, what: &str, e: &dyn std::fmt::Display) -> AuthError {
+        AuthError::IssuerUnavailable(format!("{what} of {}: {e}", self.config.issuer))
+    }
+
+    /// The discovery document, fetched once and kept: its `issuer` must be the configured one and
+    /// every endpoint https (http only on loopback).
+    async fn discover(&self, cache: &mut KeyCache) -> Result<Discovery, AuthError> {
+        if let Some(found) = &cache.discovered {
+            return Ok(found.clone());
         }
-        let uri = cache.jwks_uri.clone().unwrap_or_default();
-        let set: Value = self.get_json(&uri).await.map_err(|e| unavailable("JWKS", &e))?;
-        serde_json::from_value(set).map_err(|e| unavailable("JWKS", &e))
+        let url = format!("{}/.well-known/openid-configuration", self.config.issuer.trim_end_matches('/'));
+        let doc: Value = self.get_json(&url).await.map_err(|e| self.unavailable("discovery document", &e))?;
+        let doc: Discovery = serde_json::from_value(doc).map_err(|e| self.unavailable("discovery document", &e))?;
+        if doc.issuer != self.config.issuer {
+            return Err(self.unavailable("discovery document", &"its `issuer` is not the configured issuer"));
+        }
+        let endpoints = [
+            ("jwks_uri", Some(&doc.jwks_uri)),
+            ("authorization_endpoint", doc.authorization_endpoint.as_ref()),
+            ("token_endpoint", doc.token_endpoint.as_ref()),
+        ];
+        for (name, url) in endpoints {
+            if let Some(url) = url {
+                crate::deploy::azure::endpoint_url(name, url)
+                    .map_err(|e| self.unavailable("discovery document", &e))?;
+            }
+        }
+        cache.discovered = Some(doc.clone());
+        Ok(doc)
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
@@ -480,12 +654,12 @@ fn segment_json(token: &str, index: usize, what: &str) -> Result<Value, AuthErro
     serde_json::from_slice(&bytes).map_err(|e| AuthError::Jwt(format!("the {what} are not JSON: {e}")))
 }
 
-fn jwt_reason(e: &jsonwebtoken::errors::Error, issuer: &OidcIssuer) -> String {
+fn jwt_reason(e: &jsonwebtoken::errors::Error, issuer: &OidcIssuer, audience: &str) -> String {
     use jsonwebtoken::errors::ErrorKind;
     match e.kind() {
         ErrorKind::ExpiredSignature => format!("expired (exp is past, {LEEWAY_S} s leeway)"),
         ErrorKind::ImmatureSignature => format!("not yet valid (nbf is in the future, {LEEWAY_S} s leeway)"),
-        ErrorKind::InvalidAudience => format!("wrong audience: expected `{}`", issuer.audience),
+        ErrorKind::InvalidAudience => format!("wrong audience: expected `{audience}`"),
         ErrorKind::InvalidIssuer => format!("wrong issuer: expected `{}`", issuer.issuer),
         ErrorKind::InvalidSignature => "bad signature".into(),
         ErrorKind::MissingRequiredClaim(claim) => format!("missing claim `{claim}`"),

@@ -14,7 +14,6 @@ use crate::config::Config;
 use crate::http::Intake;
 use crate::queue::sqs::{JOB_ID_ATTRIBUTE, ReceivedMessage};
 use crate::queue::{JobQueue, SqsQueue};
-use crate::registry::auth::Secret;
 use crate::worker::Worker;
 
 /// A function's start-up failure, as the Lambda runtime reports it (init error).
@@ -51,13 +50,6 @@ pub fn intake(config: &Config, stores: &Stores) -> Result<Intake, Error> {
     Ok(Intake::new(config, stores.queue.clone())?.with_replay_guard(replay))
 }
 
-/// The operator token of the API function (`server.operator_token_env` or `_arn`, required there).
-pub fn operator_token(config: &Config) -> Result<Secret, Error> {
-    crate::api::operator_token(config)?
-        .ok_or_else(|| "set server.operator_token_env or server.operator_token_arn: the API function serves /api/* only with a token".into())
-}
-
-/// The SQS queue a worker function settles its records with (`[queue] kind = "sqs"`).
 pub fn sqs_queue(stores: &Stores) -> Result<Arc<SqsQueue>, Error> {
     stores.sqs.clone().ok_or_else(|| "the worker function needs [queue] kind = \"sqs\"".into())
 }

@@ -2,6 +2,7 @@ pub mod api;
 pub mod backend;
 pub mod config;
 pub mod config_check;
+pub mod console;
 pub mod deploy;
 pub mod error;
 pub mod escape;

@@ -25,6 +25,12 @@ pub struct StageStatus {
     /// The stage's newest promotion, when its runtime reported the deployment failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deploy_failed: Option<PromotionRecord>,
+    /// The promotion that put `current` there: who started it, who approved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_promotion: Option<PromotionRecord>,
+    /// The newest deployment report for the stage (Azure DevOps release, a notifier's success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<crate::ledger::DeploymentRecord>,
 }
 
 /// A parked promotion and what it waits for, computed when asked (the texts in its gate
@@ -205,6 +211,10 @@ impl Operations {
         Operations { worker }
     }
 
+    pub fn config(&self) -> &crate::config::Config {
+        self.worker.config()
+    }
+
     /// A store's failure, answered by its class (an unavailable ledger is a 503).
     fn failed(e: impl Into<WorkError>) -> OpsError {
         OpsError::from(e.into())
@@ -232,6 +242,16 @@ impl Operations {
                 let newest =
                     ledger.history(p.name.get_ref(), Some(stage.name.get_ref()), 1).await.map_err(Self::failed)?;
                 let deploy_failed = newest.into_iter().find(|r| r.state == PromotionState::DeployFailed);
+                let current_promotion = match &env {
+                    Some(env) => ledger.promotion(&env.current.promotion_id).await.map_err(Self::failed)?,
+                    None => None,
+                };
+                let deployment = ledger
+                    .deployments(p.name.get_ref(), stage.name.get_ref(), 1)
+                    .await
+                    .map_err(Self::failed)?
+                    .into_iter()
+                    .next();
                 stages.push(StageStatus {
                     name: stage.name.get_ref().clone(),
                     target: stage.target.get_ref().clone(),
@@ -240,6 +260,8 @@ impl Operations {
                     previous: env.and_then(|e| e.previous),
                     pending,
                     deploy_failed,
+                    current_promotion,
+                    deployment,
                 });
             }
             out.push(PipelineStatus { name: p.name.get_ref().clone(), source: p.source.get_ref().clone(), stages });

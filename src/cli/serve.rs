@@ -56,15 +56,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let intake = Intake::new(&config, stores.queue.clone()).map_err(anyhow::Error::msg)?.with_replay_guard(replay);
     let worker = Arc::new(Worker::new(config.clone(), stores.queue.clone(), stores.ledger.clone())?);
     let intake_app = router(Arc::new(intake));
-    let token = ferry_core::api::operator_token(&config).map_err(anyhow::Error::msg)?;
-    let identity = if config.identity.is_on() {
-        Some(ferry_core::identity::Authenticator::new(config.identity.clone()).map_err(anyhow::Error::msg)?)
-    } else {
-        None
-    };
-    // The API is on with an operator token (break-glass) or an identity configuration.
-    let api_app = (token.is_some() || identity.is_some())
-        .then(|| ferry_core::api::router_with_identity(Arc::new(Operations::new(worker.clone())), token, identity));
+    // The API and console are on with an operator token (break-glass) or an identity configuration.
+    let api_app = ferry_core::api::operations_app(&config, Arc::new(Operations::new(worker.clone())))?;
     // With `api_listen`, operations get a listener of their own and the webhook one has none.
     // Where `/api/*` is not served, it says why (rather than an empty 404 that looks like a
     // wrong URL to `ferry --server`).

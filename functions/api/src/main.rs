@@ -17,13 +17,11 @@ async fn main() -> Result<(), lambda::Error> {
     lambda::init_tracing();
     let (config, stores) = lambda::start().await?;
     let worker = Arc::new(Worker::new(config.clone(), stores.queue, stores.ledger)?);
-    // `[identity]` (OIDC, static user tokens, grants) applies here as in `ferry serve`.
-    let identity = match config.identity.is_on() {
-        true => Some(ferry_core::identity::Authenticator::new(config.identity.clone())?),
-        false => None,
-    };
+    // The same operations API and web console as `ferry serve`, `[identity]` included.
     let ops = Arc::new(Operations::new(worker.clone()));
-    let api = ferry_core::api::router_with_identity(ops, Some(lambda::operator_token(&config)?), identity);
+    let api = ferry_core::api::operations_app(&config, ops)?.ok_or(
+        "set server.operator_token_env (or _arn) or configure [identity]: the API function serves /api/* and the console only then",
+    )?;
     lambda_runtime::run(service_fn(|event: LambdaEvent<Value>| {
         let (worker, api) = (worker.clone(), api.clone());
         async move {
