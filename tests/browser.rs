@@ -174,9 +174,10 @@ fn oidc_sign_in_in_headless_chromium() {
 
     browser.fill("#username", "bob");
     browser.click("#sign-in");
+    let landed = browser.wait_for_url("/callback?code=", WAIT);
+    assert!(landed.starts_with(&rp.url("/callback?code=")), "{landed}");
     let who = browser.wait_for_text("#who", "signed in as", WAIT);
     assert_eq!(who, "signed in as Bob Builder");
-    assert!(browser.current_url().starts_with(&rp.url("/callback?code=")), "{}", browser.current_url());
     assert_eq!((provider.codes_issued(), provider.tokens_issued(), provider.token_refusals()), (1, 1, 0));
 
     // The session cookie's flags, as the browser stored them.

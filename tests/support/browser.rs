@@ -265,6 +265,21 @@ impl Browser {
         }
     }
 
+    /// Polls until the current URL contains `needle` (a redirect landed); the URL.
+    pub fn wait_for_url(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let url = self.current_url();
+            if url.contains(needle) {
+                return url;
+            }
+            if Instant::now() >= deadline {
+                panic!("waited {timeout:?} for a URL containing {needle:?}\n{}", self.describe_page());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The current URL and the first 2,000 characters of the page source, for failure messages.
     pub fn describe_page(&self) -> String {
         let url = self.runtime.block_on(self.client().current_url()).map(|u| u.to_string());
