@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod azure;
+pub mod browser;
 pub mod cli;
 pub mod fault;
 pub mod kubernetes;
