@@ -250,11 +250,16 @@ async fn authorized(state: &ApiState, headers: &HeaderMap, role: Role, scope: Sc
     if caller.role(grants, scope).is_some_and(|have| have >= role) {
         return Ok(caller);
     }
+    Err(lacks(&caller, role, scope))
+}
+
+/// 403: `caller` lacks `role` in `scope`.
+fn lacks(caller: &Caller, role: Role, scope: Scope<'_>) -> Refusal {
     let who = caller.subject.as_deref().unwrap_or("-");
-    Err(Refusal(
+    Refusal(
         StatusCode::FORBIDDEN,
         format!("{who} lacks the {role} role {scope}: ask an admin for an [[identity.grants]] entry"),
-    ))
+    )
 }
 
 /// The acting person's name as the ledger records it.
@@ -283,18 +288,18 @@ struct StatusQuery {
 }
 
 async fn status(State(state): State<Arc<ApiState>>, headers: HeaderMap, Query(q): Query<StatusQuery>) -> Response {
-    let scope = q.pipeline.as_deref().map_or(Scope::Anywhere, Scope::Pipeline);
-    if let Err(r) = authorized(&state, &headers, Role::Viewer, scope).await {
-        return r.into_response();
-    }
-    let caller = match caller(&state, &headers).await {
+    let caller = match authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
     match state.ops.status(q.pipeline.as_deref()).await {
-        // A read that names no pipeline shows the pipelines the caller may see.
+        // A viewer of the pipeline or of one of its stages sees it; a read that names no
+        // pipeline shows those the caller may see.
         Ok(mut s) => {
             s.retain(|p| sees_pipeline(&state, &caller, &p.name, p.stages.iter().map(|s| s.name.as_str())));
+            if let (Some(pipeline), true) = (&q.pipeline, s.is_empty()) {
+                return lacks(&caller, Role::Viewer, Scope::Pipeline(pipeline)).into_response();
+            }
             ok(s)
         }
         Err(e) => e.into_response(),
@@ -492,15 +497,31 @@ async fn history(
     Path(pipeline): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    let scope = match &q.stage {
-        Some(stage) => Scope::Stage(&pipeline, stage),
-        None => Scope::Pipeline(&pipeline),
+    if let Some(stage) = &q.stage {
+        if let Err(r) = authorized(&state, &headers, Role::Viewer, Scope::Stage(&pipeline, stage)).await {
+            return r.into_response();
+        }
+    }
+    let caller = match authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
     };
-    if let Err(r) = authorized(&state, &headers, Role::Viewer, scope).await {
-        return r.into_response();
+    let stages: Vec<String> = state
+        .ops
+        .config()
+        .pipeline(&pipeline)
+        .map(|p| p.stages.iter().map(|s| s.name.get_ref().clone()).collect())
+        .unwrap_or_default();
+    if !stages.is_empty() && !sees_pipeline(&state, &caller, &pipeline, stages.iter().map(String::as_str)) {
+        return lacks(&caller, Role::Viewer, Scope::Pipeline(&pipeline)).into_response();
     }
     match state.ops.history(&pipeline, q.stage.as_deref(), q.limit.unwrap_or(50).min(1000)).await {
-        Ok(h) => ok(h),
+        // A viewer of some stages sees the promotions into those.
+        Ok(mut h) => {
+            let grants = grants(&state);
+            h.retain(|r| caller.role(grants, Scope::Stage(&r.pipeline, &r.stage)).is_some());
+            ok(h)
+        }
         Err(e) => e.into_response(),
     }
 }

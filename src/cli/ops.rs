@@ -21,7 +21,8 @@ pub struct Connection {
     #[arg(long, env = "FERRY_SERVER", global = true, value_name = "URL", value_parser = server_url)]
     server: Option<String>,
 
-    /// The server's operator token.
+    /// Your token for the server: a personal token ([[identity.users]]), a JWT from an [[identity.oidc]]
+    /// issuer, or the shared operator token (break-glass).
     #[arg(long, env = "FERRY_OPERATOR_TOKEN", hide_env_values = true, global = true, value_name = "TOKEN")]
     token: Option<String>,
 

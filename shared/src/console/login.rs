@@ -171,7 +171,9 @@ fn signed_in(console: &Console, headers: &HeaderMap, caller: &crate::identity::C
     let policy = policy(console, headers);
     let mut response = see_other(next);
     let h = response.headers_mut();
-    h.append(header::SET_COOKIE, policy.set(SESSION_COOKIE, &sealed, "/", console.sessions.ttl_s()));
+    // The cookie outlives the session by an hour so that the console can say "expired" rather
+    // than "not signed in"; the sealed expiry is what counts.
+    h.append(header::SET_COOKIE, policy.set(SESSION_COOKIE, &sealed, "/", console.sessions.ttl_s() + 3600));
     h.append(header::SET_COOKIE, policy.clear(LOGIN_COOKIE, "/login"));
     h.append(header::SET_COOKIE, policy.clear(OIDC_COOKIE, "/login"));
     response

@@ -22,7 +22,8 @@ async function api(method, path, body) {
   const data = await response.json().catch(() => ({}));
   if (response.status === 401) {
     // The session ended (expired, or the key changed): sign in again and come back here.
-    const expired = /expired/.test(data.error || '') ? '&expired=1' : '';
+    const ended = me && me.session_expires_at && Date.now() / 1000 >= me.session_expires_at;
+    const expired = ended || /expired/.test(data.error || '') ? '&expired=1' : '';
     location.assign('/login?next=' + encodeURIComponent(location.pathname + location.search) + expired);
     throw new ApiError(data.error || 'signed out', 401, 'unauthorized');
   }
@@ -80,7 +81,7 @@ function when(ms) {
   return ms ? el('time', { datetime: new Date(ms).toISOString(), title: new Date(ms).toLocaleString(), text: ago(ms) }) : '';
 }
 
-function digestView(digest) {
+function digestView(digest, kind = 'current-digest') {
   if (!digest) return el('span', { class: 'empty', text: 'none' });
   const copy = el('button', {
     class: 'copy', type: 'button', title: 'Copy ' + digest, text: 'copy',
@@ -91,7 +92,7 @@ function digestView(digest) {
     },
   });
   return el('span', { class: 'digest-box' },
-    el('code', { class: 'digest current-digest', title: digest, data: { digest } }, shortDigest(digest)), copy);
+    el('code', { class: 'digest ' + kind, title: digest, data: { digest } }, shortDigest(digest)), copy);
 }
 
 function stateView(state) {
@@ -194,7 +195,7 @@ function pendingView(pipeline, stage, pending) {
     buttons.push(el('button', { class: 'danger reject', type: 'button', onclick: () => reject(pending), text: 'Reject…' }));
   }
   return el('div', { class: 'pending', data: { promotion: pending.id } },
-    el('div', {}, digestView(pending.digest), pending.tag ? ' ' + pending.tag : '', ' ',
+    el('div', {}, digestView(pending.digest, 'pending-digest'), pending.tag ? ' ' + pending.tag : '', ' ',
       el('a', { href: '/promotions/' + encodeURIComponent(pending.id), text: 'details' })),
     el('div', { class: 'waiting', text: pending.waiting }),
     pending.triggered_by ? el('div', { class: 'muted', text: 'promoted by ' + pending.triggered_by }) : '',
