@@ -16,6 +16,7 @@ pub mod lambda;
 pub mod layout;
 pub mod moto;
 pub mod oidc;
+pub mod prometheus;
 pub mod registry;
 pub mod serve;
 pub mod terraform;
