@@ -8,27 +8,13 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::prometheus::{Sample, parse_prometheus, sample_value};
+use support::prometheus::{sample_value, scrape};
 use support::registry::free_port;
 use support::{FerryServer, Registry};
 
 const PIPELINE: &str = "shop-metrics";
 const REPO: &str = "shop/api";
 const OPERATOR_TOKEN: &str = "metrics-test-operator-token";
-
-/// `GET /metrics` on the unauthenticated metrics listener, parsed strictly.
-fn scrape(port: u16) -> (String, Vec<Sample>) {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics listener");
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(stream, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, text) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer: {response:?}"));
-    assert!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
-    let samples = parse_prometheus(text);
-    (text.to_string(), samples)
-}
 
 /// Bytes of the image manifest `digest` in `registry`'s `REPO` and of its config and layers.
 fn image_sizes(registry: &Registry, digest: &str) -> (u64, u64) {
@@ -76,7 +62,7 @@ source = "{build}/{REPO}"
     let prod_approval = [("pipeline", PIPELINE), ("stage", "prod"), ("gate", "approval")];
 
     // Before anything ran: the gated stage's gauge is there at 0, no copy was measured.
-    let (text, samples) = scrape(metrics_port);
+    let (text, samples) = scrape(metrics_port, None);
     assert_eq!(sample_value(&samples, "ferry_promotions_waiting", &prod_approval), Some(0.0), "{text}");
     assert_eq!(sample_value(&samples, "ferry_copied_bytes_total", &dev), None, "{text}");
 
@@ -88,7 +74,7 @@ source = "{build}/{REPO}"
     let (manifest_bytes, blob_bytes) = image_sizes(&target, &digest);
 
     // dev moved every blob once and the manifest under each of its two tags.
-    let (text, samples) = scrape(metrics_port);
+    let (text, samples) = scrape(metrics_port, None);
     let dev_bytes = sample_value(&samples, "ferry_copied_bytes_total", &dev);
     assert_eq!(dev_bytes, Some((blob_bytes + 2 * manifest_bytes) as f64), "{text}");
     let copies = sample_value(&samples, "ferry_copy_duration_seconds_count", &dev).unwrap_or(0.0);
@@ -98,7 +84,7 @@ source = "{build}/{REPO}"
 
     // dev queued prod, which parks for an approval: one waiting, no gate wait observed yet.
     let (text, samples) = server.wait_until("prod waits for approval", Duration::from_secs(60), || {
-        let (text, samples) = scrape(metrics_port);
+        let (text, samples) = scrape(metrics_port, None);
         (sample_value(&samples, "ferry_promotions_waiting", &prod_approval) == Some(1.0)).then_some((text, samples))
     });
     assert_eq!(sample_value(&samples, "ferry_gate_wait_seconds_count", &prod_approval), None, "{text}");
@@ -110,7 +96,7 @@ source = "{build}/{REPO}"
     assert_eq!((approved["released"].as_bool(), &approved["outcome"]["state"]), (Some(true), &json!("promoted")));
 
     // prod found the blobs in place: only the manifest moved, under its two tags; dev unchanged.
-    let (text, samples) = scrape(metrics_port);
+    let (text, samples) = scrape(metrics_port, None);
     assert_eq!(sample_value(&samples, "ferry_copied_bytes_total", &prod), Some((2 * manifest_bytes) as f64), "{text}");
     assert_eq!(sample_value(&samples, "ferry_copied_bytes_total", &dev), dev_bytes, "{text}");
     assert!(sample_value(&samples, "ferry_copy_duration_seconds_count", &prod) >= Some(1.0), "{text}");

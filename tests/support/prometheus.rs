@@ -4,6 +4,21 @@
 /// A metric sample: name, labels, value.
 pub type Sample = (String, Vec<(String, String)>, f64);
 
+/// `GET /metrics` from 127.0.0.1:`port` (with `Authorization: Bearer token` when given): the
+/// body, and its samples parsed strictly. Panics unless the answer is 200.
+pub fn scrape(port: u16, token: Option<&str>) -> (String, Vec<Sample>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics listener");
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, text) = response.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer: {response:?}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "GET /metrics: {head}");
+    (text.to_string(), parse_prometheus(text))
+}
+
 /// The value of the first sample named `name` carrying all of `labels`, if any.
 pub fn sample_value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     samples
