@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::azure::{CLIENT_ID, CLIENT_SECRET, FakeAcr, FakeArm, FakeEntra, TENANT};
+use support::prometheus::{sample_value, scrape};
 use support::registry::free_port;
 use support::{FerryServer, Registry};
 
@@ -256,6 +257,13 @@ fn acr_import_copies_server_side_by_digest_and_reads_the_target_back() {
     assert!(w.arm.log().iter().any(|l| l.contains("/importImage?api-version=2023-07-01")), "{:#?}", w.arm.log());
     assert_eq!(w.dev.exchanges(), 1, "dev's refresh token served the copy and the read-back");
     assert_eq!(w.entra.requests(), 1, "one Entra ID token for ARM and both registries");
+
+    // The import is measured as prod's copy, but ACR moved the bytes, not Ferry.
+    let (text, samples) = scrape(w.server.port(), Some(OPERATOR_TOKEN));
+    let (dev, prod) = ([("pipeline", "shop-api"), ("stage", "dev")], [("pipeline", "shop-api"), ("stage", "prod")]);
+    assert_eq!(sample_value(&samples, "ferry_copied_bytes_total", &prod), Some(0.0), "{text}");
+    assert!(sample_value(&samples, "ferry_copy_duration_seconds_count", &prod) >= Some(1.0), "{text}");
+    assert!(sample_value(&samples, "ferry_copied_bytes_total", &dev) > Some(0.0), "dev was copied by Ferry: {text}");
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::oidc::{FakeOidcProvider, SigningKey, now_s};
+use support::prometheus::parse_prometheus;
 use support::registry::free_port;
 use support::{FerryCommand, FerryServer, Registry, ferry};
 
@@ -323,9 +324,6 @@ fn approvals_count_authenticated_subjects_and_roles_are_enforced() {
     }
 }
 
-/// A metric sample: name, labels, value.
-type Sample = (String, Vec<(String, String)>, f64);
-
 /// A raw HTTP/1.1 request to the server; its status and body.
 fn request(port: u16, head: &str) -> (u16, String) {
     use std::io::{Read, Write};
@@ -346,103 +344,6 @@ fn get(port: u16, path: &str, token: Option<&str>) -> (u16, String) {
 
 fn post(port: u16, path: &str) -> u16 {
     request(port, &format!("POST {path} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 0\r\n")).0
-}
-
-/// Parses the Prometheus text format strictly: every line a `# HELP`/`# TYPE` comment or a
-/// sample `name{label="value",…} number` of a family declared by a preceding `# TYPE`; panics on
-/// anything else.
-fn parse_prometheus(text: &str) -> Vec<Sample> {
-    let is_name = |n: &str| {
-        !n.is_empty()
-            && n.chars()
-                .enumerate()
-                .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
-    };
-    let mut typed: Vec<(String, String)> = Vec::new();
-    let mut samples = Vec::new();
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# ") {
-            let mut parts = rest.splitn(3, ' ');
-            let (kind, name, what) = (parts.next().unwrap(), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            assert!(is_name(name), "bad metric name in {line:?}");
-            match kind {
-                "HELP" => {}
-                "TYPE" => {
-                    assert!(["counter", "gauge", "histogram", "summary", "untyped"].contains(&what), "{line:?}");
-                    assert!(!typed.iter().any(|(n, _)| n == name), "TYPE twice for {name}");
-                    typed.push((name.to_string(), what.to_string()));
-                }
-                _ => panic!("unknown comment {line:?}"),
-            }
-            continue;
-        }
-        assert!(!line.trim().is_empty(), "empty line in the exposition");
-        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("no value in {line:?}"));
-        let name = &line[..name_end];
-        assert!(is_name(name), "bad sample name in {line:?}");
-        let mut labels = Vec::new();
-        let mut rest = &line[name_end..];
-        if let Some(inner) = rest.strip_prefix('{') {
-            let mut chars = inner.char_indices().peekable();
-            let mut end = None;
-            while let Some((i, c)) = chars.next() {
-                if c == '}' {
-                    end = Some(i);
-                    break;
-                }
-                let key_start = i;
-                let mut key_end = i;
-                let mut c = c;
-                while c != '=' {
-                    let (j, next) = chars.next().unwrap_or_else(|| panic!("unterminated label in {line:?}"));
-                    key_end = j;
-                    c = next;
-                }
-                let key = &inner[key_start..key_end];
-                assert!(is_name(key), "bad label name {key:?} in {line:?}");
-                assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "label value not quoted in {line:?}");
-                let mut value = String::new();
-                loop {
-                    match chars.next().unwrap_or_else(|| panic!("unterminated value in {line:?}")).1 {
-                        '\\' => match chars.next().map(|(_, c)| c) {
-                            Some('\\') => value.push('\\'),
-                            Some('"') => value.push('"'),
-                            Some('n') => value.push('\n'),
-                            other => panic!("bad escape {other:?} in {line:?}"),
-                        },
-                        '"' => break,
-                        c => value.push(c),
-                    }
-                }
-                labels.push((key.to_string(), value));
-                if chars.peek().map(|(_, c)| *c) == Some(',') {
-                    chars.next();
-                }
-            }
-            let end = end.unwrap_or_else(|| panic!("unterminated labels in {line:?}"));
-            rest = &inner[end + 1..];
-        }
-        let value = rest.strip_prefix(' ').unwrap_or_else(|| panic!("no space before the value in {line:?}"));
-        let value: f64 = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            "NaN" => f64::NAN,
-            v => v.parse().unwrap_or_else(|_| panic!("bad value {v:?} in {line:?}")),
-        };
-        let family = typed
-            .iter()
-            .find(|(n, kind)| {
-                n == name
-                    || (kind == "histogram"
-                        && [format!("{n}_bucket"), format!("{n}_sum"), format!("{n}_count")].iter().any(|s| s == name))
-            })
-            .unwrap_or_else(|| panic!("sample {name} has no preceding # TYPE"));
-        if family.1 == "histogram" && name.ends_with("_bucket") {
-            assert!(labels.iter().any(|(k, _)| k == "le"), "a bucket without le: {line:?}");
-        }
-        samples.push((name.to_string(), labels, value));
-    }
-    samples
 }
 
 /// `ferry token hash --generate` makes a token whose printed hash the server accepts.

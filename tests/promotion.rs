@@ -8,6 +8,7 @@ mod support;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
+use support::prometheus::{sample_value, scrape};
 use support::registry::free_port;
 use support::{Fault, FaultyProxy, FerryServer, Registry};
 
@@ -830,6 +831,15 @@ fn soak_gate_waits_its_time_in_the_previous_stage() {
     let waited = soaked.waited_ms;
     assert!(waited >= 3_000, "prod came {waited} ms after dev, before the 3 s soak");
     assert_digest_exact(&soaked.prod, "1.0", &soaked.digest);
+
+    // The wait is measured once, from parking (after dev had the digest) to the gate opening
+    // (before prod had it).
+    let (text, samples) = scrape(soaked.server.port(), Some(OPERATOR_TOKEN));
+    let prod_soak = [("pipeline", PIPELINE), ("stage", "prod"), ("gate", "soak")];
+    assert_eq!(sample_value(&samples, "ferry_gate_wait_seconds_count", &prod_soak), Some(1.0), "{text}");
+    let measured = sample_value(&samples, "ferry_gate_wait_seconds_sum", &prod_soak).unwrap_or_default();
+    assert!(measured > 0.0 && measured <= waited as f64 / 1000.0 + 0.01, "{measured} s of {waited} ms: {text}");
+    assert_eq!(sample_value(&samples, "ferry_promotions_waiting", &prod_soak), Some(0.0), "{text}");
 }
 
 /// A deploy-webhook receiver: checks Ferry's signature and keeps what arrived.

@@ -602,9 +602,13 @@ async fn metrics(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Resp
 }
 
 async fn scrape(ops: &Operations) -> Response {
-    // An unavailable queue leaves the gauge out rather than failing the whole scrape.
-    let dead_letters = ops.dead_letters().await.ok().map(|d| d.len());
-    let text = crate::metrics::render(ops.queue_depth().await, dead_letters);
+    // An unavailable store leaves its gauges out rather than failing the whole scrape.
+    let gauges = crate::metrics::Gauges {
+        queue_depth: ops.queue_depth().await,
+        dead_letters: ops.dead_letters().await.ok().map(|d| d.len()),
+        waiting: ops.promotions_waiting().await.ok(),
+    };
+    let text = crate::metrics::render(&gauges);
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
 }
 

@@ -594,6 +594,12 @@ impl Operations {
         self.worker.queue().depth().await.ok().flatten()
     }
 
+    /// Parked promotions by pipeline, stage and gate, for `/metrics`: one read of the ledger.
+    pub async fn promotions_waiting(&self) -> Result<crate::metrics::Waiting, OpsError> {
+        let parked = self.worker.ledger().parked(None).await.map_err(Self::failed)?;
+        Ok(crate::metrics::Waiting::count(self.worker.config(), &parked))
+    }
+
     pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, OpsError> {
         self.worker.queue().dead_letters().await.map_err(Self::failed)
     }

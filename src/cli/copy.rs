@@ -42,8 +42,8 @@ pub struct CopyArgs {
     #[arg(value_name = "DST")]
     target: String,
 
-    /// Print one JSON object with digest, media_type, bytes_transferred, blobs_copied,
-    /// blobs_mounted, blobs_skipped, referrers_copied and seconds.
+    /// Print one JSON object with digest, media_type, bytes_transferred (blob bytes),
+    /// manifest_bytes, blobs_copied, blobs_mounted, blobs_skipped, referrers_copied and seconds.
     #[arg(long)]
     json: bool,
 

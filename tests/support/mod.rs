@@ -17,6 +17,7 @@ pub mod lambda;
 pub mod layout;
 pub mod moto;
 pub mod oidc;
+pub mod prometheus;
 pub mod registry;
 pub mod serve;
 pub mod terraform;

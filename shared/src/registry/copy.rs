@@ -71,7 +71,10 @@ pub struct CopyReport {
     pub target: String,
     pub digest: String,
     pub media_type: String,
+    /// Blob bytes streamed to the target (blobs it already had or mounted count 0).
     pub bytes_transferred: u64,
+    /// Manifest bytes pushed to the target: every manifest PUT, one per tag set on the root.
+    pub manifest_bytes: u64,
     pub blobs_copied: u64,
     pub blobs_mounted: u64,
     pub blobs_skipped: u64,
@@ -103,6 +106,7 @@ enum BlobOutcome {
 #[derive(Default)]
 struct Counters {
     bytes: AtomicU64,
+    manifest_bytes: AtomicU64,
     copied: AtomicU64,
     mounted: AtomicU64,
     skipped: AtomicU64,
@@ -231,6 +235,7 @@ pub async fn copy(
         digest: root.digest.to_string(),
         media_type: root.media_type.clone(),
         bytes_transferred: engine.counters.bytes.load(Ordering::Relaxed),
+        manifest_bytes: engine.counters.manifest_bytes.load(Ordering::Relaxed),
         blobs_copied: engine.counters.copied.load(Ordering::Relaxed),
         blobs_mounted: engine.counters.mounted.load(Ordering::Relaxed),
         blobs_skipped: engine.counters.skipped.load(Ordering::Relaxed),
@@ -239,6 +244,13 @@ pub async fn copy(
         seconds: started.elapsed().as_secs_f64(),
         platform,
     })
+}
+
+impl CopyReport {
+    /// Everything this copy sent to the target: blob bytes streamed plus manifest bytes pushed.
+    pub fn bytes_moved(&self) -> u64 {
+        self.bytes_transferred + self.manifest_bytes
+    }
 }
 
 impl Source {
@@ -353,6 +365,7 @@ impl Engine {
                     .retry()
                     .run("push manifest", || client.put_manifest(repository, &reference, manifest))
                     .await?;
+                self.counters.manifest_bytes.fetch_add(manifest.bytes.len() as u64, Ordering::Relaxed);
                 if let Some(digest) = pushed.digest {
                     if digest != manifest.digest {
                         return Err(CopyError::DigestMismatch {
@@ -366,6 +379,7 @@ impl Engine {
             }
             Target::Layout(layout) => {
                 layout.write_manifest(manifest).await?;
+                self.counters.manifest_bytes.fetch_add(manifest.bytes.len() as u64, Ordering::Relaxed);
                 if tag.is_some() || manifest.subject.is_some() {
                     layout.add_to_index(manifest.descriptor(), tag).await?;
                 }

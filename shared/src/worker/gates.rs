@@ -42,6 +42,7 @@ impl Worker {
                 let have = valid.len() as u32;
                 if have >= stage.approvers {
                     let detail = format!("approved by {}", valid.join(", "));
+                    released(record, "approval");
                     if decide(record, "approval", "pass", detail) {
                         self.announce(record, Decision::Approved { by: valid });
                     }
@@ -84,6 +85,7 @@ impl Worker {
                             && r.digest.as_deref().is_none_or(|d| d == record.digest)
                     });
                     if deployed {
+                        released(record, "after");
                         decide(record, "after", "pass", format!("{previous} reported deployed"));
                         return Ok(GateResult::Pass);
                     }
@@ -94,6 +96,7 @@ impl Worker {
                 let soaked_ms = now - env.current.since_ms;
                 let needed_ms = stage.soak().as_millis() as i64;
                 if soaked_ms >= needed_ms {
+                    released(record, "soak");
                     decide(record, "soak", "pass", format!("ran {} s in {previous}", soaked_ms / 1000));
                     return Ok(GateResult::Pass);
                 }
@@ -203,6 +206,31 @@ pub fn counted_approvers(stage: &Stage, record: &PromotionRecord) -> Vec<String>
     people
 }
 
+/// `record`, parked at `gate`, passes it now: observes how long it waited there.
+fn released(record: &PromotionRecord, gate: &str) {
+    if let Some(at_ms) = parked_since(record, gate) {
+        let waited = std::time::Duration::from_millis(now_ms().saturating_sub(at_ms).max(0) as u64);
+        crate::metrics::gate_wait(&record.pipeline, &record.stage, gate, waited);
+    }
+}
+
+/// When `record` parked at `gate`: the first `wait` of its latest run of decisions there (the
+/// `tags` decisions each evaluation repeats, and the `approve` entries approvals add, do not end
+/// the run). `None` when that run has no wait: it never parked (a first evaluation that passes)
+/// or already passed (a retry after a failed copy), so there is no wait to observe.
+fn parked_since(record: &PromotionRecord, gate: &str) -> Option<i64> {
+    let mut parked_at = None;
+    for decision in record.gates.iter().rev().filter(|d| d.gate != "tags") {
+        match decision.decision.as_str() {
+            _ if decision.gate != gate => break,
+            "wait" => parked_at = Some(decision.at_ms),
+            "pass" | "reject" => break,
+            _ => {}
+        }
+    }
+    parked_at
+}
+
 /// Records a gate decision, unless it repeats the last one (a re-evaluated parked promotion);
 /// says whether it was new.
 pub(super) fn decide(record: &mut PromotionRecord, gate: &str, decision: &str, detail: String) -> bool {
@@ -211,4 +239,68 @@ pub(super) fn decide(record: &mut PromotionRecord, gate: &str, decision: &str, d
         record.gates.push(GateDecision { gate: gate.into(), decision: decision.into(), detail, at_ms: now_ms() });
     }
     !repeated
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(decisions: &[(&str, &str, i64)]) -> PromotionRecord {
+        let gates = decisions
+            .iter()
+            .map(|(gate, decision, at_ms)| GateDecision {
+                gate: gate.to_string(),
+                decision: decision.to_string(),
+                detail: String::new(),
+                at_ms: *at_ms,
+            })
+            .collect();
+        PromotionRecord {
+            id: "p-1".into(),
+            pipeline: "shop".into(),
+            stage: "prod".into(),
+            source: "build.example/shop".into(),
+            target: "prod.example/shop".into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            tag: None,
+            tag_moved_to: None,
+            build_id: None,
+            build_number: None,
+            trigger: "manual".into(),
+            triggered_by: None,
+            state: PromotionState::AwaitingApproval,
+            gates,
+            approvals: Vec::new(),
+            error: None,
+            attempts: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            finished_at_ms: None,
+            job_id: None,
+        }
+    }
+
+    #[test]
+    fn parked_since_is_the_first_wait_of_the_latest_run_at_that_gate() {
+        let waited =
+            record(&[("tags", "pass", 1), ("approval", "wait", 10), ("tags", "pass", 20), ("approval", "wait", 30)]);
+        assert_eq!(parked_since(&waited, "approval"), Some(10));
+        assert_eq!(parked_since(&waited, "soak"), None, "parked at another gate");
+        assert_eq!(parked_since(&record(&[("tags", "pass", 1)]), "approval"), None, "never parked");
+        let passed = record(&[("approval", "wait", 10), ("approval", "pass", 40), ("tags", "pass", 50)]);
+        assert_eq!(parked_since(&passed, "approval"), None, "a retry after the pass is not a second release");
+        let soak = record(&[("soak", "wait", 5), ("soak", "wait", 9)]);
+        assert_eq!(parked_since(&soak, "soak"), Some(5));
+        // Approvals recorded while it waits (`ferry approve` adds them) do not end the wait.
+        let approved = record(&[
+            ("approval", "wait", 10),
+            ("approval", "approve", 20),
+            ("approval", "wait", 25),
+            ("approval", "approve", 30),
+            ("tags", "pass", 31),
+        ]);
+        assert_eq!(parked_since(&approved, "approval"), Some(10));
+        let earlier = record(&[("approval", "wait", 10), ("approval", "pass", 20), ("approval", "wait", 30)]);
+        assert_eq!(parked_since(&earlier, "approval"), Some(30), "only the latest run counts");
+    }
 }

@@ -212,40 +212,11 @@ impl Worker {
         rollback: bool,
     ) -> Result<Delivered, WorkError> {
         let tags = target_tags(stage, record);
-        let (first, rest) = match tags.split_first() {
-            Some((first, rest)) => (Some(first.clone()), rest.to_vec()),
-            None => (None, Vec::new()),
-        };
-        let from = Location::Registry(registry_ref(source, ImageRef { tag: None, digest: Some(digest.clone()) }));
-        let to = Location::Registry(registry_ref(target, ImageRef { tag: first, digest: None }));
-        let options = CopyOptions { extra_tags: rest, ..CopyOptions::default() };
-        if stage.copy == CopyMethod::AcrImport {
-            self.registries.acr_import(source, target, digest, &tags).await?;
-            // Read back as after any copy: the stage's tag (or the digest) must be the digest.
-            let client = self.registries.client(&target.registry).await?;
-            let reference = tags.first().map(|t| t.to_string()).unwrap_or_else(|| digest.to_string());
-            let found =
-                client.head_manifest(&target.repository, &reference, &vec![pull_scope(&target.repository)]).await?;
-            if found.as_ref() != Some(digest) {
-                let found = found.map_or_else(|| "nothing".to_string(), |d| d.to_string());
-                return Err(WorkError::permanent(format!(
-                    "acr-import into {target}: {target}:{reference} is {found}, not {digest}"
-                )));
-            }
-            tracing::info!(digest = %digest, "imported into {target} by ACR");
-        } else {
-            let access = self.registries.access(source, target).await?;
-            let report = copy(&from, &to, &access, &options, Arc::new(Progress::default()))
-                .await
-                .map_err(|e| WorkError::from(e).context(format_args!("copy {from} → {to}")))?;
-            if report.digest != digest.as_str() {
-                return Err(WorkError::transient(format!("copy produced {} instead of {digest}", report.digest)));
-            }
-            tracing::info!(
-                digest = %digest, bytes = report.bytes_transferred, copied = report.blobs_copied,
-                mounted = report.blobs_mounted, skipped = report.blobs_skipped, "copied to {target}"
-            );
-        }
+        let started = std::time::Instant::now();
+        let copied = self.copy_image(stage, source, target, digest, &tags).await;
+        let (pipeline_name, stage_name) = (pipeline.name.get_ref(), stage.name.get_ref());
+        crate::metrics::copy(pipeline_name, stage_name, started.elapsed(), copied.as_ref().ok().copied());
+        copied?;
         failpoint::hit(Point::AfterTagBeforeLedger).await;
 
         let deployment = Deployment {
@@ -310,6 +281,55 @@ impl Worker {
             )
             .await?;
         Ok(Delivered::Deployed)
+    }
+
+    /// The registry part of [`Worker::deliver`]: `digest` from `source` to `target` with `tags`,
+    /// by the stage's copy method, read back. Returns the bytes Ferry sent (0 for an ACR import).
+    async fn copy_image(
+        &self,
+        stage: &Stage,
+        source: &RepoName,
+        target: &RepoName,
+        digest: &Digest,
+        tags: &[Tag],
+    ) -> Result<u64, WorkError> {
+        if stage.copy == CopyMethod::AcrImport {
+            self.registries.acr_import(source, target, digest, tags).await?;
+            // Read back as after any copy: the stage's tag (or the digest) must be the digest.
+            let client = self.registries.client(&target.registry).await?;
+            let reference = tags.first().map(|t| t.to_string()).unwrap_or_else(|| digest.to_string());
+            let found =
+                client.head_manifest(&target.repository, &reference, &vec![pull_scope(&target.repository)]).await?;
+            if found.as_ref() != Some(digest) {
+                let found = found.map_or_else(|| "nothing".to_string(), |d| d.to_string());
+                return Err(WorkError::permanent(format!(
+                    "acr-import into {target}: {target}:{reference} is {found}, not {digest}"
+                )));
+            }
+            tracing::info!(digest = %digest, "imported into {target} by ACR");
+            // The registry copied, Ferry moved nothing.
+            Ok(0)
+        } else {
+            let (first, rest) = match tags.split_first() {
+                Some((first, rest)) => (Some(first.clone()), rest.to_vec()),
+                None => (None, Vec::new()),
+            };
+            let from = Location::Registry(registry_ref(source, ImageRef { tag: None, digest: Some(digest.clone()) }));
+            let to = Location::Registry(registry_ref(target, ImageRef { tag: first, digest: None }));
+            let options = CopyOptions { extra_tags: rest, ..CopyOptions::default() };
+            let access = self.registries.access(source, target).await?;
+            let report = copy(&from, &to, &access, &options, Arc::new(Progress::default()))
+                .await
+                .map_err(|e| WorkError::from(e).context(format_args!("copy {from} → {to}")))?;
+            if report.digest != digest.as_str() {
+                return Err(WorkError::transient(format!("copy produced {} instead of {digest}", report.digest)));
+            }
+            tracing::info!(
+                digest = %digest, bytes = report.bytes_transferred, manifest_bytes = report.manifest_bytes, copied = report.blobs_copied,
+                mounted = report.blobs_mounted, skipped = report.blobs_skipped, "copied to {target}"
+            );
+            Ok(report.bytes_moved())
+        }
     }
 
     /// The digest to promote: the event's, checked to exist at the source, or the tag's as the
