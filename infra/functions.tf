@@ -236,11 +236,22 @@ resource "aws_lambda_permission" "webhook_url" {
   function_url_auth_type = "NONE"
 }
 
-# Operators call it with SigV4-signed requests (their IAM policy needs lambda:InvokeFunctionUrl).
+# With AWS_IAM, operators call it with SigV4-signed requests (their IAM policy needs
+# lambda:InvokeFunctionUrl); with NONE it also serves the web console to browsers, and Ferry
+# authenticates every request itself.
 resource "aws_lambda_function_url" "api" {
   count              = var.create_functions ? 1 : 0
   function_name      = aws_lambda_function.function["api"].function_name
-  authorization_type = "AWS_IAM"
+  authorization_type = var.api_url_auth_type # checkov:skip=CKV_AWS_258:AWS_IAM by default; NONE serves the web console, whose every request Ferry authenticates itself
+}
+
+resource "aws_lambda_permission" "api_url" {
+  count                  = var.create_functions && var.api_url_auth_type == "NONE" ? 1 : 0
+  statement_id           = "AllowPublicFunctionUrl"
+  action                 = "lambda:InvokeFunctionUrl"
+  function_name          = aws_lambda_function.function["api"].function_name
+  principal              = "*"
+  function_url_auth_type = "NONE"
 }
 
 resource "aws_lambda_event_source_mapping" "worker" {

@@ -106,6 +106,17 @@ variable "worker_batch_size" {
   }
 }
 
+variable "api_url_auth_type" {
+  description = "AWS_IAM: operators call the API function's URL with SigV4-signed requests. NONE: browsers reach the web console there and Ferry authenticates every request itself (set identity.session_key_arn)."
+  type        = string
+  default     = "AWS_IAM"
+
+  validation {
+    condition     = contains(["AWS_IAM", "NONE"], var.api_url_auth_type)
+    error_message = "api_url_auth_type must be AWS_IAM or NONE."
+  }
+}
+
 variable "secret_arns" {
   description = "Secrets Manager secret ARNs the config names in its *_arn keys; the functions read all of them at cold start and may read no others."
   type        = list(string)
