@@ -362,6 +362,84 @@ fn the_worker_starts_nothing_near_its_deadline_and_holds_back_the_rest_of_a_fail
     assert_eq!(worker.log().matches("attempt failed; will retry").count(), 1, "{}", worker.log());
 }
 
+/// The API function serves the web console too: the sign-in page, a personal-token sign-in, the
+/// console page and its assets. A session made by one instance is accepted by another (both read
+/// the same `identity.session_key`), as on Lambda, where every request may meet a new instance.
+#[test]
+fn the_api_function_serves_the_console_and_its_sessions_hold_across_instances() {
+    const SESSION_KEY: &str = "lambda-e2e-session-key-0123456789abcdef";
+    const TOKEN: &str = "lambda-e2e-personal-token-0123456789abcdef";
+    let aws = Aws::start(5);
+    let hash = ferry("token").arg("hash").stdin(TOKEN).run().success().trim().to_string();
+    let config = config(&aws, "127.0.0.1:9", "127.0.0.1:10").replace(
+        "[worker]",
+        &format!(
+            "[identity]\nsession_key_env = \"FERRY_SESSION_KEY\"\n[[identity.users]]\nname = \"sam\"\n\
+             token_hash = \"{hash}\"\n[[identity.grants]]\nsubject = \"sam\"\nrole = \"approver\"\n\n[worker]"
+        ),
+    );
+    let mut env = function_env(&aws, &config);
+    env.push(("FERRY_SESSION_KEY", SESSION_KEY.into()));
+    let start = || {
+        let mut api = LambdaRuntime::start();
+        api.run_function(&function_binary("ferry-api"), "ferry-api", &env);
+        api
+    };
+    let (first, second) = (start(), start());
+    let call = |api: &LambdaRuntime, method: &str, path: &str, cookies: &[String], body: &str| {
+        let mut event =
+            function_url_event(method, path, json!({ "content-type": "application/x-www-form-urlencoded" }), body);
+        event["cookies"] = json!(cookies);
+        api.invoke(&event, Duration::from_secs(30)).response()
+    };
+    let set_cookie = |answer: &Value, name: &str| -> String {
+        answer["cookies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|c| c.starts_with(&format!("{name}=")) && !c.starts_with(&format!("{name}=;")))
+            .unwrap_or_else(|| panic!("no {name} cookie set: {answer:#}"))
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+
+    let page = call(&first, "GET", "/", &[], "");
+    assert_eq!(page["statusCode"], 303, "not signed in: to the sign-in page: {page:#}");
+    let login = call(&first, "GET", "/login", &[], "");
+    assert_eq!(login["statusCode"], 200, "{login:#}\n{}", first.log());
+    assert!(login["body"].as_str().unwrap().contains("token-form"), "{login:#}");
+    let form_cookie = set_cookie(&login, "ferry_login");
+    let form_token = form_cookie.trim_start_matches("ferry_login=");
+    let signed_in = call(
+        &first,
+        "POST",
+        "/login/token",
+        &[form_cookie.clone()],
+        &format!("token={TOKEN}&csrf={form_token}&next=%2F"),
+    );
+    assert_eq!(signed_in["statusCode"], 303, "{signed_in:#}\n{}", first.log());
+    let session = set_cookie(&signed_in, "ferry_session");
+
+    // The other instance accepts the session, serves the page with its CSRF token, and the assets.
+    let me = call(&second, "GET", "/api/me", &[session.clone()], "");
+    assert_eq!(me["statusCode"], 200, "{me:#}\n{}", second.log());
+    let me: Value = serde_json::from_str(me["body"].as_str().unwrap()).unwrap();
+    assert_eq!((me["subject"].as_str(), me["via"].as_str()), (Some("sam"), Some("user-token")), "{me:#}");
+    let page = call(&second, "GET", "/", &[session.clone()], "");
+    assert_eq!(page["statusCode"], 200, "{page:#}");
+    assert!(page["body"].as_str().unwrap().contains("name=\"ferry-csrf\""), "{page:#}");
+    let script = call(&second, "GET", "/console/app.js", &[], "");
+    assert_eq!(script["statusCode"], 200);
+    assert!(script["headers"]["content-type"].as_str().unwrap().starts_with("text/javascript"), "{script:#}");
+    // A state change on the session needs its CSRF token, on Lambda as in ferry serve.
+    let forged = call(&second, "POST", "/api/dlq/nothing/redrive", &[session], "");
+    assert_eq!(forged["statusCode"], 403, "{forged:#}");
+    assert!(forged["body"].as_str().unwrap().contains("CSRF"), "{forged:#}");
+}
+
 /// The Lambda figures for BENCHMARKS.md (`bench/lambda.sh`, not part of the test suite): each
 /// release `bootstrap`'s zip size and init time (process start to its first `next` request, the
 /// median of 7 starts), and one promotion of a 1 GiB, 8-layer image through the worker bootstrap
