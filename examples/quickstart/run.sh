@@ -255,6 +255,10 @@ Still running, to explore:
   ferry       http://127.0.0.1:8080/healthz   log: $state/ferry.log
   data        $state/ferry/ (queue.db, ledger.db: SQLite)
 
+Web console: http://127.0.0.1:8080/ — sign in with a personal token:
+  quickstart-ana-token-0123456789abcdef01   (ana: promote, roll back, redrive)
+  quickstart-ben-token-0123456789abcdef01   (ben: approve prod)
+
 Operate it (the ferry CLI reads FERRY_SERVER, FERRY_OPERATOR_TOKEN and FERRY_USER):
   export FERRY_SERVER=$FERRY_SERVER FERRY_OPERATOR_TOKEN=$token
   $FERRY_BIN status
