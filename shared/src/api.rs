@@ -497,23 +497,21 @@ async fn history(
     Path(pipeline): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> Response {
-    if let Some(stage) = &q.stage {
-        if let Err(r) = authorized(&state, &headers, Role::Viewer, Scope::Stage(&pipeline, stage)).await {
-            return r.into_response();
-        }
-    }
     let caller = match authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
         Ok(c) => c,
         Err(r) => return r.into_response(),
     };
-    let stages: Vec<String> = state
-        .ops
-        .config()
-        .pipeline(&pipeline)
-        .map(|p| p.stages.iter().map(|s| s.name.get_ref().clone()).collect())
-        .unwrap_or_default();
-    if !stages.is_empty() && !sees_pipeline(&state, &caller, &pipeline, stages.iter().map(String::as_str)) {
-        return lacks(&caller, Role::Viewer, Scope::Pipeline(&pipeline)).into_response();
+    let allowed = match (&q.stage, state.ops.config().pipeline(&pipeline)) {
+        (Some(stage), _) => caller.role(grants(&state), Scope::Stage(&pipeline, stage)).is_some(),
+        (None, Some(p)) => {
+            sees_pipeline(&state, &caller, &pipeline, p.stages.iter().map(|s| s.name.get_ref().as_str()))
+        }
+        // An unknown pipeline: its 404 says so.
+        (None, None) => true,
+    };
+    if !allowed {
+        let scope = q.stage.as_deref().map_or(Scope::Pipeline(&pipeline), |s| Scope::Stage(&pipeline, s));
+        return lacks(&caller, Role::Viewer, scope).into_response();
     }
     match state.ops.history(&pipeline, q.stage.as_deref(), q.limit.unwrap_or(50).min(1000)).await {
         // A viewer of some stages sees the promotions into those.
