@@ -23,6 +23,7 @@ const CLIENT_ID: &str = "ferry-console";
 /// `vera`, a viewer who signs in with a pasted personal token.
 const VERA_TOKEN: &str = "vera-static-token-0123456789abcdef0123456789";
 const WAIT: Duration = Duration::from_secs(30);
+const GENERIC_SECRET: &str = "console-test-generic-secret";
 
 struct Setup {
     oidc: FakeOidcProvider,
@@ -47,6 +48,9 @@ fn start(session_ttl_s: u64) -> Setup {
     }
     config.push_str(&format!(
         r#"
+[sources.generic]
+secret_env = "FERRY_GENERIC_SECRET"
+
 [identity]
 session_ttl_s = {session_ttl_s}
 
@@ -85,6 +89,14 @@ source = "{source}/{REPO}"
   name = "prod"
   target = "{prod}/{REPO}"
   gate = "approval"
+
+[[pipelines]]
+name = "billing"
+source = "{source}/billing/api"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "{dev}/billing/api"
+  gate = "auto"
 "#,
         issuer = oidc.issuer(),
         audience = support::oidc::AUDIENCE,
@@ -92,7 +104,8 @@ source = "{source}/{REPO}"
         dev = dev.host(),
         prod = prod.host(),
     ));
-    let server = FerryServer::start_with_operator_token(free_port(), &config, &[], OPERATOR_TOKEN);
+    let envs = [("FERRY_GENERIC_SECRET", GENERIC_SECRET)];
+    let server = FerryServer::start_with_operator_token(free_port(), &config, &envs, OPERATOR_TOKEN);
     Setup { oidc, server, source, _dev: dev, prod }
 }
 
@@ -249,9 +262,17 @@ fn rollback_names_its_target_and_dead_letters_are_redriven() {
     let second = setup.source.push_image(REPO, "2.0", &[30_001]);
     let operator =
         |args: &[&str]| setup.server.cli("promote").args(args).args(["--wait", "--json", "--user", "ops"]).run().json();
-    for tag in ["1.0", "2.0"] {
-        assert_eq!(operator(&[PIPELINE, tag, "--to", "dev"])["outcome"]["state"], "promoted");
-    }
+    // 1.0 arrives from CI with its build number; 2.0 is promoted by hand.
+    let repository = format!("{}/{REPO}", setup.source.host());
+    let (status, answer) = setup
+        .server
+        .post_generic(GENERIC_SECRET, &serde_json::json!({ "repository": repository, "tag": "1.0", "build": "4711" }));
+    assert_eq!(status, 202, "{answer:#}");
+    setup.server.wait_until("1.0 in dev", WAIT, || {
+        let status = setup.server.cli("status").arg("--json").run().json();
+        (status[0]["stages"][0]["current"]["digest"] == first.as_str()).then_some(())
+    });
+    assert_eq!(operator(&[PIPELINE, "2.0", "--to", "dev"])["outcome"]["state"], "promoted");
     // A tag the source does not have ends in the dead letters.
     let missing =
         setup.server.cli("promote").args([PIPELINE, "9.9", "--to", "dev", "--wait", "--json", "--user", "ops"]).run();
@@ -279,6 +300,10 @@ fn rollback_names_its_target_and_dead_letters_are_redriven() {
     setup.server.wait_until("dev to show the rolled-back digest", WAIT, || {
         browser.try_find(dev_digest).and_then(|e| e.attr("data-digest")).filter(|d| d == &first)
     });
+    // The stage runs 1.0 again, with the build it came from.
+    setup.server.wait_until("the build number of 1.0 on the page", WAIT, || {
+        browser.try_find(".stage[data-stage=dev] dl").map(|e| e.text()).filter(|t| t.contains("4711"))
+    });
     let history = setup.server.cli("history").args([PIPELINE, "dev", "--json"]).run().json();
     assert_eq!(history[0]["trigger"], "rollback", "{history:#}");
     assert_eq!(history[0]["triggered_by"], "alice@127.0.0.1", "{history:#}");
@@ -292,8 +317,14 @@ fn rollback_names_its_target_and_dead_letters_are_redriven() {
     browser.screenshot("dead-letters");
     browser.click("table.dead-letters button.redrive");
     browser.wait_for_text("#flash", "Redriven", WAIT);
-    let audit = setup.server.log();
-    assert!(audit.contains("redrive") && audit.contains("alice@127.0.0.1"), "the redrive is audited with alice");
+    setup.server.wait_until("the redrive's audit line naming alice", WAIT, || {
+        setup
+            .server
+            .log()
+            .lines()
+            .any(|l| l.contains(r#"action="redrive""#) && l.contains(r#"who="alice@127.0.0.1""#))
+            .then_some(())
+    });
 }
 
 /// Vera (a viewer, signed in with a pasted personal token) sees the waiting promotion and no
@@ -380,6 +411,52 @@ fn state_changes_without_the_csrf_token_are_refused() {
     assert_eq!(status, 200, "{body}");
     let answer: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["released"], true, "{answer:#}");
+}
+
+/// Reads that name no pipeline, or a whole pipeline, show only what the caller may see: bob
+/// (approver of shop-api's prod only) sees shop-api without billing, prod's history without
+/// dev's, and is refused a dev promotion, a dev job and billing's status; vera (viewer
+/// everywhere) sees all of it.
+#[test]
+fn reads_show_only_the_pipelines_and_stages_a_person_may_see() {
+    let setup = start(3600);
+    let (_, prod_id) = setup.promote_to_waiting("1.0");
+    let bob = setup.oidc.token("bob", "Bob Builder", &["approvers"]);
+    let get = |token: &str, path: &str| {
+        let (status, body) =
+            curl("GET", &setup.server.url(path), None, &[("Authorization", &format!("Bearer {token}"))], None);
+        (status, serde_json::from_str::<Value>(&body).unwrap_or(Value::Null))
+    };
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    };
+
+    let (status, pipelines) = get(&bob, "/api/status");
+    assert_eq!((status, names(&pipelines)), (200, vec![PIPELINE.to_string()]), "{pipelines:#}");
+    let (status, pipelines) = get(VERA_TOKEN, "/api/status");
+    assert_eq!((status, names(&pipelines)), (200, vec![PIPELINE.to_string(), "billing".into()]));
+    let (status, refused) = get(&bob, "/api/status?pipeline=billing");
+    assert_eq!(status, 403, "{refused:#}");
+    assert!(refused["error"].as_str().unwrap().contains("lacks the viewer role on pipeline billing"), "{refused:#}");
+
+    let (status, history) = get(&bob, &format!("/api/history/{PIPELINE}"));
+    assert_eq!(status, 200, "{history:#}");
+    let stages: Vec<&str> = history.as_array().unwrap().iter().map(|r| r["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, vec!["prod"], "bob sees prod's promotions only: {history:#}");
+    let (_, all) = get(VERA_TOKEN, &format!("/api/history/{PIPELINE}"));
+    assert_eq!(all.as_array().unwrap().len(), 2, "vera sees dev's and prod's: {all:#}");
+    let dev_id = all.as_array().unwrap().iter().find(|r| r["stage"] == "dev").unwrap()["id"].as_str().unwrap();
+    let (status, refused) = get(&bob, &format!("/api/show/{dev_id}"));
+    assert_eq!(status, 403, "{refused:#}");
+    assert!(refused["error"].as_str().unwrap().contains("lacks the viewer role on stage dev"), "{refused:#}");
+    assert_eq!(get(&bob, &format!("/api/show/{prod_id}")).0, 200);
+    assert_eq!(get(&bob, &format!("/api/history/{PIPELINE}?stage=dev")).0, 403);
+    assert_eq!(get(&bob, "/api/history/billing").0, 403);
+    // /api/me lists only the pipelines bob has a role on, with his role per stage.
+    let (_, me) = get(&bob, "/api/me");
+    assert_eq!(me["pipelines"][PIPELINE]["stages"]["prod"], "approver", "{me:#}");
+    assert_eq!(me["pipelines"][PIPELINE]["stages"]["dev"], Value::Null, "{me:#}");
+    assert!(me["pipelines"].get("billing").is_none(), "{me:#}");
 }
 
 fn urlencode(text: &str) -> String {

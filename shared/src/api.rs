@@ -572,22 +572,49 @@ async fn redrive(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id
 }
 
 async fn job(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
-        return r.into_response();
-    }
-    match state.ops.job(&id).await {
-        Ok(job) => ok(job),
-        Err(e) => e.into_response(),
+    let caller = match authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let job = match state.ops.job(&id).await {
+        Ok(job) => job,
+        Err(e) => return e.into_response(),
+    };
+    let promotion = match &job.promotion {
+        Some(p) => state.ops.promotion(p).await.ok(),
+        None => None,
+    };
+    match sees_promotion(&state, &caller, promotion.as_ref()) {
+        Ok(()) => ok(job),
+        Err(r) => r.into_response(),
     }
 }
 
 async fn show(State(state): State<Arc<ApiState>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if let Err(r) = authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
-        return r.into_response();
-    }
+    let caller = match authorized(&state, &headers, Role::Viewer, Scope::Anywhere).await {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
     match state.ops.show(&id).await {
-        Ok(shown) => ok(shown),
+        Ok(shown) => match sees_promotion(&state, &caller, shown.promotion.as_ref()) {
+            Ok(()) => ok(shown),
+            Err(r) => r.into_response(),
+        },
         Err(e) => e.into_response(),
+    }
+}
+
+/// A read of one promotion (or of a job that became one) needs the viewer role on its stage.
+fn sees_promotion(
+    state: &ApiState,
+    caller: &Caller,
+    promotion: Option<&crate::ledger::PromotionRecord>,
+) -> Result<(), Refusal> {
+    match promotion {
+        Some(r) if caller.role(grants(state), Scope::Stage(&r.pipeline, &r.stage)).is_none() => {
+            Err(lacks(caller, Role::Viewer, Scope::Stage(&r.pipeline, &r.stage)))
+        }
+        _ => Ok(()),
     }
 }
 
