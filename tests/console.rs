@@ -118,7 +118,7 @@ impl Setup {
         let cli = |stage: &str| {
             ferry("promote")
                 .args(["--server", &self.server.url(""), "--token", &alice])
-                .args([PIPELINE, tag, "--to", stage, "--wait", "--json", "--user", "alice"])
+                .args([PIPELINE, tag, "--to", stage, "--wait", "--json"])
                 .timeout(WAIT)
                 .run()
                 .json()
@@ -273,6 +273,12 @@ fn rollback_names_its_target_and_dead_letters_are_redriven() {
         (status[0]["stages"][0]["current"]["digest"] == first.as_str()).then_some(())
     });
     assert_eq!(operator(&[PIPELINE, "2.0", "--to", "dev"])["outcome"]["state"], "promoted");
+    // The operator token names nobody: without --user the server asks who is acting.
+    let anonymous = setup.server.cli("promote").args([PIPELINE, "2.0", "--to", "dev", "--json"]).run();
+    assert!(!anonymous.status.success(), "{}", anonymous.stdout);
+    let answer: Value = serde_json::from_str(&anonymous.stdout).unwrap_or_default();
+    let error = answer["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("the operator token names nobody") && error.contains("--user"), "{error}");
     // A tag the source does not have ends in the dead letters.
     let missing =
         setup.server.cli("promote").args([PIPELINE, "9.9", "--to", "dev", "--wait", "--json", "--user", "ops"]).run();

@@ -267,7 +267,7 @@ fn person(caller: &Caller) -> Result<String, Refusal> {
     caller
         .subject
         .clone()
-        .ok_or_else(|| Refusal(StatusCode::BAD_REQUEST, "say who you are with the X-Ferry-User header".into()))
+        .ok_or_else(|| Refusal(StatusCode::BAD_REQUEST, "the operator token names nobody: say who you are with the X-Ferry-User header (ferry --user NAME or FERRY_USER)".into()))
 }
 
 /// Pipeline and stage of promotion `id`, to authorize an action on it (its 404 when unknown).

@@ -30,7 +30,9 @@ pub struct Connection {
     #[arg(long, short, env = "FERRY_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Who you are, recorded with approvals, promotions and rollbacks [default: $USER].
+    /// Who you are, recorded with approvals, promotions and rollbacks [default: $USER]. Needed
+    /// with the shared operator token or --config; with a personal or OIDC token the server knows
+    /// who you are and ignores it.
     #[arg(long, env = "FERRY_USER", global = true, value_name = "NAME")]
     user: Option<String>,
 }
@@ -489,14 +491,19 @@ fn query_value(text: &str) -> String {
 
 pub async fn promote(c: &Connection, args: PromoteArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(c).await?;
-    let user = backend.user()?;
     let job = match &backend {
         Backend::Http { .. } => {
             let body = json!({ "pipeline": args.pipeline, "reference": args.reference, "to": args.to });
             s(&backend.http(reqwest::Method::POST, "/api/promote", Some(body)).await?["job"]).into_owned()
         }
         Backend::Local { ops, .. } => ops
-            .promote(&args.pipeline, &args.reference, &args.to, Some(&user), ferry_core::person::VIA_LOCAL_DATABASE)
+            .promote(
+                &args.pipeline,
+                &args.reference,
+                &args.to,
+                Some(&backend.user()?),
+                ferry_core::person::VIA_LOCAL_DATABASE,
+            )
             .await
             .map_err(ops_failure)?,
     };
@@ -595,14 +602,13 @@ async fn promotion_record(backend: &Backend, job: &Value) -> Option<Value> {
 
 pub async fn approve(c: &Connection, args: ApproveArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(c).await?;
-    let user = backend.user()?;
     let mut value = match &backend {
         Backend::Http { .. } => {
             let path = format!("/api/promotions/{}/approve", query_value(&args.id));
             backend.http(reqwest::Method::POST, &path, None).await?
         }
         Backend::Local { ops, .. } => {
-            to_value(ops.approve(&args.id, &user, ferry_core::person::VIA_LOCAL_DATABASE).await)?
+            to_value(ops.approve(&args.id, &backend.user()?, ferry_core::person::VIA_LOCAL_DATABASE).await)?
         }
     };
     let (have, need) = (value["approvals"].as_u64().unwrap_or(0), value["required"].as_u64().unwrap_or(0));
@@ -612,7 +618,7 @@ pub async fn approve(c: &Connection, args: ApproveArgs) -> anyhow::Result<()> {
             let then = if have >= need { "released already" } else { "still waiting" };
             println!(
                 "already counted: {} approved {} before; nothing changed ({have} of {need}): {then}",
-                escape_control(&user),
+                backend.user().map_or_else(|_| "you".into(), |u| escape_control(&u).into_owned()),
                 args.id
             );
         } else if released {
@@ -632,16 +638,16 @@ pub async fn approve(c: &Connection, args: ApproveArgs) -> anyhow::Result<()> {
 
 pub async fn reject(c: &Connection, args: RejectArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(c).await?;
-    let user = backend.user()?;
     let record = match &backend {
         Backend::Http { .. } => {
             let body = json!({ "reason": args.reason });
             let path = format!("/api/promotions/{}/reject", query_value(&args.id));
             backend.http(reqwest::Method::POST, &path, Some(body)).await?
         }
-        Backend::Local { ops, .. } => {
-            to_value(ops.reject(&args.id, &user, args.reason.as_deref(), ferry_core::person::VIA_LOCAL_DATABASE).await)?
-        }
+        Backend::Local { ops, .. } => to_value(
+            ops.reject(&args.id, &backend.user()?, args.reason.as_deref(), ferry_core::person::VIA_LOCAL_DATABASE)
+                .await,
+        )?,
     };
     if args.json {
         return print_json(&record);
@@ -652,7 +658,6 @@ pub async fn reject(c: &Connection, args: RejectArgs) -> anyhow::Result<()> {
 
 pub async fn rollback(c: &Connection, args: RollbackArgs) -> anyhow::Result<()> {
     let backend = Backend::connect(c).await?;
-    let user = backend.user()?;
     let value = match &backend {
         Backend::Http { .. } => {
             let body = json!({ "pipeline": args.pipeline, "stage": args.stage, "to": args.to });
@@ -663,7 +668,7 @@ pub async fn rollback(c: &Connection, args: RollbackArgs) -> anyhow::Result<()> 
                 &args.pipeline,
                 &args.stage,
                 args.to.as_deref(),
-                Some(&user),
+                Some(&backend.user()?),
                 ferry_core::person::VIA_LOCAL_DATABASE,
             )
             .await,
