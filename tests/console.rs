@@ -27,6 +27,8 @@ const GENERIC_SECRET: &str = "console-test-generic-secret";
 
 struct Setup {
     oidc: FakeOidcProvider,
+    /// Dev's deploy notifications land here (answered 200: a confirmed deployment).
+    _deploy_hook: support::azure::Background,
     server: FerryServer,
     source: Registry,
     _dev: Registry,
@@ -41,6 +43,7 @@ fn start(session_ttl_s: u64) -> Setup {
     oidc.add_user("alice", "Alice Admin", &[]);
     oidc.add_user("bob", "Bob Builder", &["approvers"]);
     let (source, dev, prod) = (Registry::plain(), Registry::plain(), Registry::plain());
+    let deploy_hook = support::azure::Background::serve(axum::Router::new().fallback(|| async { "deployed" }));
     let vera_hash = ferry("token").arg("hash").stdin(VERA_TOKEN).run().success().trim().to_string();
     let mut config = String::new();
     for host in [source.host(), dev.host(), prod.host()] {
@@ -85,6 +88,7 @@ source = "{source}/{REPO}"
   name = "dev"
   target = "{dev}/{REPO}"
   gate = "auto"
+  notify = {{ kind = "webhook", url = "{deploy_hook}/deploy" }}
   [[pipelines.stages]]
   name = "prod"
   target = "{prod}/{REPO}"
@@ -103,10 +107,11 @@ source = "{source}/billing/api"
         source = source.host(),
         dev = dev.host(),
         prod = prod.host(),
+        deploy_hook = deploy_hook.url(),
     ));
     let envs = [("FERRY_GENERIC_SECRET", GENERIC_SECRET)];
     let server = FerryServer::start_with_operator_token(free_port(), &config, &envs, OPERATOR_TOKEN);
-    Setup { oidc, server, source, _dev: dev, prod }
+    Setup { oidc, _deploy_hook: deploy_hook, server, source, _dev: dev, prod }
 }
 
 impl Setup {
@@ -201,6 +206,8 @@ fn a_second_person_approves_in_the_console_and_prod_changes() {
     browser.wait_for(dev_digest, WAIT);
     assert_eq!(browser.find(dev_digest).attr("data-digest").as_deref(), Some(digest.as_str()));
     assert_eq!(browser.text_of(dev_digest), digest.trim_start_matches("sha256:")[..12]);
+    let deployed = browser.wait_for_text(".stage[data-stage=dev] .deploy-ok", "succeeded (notifier", WAIT);
+    assert!(deployed.contains("ago"), "{deployed}");
     let pending = format!(".stage[data-stage=prod] .pending[data-promotion='{id}']");
     let waiting = browser.wait_for_text(&format!("{pending} .waiting"), "waiting for approval (0 of 1)", WAIT);
     assert!(waiting.contains(&id), "{waiting}");
