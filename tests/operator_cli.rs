@@ -212,6 +212,10 @@ fn server_errors_say_what_to_check_in_one_sentence() {
     let error = one_sentence(&run);
     assert!(error.contains("operations API") && error.contains("is off"), "{error}");
     assert!(error.contains("server.operator_token_env"), "says what to set: {error}");
+    // A browser at its root is told the same.
+    let (status, page) = off.get("/");
+    assert_eq!(status, 404);
+    assert!(page.contains("web console is not here") && page.contains("[identity]"), "{page}");
 
     // A Ferry from before the `api_off` answer: an empty 404 for /api/*, its /healthz answer.
     let (port, _old) = http_server(|path| match path {

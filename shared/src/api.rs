@@ -157,7 +157,12 @@ pub fn off(why: ApiOff) -> Router {
     let answer = move || async move {
         (StatusCode::NOT_FOUND, axum::Json(json!({ "error": message, "class": API_OFF }))).into_response()
     };
-    Router::new().route("/api", axum::routing::any(answer)).route("/api/{*rest}", axum::routing::any(answer))
+    // The console's address says the same to a person with a browser.
+    let page = move || async move { (StatusCode::NOT_FOUND, format!("Ferry's web console is not here: {message}\n")) };
+    Router::new()
+        .route("/", get(page))
+        .route("/api", axum::routing::any(answer))
+        .route("/api/{*rest}", axum::routing::any(answer))
 }
 
 /// The `class` of the answer of [`off`].

@@ -81,6 +81,11 @@ impl FerryServer {
         }
     }
 
+    /// `GET path` on this server: status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        get_text(self.port, path).unwrap_or_else(|| panic!("GET {path}: no answer from ferry serve"))
+    }
+
     /// The process id of `ferry serve`.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -223,11 +228,18 @@ fn spawn(dir: &Path, port: u16, envs: &[(String, String)]) -> Child {
 
 /// `GET path` over a plain socket: the status code, if the server answered.
 pub fn get_status(port: u16, path: &str) -> Option<u16> {
+    get_text(port, path).map(|(status, _)| status)
+}
+
+/// `GET path` over a fresh connection: status and body (Ferry's answers carry a content-length).
+pub fn get_text(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    Some((status, body))
 }
