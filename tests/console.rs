@@ -260,10 +260,10 @@ fn a_second_person_approves_in_the_console_and_prod_changes() {
     browser.screenshot("promotion");
 }
 
-/// A rollback asks for confirmation naming the digest it goes back to; a dead letter is shown
-/// with its error and redriven from the page.
+/// A rollback asks for confirmation naming the digest it goes back to; a rejection carries its
+/// reason (shown as text); a dead letter is shown with its error and redriven from the page.
 #[test]
-fn rollback_names_its_target_and_dead_letters_are_redriven() {
+fn rollback_confirms_its_target_rejections_carry_a_reason_and_dead_letters_are_redriven() {
     let setup = start(3600);
     let first = setup.source.push_image(REPO, "1.0", &[30_000]);
     let second = setup.source.push_image(REPO, "2.0", &[30_001]);
@@ -320,6 +320,24 @@ fn rollback_names_its_target_and_dead_letters_are_redriven() {
     let history = setup.server.cli("history").args([PIPELINE, "dev", "--json"]).run().json();
     assert_eq!(history[0]["trigger"], "rollback", "{history:#}");
     assert_eq!(history[0]["triggered_by"], "alice@127.0.0.1", "{history:#}");
+
+    // Reject the 2.0 waiting for prod, with a reason (shown as text, never as markup).
+    let status = setup.server.cli("status").arg("--json").run().json();
+    let waiting = status[0]["stages"][1]["pending"].as_array().unwrap().clone();
+    let second_id = waiting.iter().find(|p| p["digest"] == second.as_str()).expect("2.0 waits for prod")["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    browser.goto(&setup.server.url("/"));
+    browser.wait_for(&format!(".pending[data-promotion='{second_id}'] button.reject"), WAIT).click();
+    browser.wait_for_text("#confirm-text", "will not be promoted to prod", WAIT);
+    browser.fill("#confirm-reason", "<b>not</b> before the audit");
+    browser.click("#confirm-ok");
+    browser.wait_for_text("#flash", &format!("Rejected {second_id}"), WAIT);
+    browser.goto(&setup.server.url(&format!("/promotions/{second_id}")));
+    let facts = browser.wait_for_text("#promotion", "rejected by alice@127.0.0.1: <b>not</b> before the audit", WAIT);
+    assert!(facts.contains("<b>"), "the reason is text: {facts}");
+    assert!(browser.find_all("#promotion b").is_empty(), "no markup from a reason");
 
     // The dead letter: its error, and Redrive (it fails again, but is queued again first).
     browser.goto(&setup.server.url("/dead-letters"));
