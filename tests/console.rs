@@ -24,6 +24,7 @@ const CLIENT_ID: &str = "ferry-console";
 const VERA_TOKEN: &str = "vera-static-token-0123456789abcdef0123456789";
 const WAIT: Duration = Duration::from_secs(30);
 const GENERIC_SECRET: &str = "console-test-generic-secret";
+const CLIENT_SECRET: &str = "console-test-oidc-client-secret";
 
 struct Setup {
     oidc: FakeOidcProvider,
@@ -42,6 +43,9 @@ fn start(session_ttl_s: u64) -> Setup {
     let oidc = FakeOidcProvider::start();
     oidc.add_user("alice", "Alice Admin", &[]);
     oidc.add_user("bob", "Bob Builder", &["approvers"]);
+    // A confidential client, as Entra ID's "Web" platform makes it: every sign-in below proves
+    // Ferry sends the secret (the provider refuses code redemptions without it).
+    oidc.set_client_secret(CLIENT_ID, CLIENT_SECRET);
     let (source, dev, prod) = (Registry::plain(), Registry::plain(), Registry::plain());
     let deploy_hook = support::azure::Background::serve(axum::Router::new().fallback(|| async { "deployed" }));
     let vera_hash = ferry("token").arg("hash").stdin(VERA_TOKEN).run().success().trim().to_string();
@@ -61,6 +65,7 @@ session_ttl_s = {session_ttl_s}
 issuer = "{issuer}"
 audience = "{audience}"
 client_id = "{CLIENT_ID}"
+client_secret_env = "FERRY_OIDC_CLIENT_SECRET"
 label = "Fake IdP"
 
 [[identity.users]]
@@ -109,7 +114,7 @@ source = "{source}/billing/api"
         prod = prod.host(),
         deploy_hook = deploy_hook.url(),
     ));
-    let envs = [("FERRY_GENERIC_SECRET", GENERIC_SECRET)];
+    let envs = [("FERRY_GENERIC_SECRET", GENERIC_SECRET), ("FERRY_OIDC_CLIENT_SECRET", CLIENT_SECRET)];
     let server = FerryServer::start_with_operator_token(free_port(), &config, &envs, OPERATOR_TOKEN);
     Setup { oidc, _deploy_hook: deploy_hook, server, source, _dev: dev, prod }
 }
