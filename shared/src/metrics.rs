@@ -261,27 +261,8 @@ mod tests {
             .into_iter()
             .collect();
         PromotionRecord {
-            id: format!("p-{pipeline}-{stage}"),
-            pipeline: pipeline.into(),
-            stage: stage.into(),
-            source: "127.0.0.1:5001/shop/api".into(),
-            target: "127.0.0.1:5002/shop/api".into(),
-            digest: format!("sha256:{}", "0".repeat(64)),
-            tag: None,
-            tag_moved_to: None,
-            build_id: None,
-            build_number: None,
-            trigger: "manual".into(),
-            triggered_by: None,
-            state: crate::ledger::PromotionState::AwaitingGate,
             gates,
-            approvals: Vec::new(),
-            error: None,
-            attempts: 0,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            finished_at_ms: None,
-            job_id: None,
+            ..PromotionRecord::sample(pipeline, stage, crate::ledger::PromotionState::AwaitingGate)
         }
     }
 

@@ -67,6 +67,36 @@ pub struct Approval {
     pub at_ms: i64,
 }
 
+#[cfg(test)]
+impl PromotionRecord {
+    /// A record for unit tests: a fixed digest, nothing else set; tests change what they need.
+    pub(crate) fn sample(pipeline: &str, stage: &str, state: PromotionState) -> Self {
+        PromotionRecord {
+            id: format!("p-{pipeline}-{stage}"),
+            pipeline: pipeline.into(),
+            stage: stage.into(),
+            source: "build.example/shop/api".into(),
+            target: "deploy.example/shop/api".into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            tag: None,
+            tag_moved_to: None,
+            build_id: None,
+            build_number: None,
+            trigger: "test".into(),
+            triggered_by: None,
+            state,
+            gates: Vec::new(),
+            approvals: Vec::new(),
+            error: None,
+            attempts: 0,
+            created_at_ms: 0,
+            updated_at_ms: 0,
+            finished_at_ms: None,
+            job_id: None,
+        }
+    }
+}
+
 /// One promotion of one digest into one stage of one pipeline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PromotionRecord {

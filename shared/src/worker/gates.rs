@@ -255,29 +255,7 @@ mod tests {
                 at_ms: *at_ms,
             })
             .collect();
-        PromotionRecord {
-            id: "p-1".into(),
-            pipeline: "shop".into(),
-            stage: "prod".into(),
-            source: "build.example/shop".into(),
-            target: "prod.example/shop".into(),
-            digest: format!("sha256:{}", "0".repeat(64)),
-            tag: None,
-            tag_moved_to: None,
-            build_id: None,
-            build_number: None,
-            trigger: "manual".into(),
-            triggered_by: None,
-            state: PromotionState::AwaitingApproval,
-            gates,
-            approvals: Vec::new(),
-            error: None,
-            attempts: 0,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            finished_at_ms: None,
-            job_id: None,
-        }
+        PromotionRecord { gates, ..PromotionRecord::sample("shop", "prod", PromotionState::AwaitingApproval) }
     }
 
     #[test]

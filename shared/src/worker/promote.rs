@@ -487,27 +487,9 @@ mod tests {
 
     fn record(tag: Option<&str>, build: Option<&str>) -> PromotionRecord {
         PromotionRecord {
-            id: "p-1".into(),
-            pipeline: "p".into(),
-            stage: "dev".into(),
-            source: "r.io/a".into(),
-            target: "r.io/b".into(),
-            digest: "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
             tag: tag.map(str::to_string),
-            tag_moved_to: None,
-            build_id: None,
             build_number: build.map(str::to_string),
-            trigger: "test".into(),
-            triggered_by: None,
-            state: PromotionState::Pending,
-            gates: vec![],
-            approvals: vec![],
-            error: None,
-            attempts: 0,
-            created_at_ms: 0,
-            updated_at_ms: 0,
-            finished_at_ms: None,
-            job_id: None,
+            ..PromotionRecord::sample("p", "dev", PromotionState::Pending)
         }
     }
 
