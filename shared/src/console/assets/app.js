@@ -301,7 +301,8 @@ async function promotionView(id) {
       fact('id', r.id), fact('digest', el('code', { text: r.digest })), fact('tag', r.tag), fact('from', r.source), fact('to', r.target),
       fact('build', build(r, null)), fact('trigger', r.trigger), fact('promoted by', r.triggered_by),
       fact('approvals', shown.approvals.map((a) => `${a.by}${a.via ? ' via ' + a.via : ''} (${new Date(a.at_ms).toLocaleString()})`).join('; ')),
-      fact('gates', r.gates.map((g) => `${g.gate}: ${g.decision} — ${g.detail}`).join('\n')),
+      fact('gates', r.gates.length ? el('ul', { class: 'gates' }, r.gates.map((g) => el('li', {},
+        `${g.gate}: ${g.decision} — ${g.detail} `, el('span', { class: 'muted' }, when(g.at_ms))))) : ''),
       fact('error', r.error), fact('attempts', String(r.attempts)),
       fact('created', when(r.created_at_ms)), fact('finished', r.finished_at_ms ? when(r.finished_at_ms) : '')),
   ];
