@@ -18,8 +18,8 @@ use ferry_core::worker::Worker;
 ///
 /// Serves every webhook route (/hooks/acr, /hooks/azure-devops, /hooks/dockerhub/{token},
 /// /hooks/github, /hooks/distribution, /hooks/harbor, /hooks/quay/{token}, /hooks/generic),
-/// GET /healthz and, with `server.operator_token_env`, the operations API (/api/*); and runs the
-/// promotion worker. A webhook is answered 202 only once its jobs are committed to the embedded
+/// GET /healthz and, with `server.operator_token_env` or `[identity]`, the operations API (/api/*)
+/// and the web console (/); and runs the promotion worker. A webhook is answered 202 only once its jobs are committed to the embedded
 /// queue; queue and ledger are SQLite files in `server.data_dir` unless `[queue]`/`[ledger]`
 /// name SQS and DynamoDB.
 #[derive(Debug, Args)]
