@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::console::session::{CSRF_HEADER, SESSION_COOKIE, Sessions};
+use crate::console::session::{CSRF_HEADER, MIN_SESSION_KEY_CHARS, SESSION_COOKIE, Sessions};
 use crate::identity::{AuthError, Authenticator, Caller, Channel, Role, Scope};
 use crate::intake::verify::secrets_equal;
 use crate::ops::{Operations, OpsError};
@@ -71,8 +71,10 @@ pub fn operations_app(config: &crate::config::Config, ops: Arc<Operations>) -> R
             config.identity.session_key_arn.as_ref(),
         )
         .map_err(|e| SetupError(e.to_string()))?;
-    if key.as_ref().is_some_and(|k| k.expose().len() < 32) {
-        return Err(SetupError("identity.session_key: the session key must be at least 32 characters".into()));
+    if key.as_ref().is_some_and(|k| k.expose().chars().count() < MIN_SESSION_KEY_CHARS) {
+        return Err(SetupError(format!(
+            "identity.session_key: the session key must be at least {MIN_SESSION_KEY_CHARS} characters"
+        )));
     }
     let sessions = Arc::new(Sessions::new(key.as_ref().map(|k| k.expose().as_bytes()), config.identity.session_ttl_s));
     let console = crate::console::Console {

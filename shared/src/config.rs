@@ -872,6 +872,14 @@ impl Config {
         for (index, channel) in self.notices.iter().enumerate() {
             keys.push((format!("notices.{index}.url"), channel.url_env.as_ref(), channel.url_arn.as_ref()));
         }
+        keys.push((
+            "identity.session_key".into(),
+            self.identity.session_key_env.as_ref(),
+            self.identity.session_key_arn.as_ref(),
+        ));
+        for (index, issuer) in self.identity.oidc.iter().enumerate() {
+            keys.push((format!("identity.oidc[{index}].client_secret"), issuer.client_secret_env.as_ref(), None));
+        }
         if let Some(azure) = &self.azure {
             keys.push((
                 "azure.client_secret".into(),

@@ -75,8 +75,34 @@ fn findings_at(config: &Config, text: &str, env: impl Fn(&str) -> Option<String>
                     ),
                 ))
             }
+            Some(value)
+                if key == "identity.session_key"
+                    && value.chars().count() < crate::console::session::MIN_SESSION_KEY_CHARS =>
+            {
+                found.push((
+                    at,
+                    Severity::Error,
+                    format!(
+                        "{key}_env: the session key in `{var}` has {} characters; at least {}",
+                        value.chars().count(),
+                        crate::console::session::MIN_SESSION_KEY_CHARS
+                    ),
+                ))
+            }
             Some(_) => {}
         }
+    }
+    // On AWS every request may meet another instance: without one key they reject each other's
+    // console sessions.
+    let shared_key = config.identity.session_key_env.is_some() || config.identity.session_key_arn.is_some();
+    if config.identity.is_on() && !shared_key && matches!(config.queue, crate::config::QueueBackend::Sqs { .. }) {
+        found.push((
+            position("[identity", 0),
+            Severity::Warning,
+            "identity: no session_key_env or session_key_arn: each API function instance would seal console \
+             sessions with its own random key and refuse the others'"
+                .into(),
+        ));
     }
 
     // Keys present in the file, which the typed configuration cannot tell from defaults.
@@ -801,6 +827,30 @@ concurrency = -1
             "{found:#?}"
         );
         assert!(check_text(&pipeline_with("", &stages, GENERIC)).is_empty());
+    }
+
+    #[test]
+    fn console_session_keys_are_checked_and_aws_needs_a_shared_one() {
+        let stages = stage("dev", "b.example", "");
+        let identity = "[[identity.users]]\nname = \"sam\"\ntoken_hash = \"sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n";
+        let sqs =
+            "[queue]\nkind = \"sqs\"\nurl = \"https://sqs.eu-west-1.amazonaws.com/123456789012/ferry-jobs.fifo\"\n";
+        let text = pipeline_with("", &stages, &format!("{GENERIC}{sqs}{identity}"));
+        let found = check_text(&text);
+        assert!(
+            found.iter().any(|f| f.contains("warning: identity: no session_key_env or session_key_arn")),
+            "{found:#?}"
+        );
+        let keyed = text.replace("[[identity.users]]", "[identity]\nsession_key_env = \"K\"\n[[identity.users]]");
+        // check_text's environment answers 16 characters: too short for a session key.
+        let found = check_text(&keyed);
+        assert!(
+            found.iter().any(|f| f.contains("error: identity.session_key_env") && f.contains("at least 32")),
+            "{found:#?}"
+        );
+        assert!(!found.iter().any(|f| f.contains("no session_key_env")), "{found:#?}");
+        // Without SQS (ferry serve), no key is fine: sessions end at a restart.
+        assert!(check_text(&pipeline_with("", &stages, &format!("{GENERIC}{identity}"))).is_empty());
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::intake::verify::secrets_equal;
 pub const SESSION_COOKIE: &str = "ferry_session";
 /// The header the console's state-changing requests carry the session's CSRF token in.
 pub const CSRF_HEADER: &str = "x-ferry-csrf";
+/// Least length of `identity.session_key`: HMAC-SHA256 keys shorter than this are guessable.
+pub const MIN_SESSION_KEY_CHARS: usize = 32;
 /// Browsers keep cookies up to 4096 bytes; a sealed session must fit with its attributes.
 const MAX_COOKIE_VALUE: usize = 3800;
 
