@@ -19,6 +19,9 @@ const OPERATOR_TOKEN: &str = "aws-secrets-e2e-operator-token";
 /// What moto's `GetAuthorizationToken` gives its default account: `AWS:<account>-auth-token`.
 const ECR_PASSWORD: &str = "123456789012-auth-token";
 const REPO: &str = "shop/api";
+const SESSION_KEY: &str = "aws-secrets-e2e-console-session-key-0123456789";
+/// `sam`'s personal token: he signs in to the console to show the session key came from its ARN.
+const SAM_TOKEN: &str = "aws-secrets-e2e-sam-token-0123456789abcdef";
 
 #[test]
 fn serve_reads_arn_secrets_at_start_and_promotes_into_an_ecr_registry_with_its_token() {
@@ -43,6 +46,17 @@ fn serve_reads_arn_secrets_at_start_and_promotes_into_an_ecr_registry_with_its_t
             .expect("put the parameter");
         (secret.arn().unwrap().to_string(), "arn:aws:ssm:us-east-1:123456789012:parameter/ferry/operator-token")
     });
+    let session_key_arn = runtime.block_on(async {
+        let secret = aws_sdk_secretsmanager::Client::new(&sdk)
+            .create_secret()
+            .name("ferry/session-key")
+            .secret_string(SESSION_KEY)
+            .send()
+            .await
+            .expect("create the session key");
+        secret.arn().unwrap().to_string()
+    });
+    let sam_hash = support::ferry("token").arg("hash").stdin(SAM_TOKEN).run().success().trim().to_string();
 
     let build = Registry::plain();
     let ecr = Registry::with_htpasswd("AWS", ECR_PASSWORD);
@@ -60,6 +74,12 @@ ecr = true
 
 [sources.generic]
 secret_arn = "{secret_arn}"
+
+[identity]
+session_key_arn = "{session_key_arn}"
+[[identity.users]]
+name = "sam"
+token_hash = "{sam_hash}"
 
 [[pipelines]]
 name = "shop-api"
@@ -99,7 +119,34 @@ source = "{build}/{REPO}"
         assert!(Instant::now() < deadline, "not promoted into the ECR registry within 60 s:\n{}", server.log());
         std::thread::sleep(Duration::from_millis(100));
     }
-    for secret in [GENERIC_SECRET, OPERATOR_TOKEN, ECR_PASSWORD] {
+    // sam signs in to the console: his session is sealed with the key from Secrets Manager.
+    let session = runtime.block_on(async {
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let login = http.get(server.url("/login")).send().await.unwrap();
+        let form_cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+        let form_token = form_cookie.trim_start_matches("ferry_login=").to_string();
+        let signed_in = http
+            .post(server.url("/login/token"))
+            .header("cookie", &form_cookie)
+            .form(&[("token", SAM_TOKEN), ("csrf", &form_token), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(signed_in.status(), 303, "{}", server.log());
+        let cookies: Vec<String> =
+            signed_in.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        let session = cookies.iter().find(|c| c.starts_with("ferry_session=")).expect("a session cookie").clone();
+        session.split(';').next().unwrap().trim_start_matches("ferry_session=").to_string()
+    });
+    let sealed_with = |key: &str| {
+        ferry_core::console::session::Sessions::new(Some(key.as_bytes()), 60)
+            .open::<ferry_core::console::session::Session>("session", &session)
+            .map(|s| s.sub)
+    };
+    assert_eq!(sealed_with(SESSION_KEY).as_deref(), Some("sam"), "sealed with identity.session_key_arn's value");
+    assert_eq!(sealed_with("another-key-of-thirty-two-characters-or-more"), None);
+
+    for secret in [GENERIC_SECRET, OPERATOR_TOKEN, ECR_PASSWORD, SESSION_KEY] {
         assert!(!server.log().contains(secret), "the log shows a secret");
     }
 }
