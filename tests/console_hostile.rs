@@ -242,6 +242,25 @@ impl Setup {
         reply.header("location").unwrap().to_string()
     }
 
+    /// `username`'s session cookie (`ferry_session=…`) through the OIDC sign-in, and the CSRF
+    /// token of the console page it opens.
+    fn oidc_session(&self, username: &str) -> (String, String) {
+        let (cookie, authorize) = self.begin_oidc("/");
+        let reply = http("GET", &self.authorize(&authorize, username), Some(&cookie), None);
+        assert_eq!(reply.status, 303, "{reply:#?}");
+        let session = format!("ferry_session={}", reply.set_cookie("ferry_session").expect("a session"));
+        let page = http("GET", &self.server.url("/"), Some(&session), None);
+        assert_eq!(page.status, 200, "{page:#?}");
+        let csrf = page.body.split("name=\"ferry-csrf\" content=\"").nth(1).and_then(|v| v.split('"').next());
+        (session, csrf.expect("the page's CSRF token").to_string())
+    }
+
+    /// The approvals recorded for promotion `id`.
+    fn approvals(&self, id: &str) -> usize {
+        let shown = self.server.cli("show").args([id, "--json"]).run().json();
+        shown["approvals"].as_array().map(Vec::len).unwrap_or_else(|| panic!("approvals of {id}: {shown:#}"))
+    }
+
     /// The callback URL with `state` replaced.
     fn with_state(callback: &str, state: &str) -> String {
         let mut url = url::Url::parse(callback).unwrap();
@@ -416,15 +435,29 @@ fn oidc_callbacks_that_are_not_this_sign_ins_are_refused() {
         assert_refused(what, &reply, 401, "Sign-in refused");
         assert!(reply.login_error().contains(message), "{what}: {}", reply.login_error());
     }
+
+    // An identity provider sending hundreds of groups: the session would not fit in a cookie.
+    let groups: Vec<String> = (0..400).map(|i| format!("team-{i:04}-<b>")).collect();
+    setup.oidc.add_user("mallory", "Mallory", &groups.iter().map(String::as_str).collect::<Vec<_>>());
+    let (cookie, authorize) = setup.begin_oidc("/");
+    let reply = http("GET", &setup.authorize(&authorize, "mallory"), Some(&cookie), None);
+    assert_refused("400 groups", &reply, 400, "would not fit in a cookie");
+    assert!(!reply.body.contains("<b>"), "group names are not echoed as markup");
     assert!(!setup.server.log().contains("panicked"), "{}", setup.server.log());
 }
 
 /// Forged session cookies are refused with 401 by the API and sent to the sign-in page by the
-/// console's pages; never a 500.
+/// console's pages; never a 500, and an approval with one (and the genuine CSRF token) counts
+/// nothing.
 #[test]
 fn forged_session_cookies_are_refused_never_a_server_error() {
     let setup = start();
-    let valid = setup.vera_session();
+    let digest = setup.source.push_image(REPO, "1.0", &[10_000]);
+    setup.server.cli("promote").args([PIPELINE, "1.0", "--to", "dev", "--wait", "--user", "ops"]).run().success();
+    setup.wait_for_stage("dev", &digest);
+    let waiting = setup.park_in_prod("1.0");
+    // Eve approves prod: her genuine session, and forgeries of it.
+    let (valid, csrf) = setup.oidc_session("eve");
     assert_eq!(setup.me(&valid).status, 200, "the genuine cookie works");
     let value = valid.trim_start_matches("ferry_session=").to_string();
     let (body, tag) = value.split_once('.').unwrap();
@@ -461,13 +494,31 @@ fn forged_session_cookies_are_refused_never_a_server_error() {
         let error: Value = serde_json::from_str(&me.body).unwrap_or_else(|_| panic!("{what}: JSON: {me:#?}"));
         let message = error["error"].as_str().unwrap_or_default();
         assert!(message.contains("sign in again") || message.contains("not signed in"), "{what}: {message}");
-        let approve = http("POST", &setup.server.url("/api/promotions/p-1/approve"), Some(cookie), Some(b""));
+        let approve = http_with_csrf(&setup.server.url(&format!("/api/promotions/{waiting}/approve")), cookie, &csrf);
         assert_eq!(approve.status, 401, "{what}: {approve:#?}");
         let page = http("GET", &setup.server.url("/dead-letters"), Some(cookie), None);
         assert_eq!(page.status, 303, "{what}: {page:#?}");
         assert_eq!(page.header("location"), Some("/login?next=%2Fdead-letters"), "{what}");
     }
+    assert_eq!(setup.approvals(&waiting), 0, "no forged cookie approved anything");
+    // The genuine cookie with the same request approves: the refusals above were the cookies'.
+    let approve = http_with_csrf(&setup.server.url(&format!("/api/promotions/{waiting}/approve")), &valid, &csrf);
+    assert_eq!(approve.status, 200, "{approve:#?}");
+    assert_eq!(setup.approvals(&waiting), 1);
     assert!(!setup.server.log().contains("panicked"), "{}", setup.server.log());
+}
+
+/// `POST url` as the console's script sends it: the cookie and the `X-Ferry-CSRF` header.
+fn http_with_csrf(url: &str, cookie: &str, csrf: &str) -> Reply {
+    let out = Command::new("curl")
+        .args(["-sS", "-i", "-X", "POST", url, "-H", &format!("Cookie: {cookie}")])
+        .args(["-H", &format!("X-Ferry-CSRF: {csrf}"), "-H", "Content-Type: application/json", "--data-binary", "{}"])
+        .output()
+        .expect("run curl");
+    let raw = String::from_utf8_lossy(&out.stdout).to_string();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP answer from {url}: {raw}"));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Reply { status, headers: Vec::new(), body: body.to_string() }
 }
 
 /// Markup in text the console shows — a build number from a webhook, a reject reason (the
@@ -609,4 +660,14 @@ fn hostile_return_paths_stay_on_this_site() {
         assert!(reply.starts_session(), "{what}");
         stays(&format!("OIDC sign-in, {what}"), reply.header("location"));
     }
+
+    // A 10 kB return path would make the sign-in's state cookie more than a browser keeps
+    // (4 kB): the sign-in would then fail as "not started here". It is dropped instead.
+    let long = format!("/promotions/{}", "p".repeat(10_000));
+    let page = http("GET", &setup.server.url(&format!("/login?next={long}")), None, None);
+    assert!(page.body.contains(r#"name="next" value="/""#), "{}", &page.body[..page.body.len().min(2000)]);
+    let (cookie, authorize) = setup.begin_oidc(&long);
+    assert!(cookie.len() < 4000, "the state cookie fits a browser: {} bytes", cookie.len());
+    let reply = http("GET", &setup.authorize(&authorize, "alice"), Some(&cookie), None);
+    assert_eq!((reply.status, reply.header("location")), (303, Some("/")), "{reply:#?}");
 }

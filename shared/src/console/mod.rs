@@ -132,6 +132,9 @@ pub(crate) fn escape_html(text: &str) -> String {
     out
 }
 
+/// The longest return path kept (longer ones are not pages of the console anyway).
+const MAX_NEXT: usize = 2048;
+
 /// A local path to return to after signing in: `/…` only, never `//host` or a backslash trick
 /// (which browsers read as another site), and percent-encoded the way a browser would read it
 /// (so that the `Location` header is always valid and holds no raw markup).
@@ -151,7 +154,8 @@ pub(crate) fn safe_next(next: Option<&str>) -> String {
                 local.push('?');
                 local.push_str(query);
             }
-            local
+            // It rides in the sign-in's state cookie, which must stay under a browser's 4 kB.
+            if local.len() > MAX_NEXT { "/".into() } else { local }
         }
         _ => "/".into(),
     }
@@ -184,6 +188,7 @@ mod tests {
         }
         assert_eq!(safe_next(Some("/é?q=\"<x>")), "/%C3%A9?q=%22%3Cx%3E", "encoded as a browser would");
         assert_eq!(safe_next(None), "/");
+        assert_eq!(safe_next(Some(&format!("/{}", "a".repeat(MAX_NEXT)))), "/", "too long for the state cookie");
     }
 
     #[test]
