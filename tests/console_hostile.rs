@@ -29,6 +29,10 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Markup that would set `window.__xss` if it ever became HTML.
 const IMG_XSS: &str = "<img src=x onerror=\"window.__xss=1\">";
 const SCRIPT_XSS: &str = "<script>window.__xss=2</script>";
+/// What the hostile registry answers every manifest request with (an OCI error envelope).
+const REGISTRY_XSS: &str = "<svg onload=\"window.__xss=3\"></svg><b>unknown</b>";
+/// The pipeline whose source is the hostile registry.
+const HOSTILE_PIPELINE: &str = "from-hostile";
 
 struct Setup {
     oidc: FakeOidcProvider,
@@ -36,6 +40,21 @@ struct Setup {
     source: Registry,
     _dev: Registry,
     _prod: Registry,
+    _hostile_registry: support::azure::Background,
+}
+
+/// A registry that answers `/v2/` and then refuses everything (400) with markup in its OCI error
+/// envelope (code and message), which Ferry passes on in its error text.
+fn hostile_registry() -> support::azure::Background {
+    use axum::response::IntoResponse as _;
+    let app = axum::Router::new().fallback(|uri: axum::http::Uri| async move {
+        if uri.path() == "/v2/" {
+            return (axum::http::StatusCode::OK, axum::Json(json!({}))).into_response();
+        }
+        let envelope = json!({ "errors": [{ "code": "<i>DENIED</i>", "message": REGISTRY_XSS }] });
+        (axum::http::StatusCode::BAD_REQUEST, axum::Json(envelope)).into_response()
+    });
+    support::azure::Background::serve(app)
 }
 
 /// Ferry with shop-api (dev: auto, prod: one approval), generic webhooks from the source
@@ -47,8 +66,10 @@ fn start() -> Setup {
     oidc.add_user("eve", IMG_XSS, &["approvers"]);
     let (source, dev, prod) = (Registry::plain(), Registry::plain(), Registry::plain());
     let vera_hash = ferry("token").arg("hash").stdin(VERA_TOKEN).run().success().trim().to_string();
+    let hostile = hostile_registry();
+    let hostile_host = hostile.url().trim_start_matches("http://").to_string();
     let mut config = String::new();
-    for host in [source.host(), dev.host(), prod.host()] {
+    for host in [source.host(), dev.host(), prod.host(), hostile_host.as_str()] {
         config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
     }
     config.push_str(&format!(
@@ -99,6 +120,13 @@ source = "{source}/{REPO}"
   name = "prod"
   target = "{prod}/{REPO}"
   gate = "approval"
+
+[[pipelines]]
+name = "{HOSTILE_PIPELINE}"
+source = "{hostile_host}/{REPO}"
+  [[pipelines.stages]]
+  name = "dev"
+  target = "{dev}/hostile"
 "#,
         issuer = oidc.issuer(),
         audience = support::oidc::AUDIENCE,
@@ -112,7 +140,7 @@ source = "{source}/{REPO}"
         &[("HOSTILE_GENERIC_SECRET", GENERIC_SECRET)],
         OPERATOR_TOKEN,
     );
-    Setup { oidc, server, source, _dev: dev, _prod: prod }
+    Setup { oidc, server, source, _dev: dev, _prod: prod, _hostile_registry: hostile }
 }
 
 /// An HTTP answer as curl saw it (redirects not followed).
@@ -595,6 +623,15 @@ fn markup_from_webhooks_and_people_is_shown_as_text() {
     let facts = browser.wait_for_text("#promotion", "rejected by", WAIT);
     assert!(facts.contains(&reason), "{facts}");
     no_injection("the rejected promotion");
+
+    // The registry's error, in the dead letters.
+    let failed =
+        setup.server.cli("promote").args([HOSTILE_PIPELINE, "1.0", "--to", "dev", "--wait", "--user", "ops"]).run();
+    assert!(!failed.status.success(), "{}", failed.stdout);
+    browser.goto(&setup.server.url("/dead-letters"));
+    let error = browser.wait_for_text("table.dead-letters .error-text", "DENIED", WAIT);
+    assert!(error.contains(&format!("<i>DENIED</i> ({REGISTRY_XSS})")), "the registry's words as text: {error}");
+    no_injection("dead letters");
     browser.screenshot("hostile-text");
 
     // The provider's error description on the sign-in page, in the browser too.
