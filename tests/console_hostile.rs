@@ -346,6 +346,9 @@ fn the_token_form_refuses_hostile_posts_with_a_clear_page() {
     huge.resize(huge.len() + (3 << 20), b'a');
     let reply = http("POST", &server.url("/login/token"), Some(&cookie), Some(&huge));
     assert_refused("a 3 MiB form", &reply, 413, "too large");
+    let reply = http("POST", &server.url("/logout"), Some(&cookie), Some(&huge));
+    assert_eq!(reply.status, 413, "sign-out too: {reply:#?}");
+    assert!(reply.body.contains("too large") && !reply.starts_session(), "{reply:#?}");
     // A 100 kB token: no token is that long.
     let long = "a".repeat(100_000);
     assert_refused("a 100 kB token", &setup.post_token_form(&[("token", &long)]), 413, "too large");

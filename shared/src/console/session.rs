@@ -265,6 +265,24 @@ mod tests {
     }
 
     #[test]
+    fn two_session_cookies_are_refused_whichever_comes_first() {
+        let sessions = Sessions::new(Some(b"k"), 60);
+        let (_, sealed) = sessions.start(&caller()).unwrap();
+        for both in [
+            format!("{SESSION_COOKIE}={sealed}; {SESSION_COOKIE}=e30.AAAA"),
+            format!("{SESSION_COOKIE}=e30.AAAA; {SESSION_COOKIE}={sealed}"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("cookie", both.parse().unwrap());
+            assert_eq!(sessions.session(&headers).unwrap_err(), SessionError::Ambiguous, "{both}");
+        }
+        // Also across two Cookie headers.
+        let mut headers = with_cookie(&sealed);
+        headers.append("cookie", format!("{SESSION_COOKIE}={sealed}").parse().unwrap());
+        assert_eq!(sessions.session(&headers).unwrap_err(), SessionError::Ambiguous);
+    }
+
+    #[test]
     fn an_expired_session_is_refused_as_expired() {
         let sessions = Sessions::new(Some(b"k"), 0);
         let (_, sealed) = sessions.start(&caller()).unwrap();
