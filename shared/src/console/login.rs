@@ -126,7 +126,7 @@ fn login_page(
 }
 
 /// What to tell someone whose form could not be read (too large, or cut off).
-fn too_large(rejection: &BytesRejection) -> String {
+fn unreadable_form(rejection: &BytesRejection) -> String {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         format!("The form is too large (over {} KiB): paste only your personal token.", FORM_LIMIT / 1024)
     } else {
@@ -148,7 +148,7 @@ pub async fn with_token(
     let body = match body {
         Ok(body) => body,
         Err(e) => {
-            let message = too_large(&e);
+            let message = unreadable_form(&e);
             return login_page(&console, &headers, e.status(), "/", None, Some(&message));
         }
     };
@@ -317,7 +317,7 @@ pub async fn logout(
 ) -> Response {
     let body = match body {
         Ok(body) => body,
-        Err(e) => return (e.status(), too_large(&e)).into_response(),
+        Err(e) => return (e.status(), unreadable_form(&e)).into_response(),
     };
     let fields = form(&body);
     let presented = fields.get("csrf").map(String::as_str).unwrap_or_default();
