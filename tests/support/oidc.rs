@@ -112,6 +112,8 @@ struct Published {
     /// Outstanding authorization codes; a token request removes its code whatever its outcome.
     codes: Mutex<HashMap<String, Grant>>,
     token_lifetime_s: AtomicI64,
+    /// Claims merged into the next ID token only (a hostile or broken provider).
+    next_id_token_override: Mutex<Option<Value>>,
     codes_issued: AtomicUsize,
     tokens_issued: AtomicUsize,
     token_refusals: AtomicUsize,
@@ -128,6 +130,7 @@ impl Published {
             client_secrets: Mutex::new(HashMap::new()),
             codes: Mutex::new(HashMap::new()),
             token_lifetime_s: AtomicI64::new(3600),
+            next_id_token_override: Mutex::new(None),
             codes_issued: AtomicUsize::new(0),
             tokens_issued: AtomicUsize::new(0),
             token_refusals: AtomicUsize::new(0),
@@ -217,6 +220,13 @@ impl FakeOidcProvider {
     /// Lifetime (`exp` − `iat`, and `expires_in`) of tokens issued from now on; 3600 s at start.
     pub fn set_token_lifetime(&self, lifetime: std::time::Duration) {
         self.published.token_lifetime_s.store(lifetime.as_secs() as i64, Ordering::SeqCst);
+    }
+
+    /// The next ID token the token endpoint issues carries these claims in place of its own
+    /// (`exp` in the past, another `aud`, a wrong `nonce` …), signed with the current key as
+    /// usual; later tokens are normal again.
+    pub fn override_next_id_token(&self, claims: Value) {
+        *self.published.next_id_token_override.lock().unwrap() = Some(claims);
     }
 
     /// Authorization codes handed out by sign-ins.
@@ -449,8 +459,12 @@ async fn token(State(slot): State<Slot>, headers: axum::http::HeaderMap, body: a
         "iss": published.issuer, "aud": grant.client_id, "sub": grant.username, "name": name,
         "groups": groups, "nonce": grant.nonce, "iat": now, "nbf": now - 5, "exp": now + lifetime,
     });
+    let mut id_claims = claims.clone();
+    if let Some(Value::Object(changed)) = published.next_id_token_override.lock().unwrap().take() {
+        id_claims.as_object_mut().expect("claims object").extend(changed);
+    }
     let key = published.key.lock().unwrap().clone();
-    let id_token = key.sign(&claims);
+    let id_token = key.sign(&id_claims);
     // The access token carries the same identity (no nonce), for relying parties that pass it on.
     let mut access_claims = claims.clone();
     access_claims.as_object_mut().expect("claims object").remove("nonce");

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -19,6 +20,9 @@ use crate::intake::verify::secrets_equal;
 const LOGIN_COOKIE: &str = "ferry_login";
 /// The sealed `state`, `nonce` and PKCE verifier of a sign-in in progress.
 const OIDC_COOKIE: &str = "ferry_oidc";
+/// The largest sign-in or sign-out form accepted: a pasted token (even a JWT with many groups)
+/// fits many times over, and a bigger body is refused before it is read.
+pub const FORM_LIMIT: usize = 64 * 1024;
 /// How long a person has at their identity provider.
 const OIDC_LOGIN_TTL_S: i64 = 600;
 
@@ -121,13 +125,33 @@ fn login_page(
     response
 }
 
+/// What to tell someone whose form could not be read (too large, or cut off).
+fn unreadable_form(rejection: &BytesRejection) -> String {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("The form is too large (over {} KiB): paste only your personal token.", FORM_LIMIT / 1024)
+    } else {
+        format!("The form could not be read ({}). Try again.", rejection.body_text())
+    }
+}
+
 fn form(body: &[u8]) -> std::collections::HashMap<String, String> {
     url::form_urlencoded::parse(body).into_owned().collect()
 }
 
 /// `POST /login/token`: a personal token from `[[identity.users]]` (or an OIDC JWT) starts a
 /// session. The shared operator token does not: it names nobody.
-pub async fn with_token(State(console): State<Arc<Console>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn with_token(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => {
+            let message = unreadable_form(&e);
+            return login_page(&console, &headers, e.status(), "/", None, Some(&message));
+        }
+    };
     let fields = form(&body);
     let next = safe_next(fields.get("next").map(String::as_str));
     let refuse = |status, message: &str| login_page(&console, &headers, status, &next, None, Some(message));
@@ -140,6 +164,10 @@ pub async fn with_token(State(console): State<Arc<Console>>, headers: HeaderMap,
         return refuse(StatusCode::UNAUTHORIZED, "No [identity] is configured.");
     };
     let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
+    if token.is_empty() {
+        // Not the API's "missing bearer token": nobody filling in this form sends headers.
+        return refuse(StatusCode::BAD_REQUEST, "Paste your personal token to sign in.");
+    }
     let caller = match identity.authenticate(token).await {
         Ok(caller) => caller,
         Err(AuthError::IssuerUnavailable(e)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, &e),
@@ -282,7 +310,15 @@ pub async fn callback(State(console): State<Arc<Console>>, headers: HeaderMap, Q
 }
 
 /// `POST /logout` (the session's CSRF token in the form): clears the session cookie.
-pub async fn logout(State(console): State<Arc<Console>>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+pub async fn logout(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(e) => return (e.status(), unreadable_form(&e)).into_response(),
+    };
     let fields = form(&body);
     let presented = fields.get("csrf").map(String::as_str).unwrap_or_default();
     match console.sessions.session(&headers) {

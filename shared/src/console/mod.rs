@@ -10,7 +10,7 @@ pub mod session;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -38,10 +38,10 @@ pub fn router(console: Arc<Console>) -> Router {
         .route("/pipelines/{name}", get(page_at))
         .route("/dead-letters", get(page))
         .route("/login", get(login::page))
-        .route("/login/token", post(login::with_token))
+        .route("/login/token", post(login::with_token).layer(DefaultBodyLimit::max(login::FORM_LIMIT)))
         .route("/login/oidc/{index}", get(login::start_oidc))
         .route("/login/callback", get(login::callback))
-        .route("/logout", post(login::logout))
+        .route("/logout", post(login::logout).layer(DefaultBodyLimit::max(login::FORM_LIMIT)))
         .route("/console/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
         .route("/console/app.css", get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
         .with_state(console)
@@ -132,14 +132,30 @@ pub(crate) fn escape_html(text: &str) -> String {
     out
 }
 
+/// The longest return path kept (longer ones are not pages of the console anyway).
+const MAX_NEXT: usize = 2048;
+
 /// A local path to return to after signing in: `/…` only, never `//host` or a backslash trick
-/// (which browsers read as another site).
+/// (which browsers read as another site), and percent-encoded the way a browser would read it
+/// (so that the `Location` header is always valid and holds no raw markup).
 pub(crate) fn safe_next(next: Option<&str>) -> String {
-    match next {
-        Some(n)
-            if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') && !n.chars().any(char::is_control) =>
-        {
-            n.to_string()
+    const BASE: &str = "http://ferry.invalid/";
+    let Some(n) = next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')) else {
+        return "/".into();
+    };
+    if n.chars().any(char::is_control) {
+        return "/".into();
+    }
+    match url::Url::parse(BASE).and_then(|base| base.join(n)) {
+        // Dot segments can turn `/.//host` into the path `//host`: not a local path either.
+        Ok(url) if url.as_str().starts_with(BASE) && !url.path().starts_with("//") => {
+            let mut local = url.path().to_string();
+            if let Some(query) = url.query() {
+                local.push('?');
+                local.push_str(query);
+            }
+            // It rides in the sign-in's state cookie, which must stay under a browser's 4 kB.
+            if local.len() > MAX_NEXT { "/".into() } else { local }
         }
         _ => "/".into(),
     }
@@ -159,10 +175,20 @@ mod tests {
     #[test]
     fn only_local_paths_are_returned_to() {
         assert_eq!(safe_next(Some("/promotions/p-1?x=1")), "/promotions/p-1?x=1");
-        for hostile in ["//evil.example", "/\\evil.example", "https://evil.example", "javascript:alert(1)", "/\n"] {
+        for hostile in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "javascript:alert(1)",
+            "/\n",
+            "/.//evil.example",
+            "/\t/evil.example",
+        ] {
             assert_eq!(safe_next(Some(hostile)), "/", "{hostile:?}");
         }
+        assert_eq!(safe_next(Some("/é?q=\"<x>")), "/%C3%A9?q=%22%3Cx%3E", "encoded as a browser would");
         assert_eq!(safe_next(None), "/");
+        assert_eq!(safe_next(Some(&format!("/{}", "a".repeat(MAX_NEXT)))), "/", "too long for the state cookie");
     }
 
     #[test]

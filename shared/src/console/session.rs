@@ -64,6 +64,13 @@ pub enum SessionError {
     Invalid,
     #[error("your console session expired: sign in again")]
     Expired,
+    /// A site sharing a parent domain can add a cookie of the same name (cookie tossing); which
+    /// one is Ferry's own cannot be told, so neither counts.
+    #[error(
+        "the request carries two ferry_session cookies (one may come from another site on a parent domain): \
+         clear this site's cookies and sign in again"
+    )]
+    Ambiguous,
 }
 
 /// Seals and opens cookies under one key.
@@ -112,6 +119,9 @@ impl Sessions {
     /// The session of a request, from its cookie.
     pub fn session(&self, headers: &HeaderMap) -> Result<Session, SessionError> {
         let value = cookie(headers, SESSION_COOKIE).ok_or(SessionError::Missing)?;
+        if cookies(headers, SESSION_COOKIE).nth(1).is_some() {
+            return Err(SessionError::Ambiguous);
+        }
         let session: Session = self.open("session", &value).ok_or(SessionError::Invalid)?;
         if session.exp <= now_s() {
             return Err(SessionError::Expired);
@@ -176,16 +186,21 @@ impl CookiePolicy {
     }
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
+/// The value of cookie `name` in the request's `Cookie` headers (the first, if several).
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    cookies(headers, name).next().map(str::to_string)
+}
+
+/// Every value of cookie `name` in the request's `Cookie` headers.
+fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h str> + 'h {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(n, _)| *n == name)
-        .map(|(_, v)| v.to_string())
+        .filter(move |(n, _)| *n == name)
+        .map(|(_, v)| v)
 }
 
 /// The request's Host, without its port.
@@ -249,6 +264,24 @@ mod tests {
         let forged = format!("{}.{tag}", b64(&serde_json::to_vec(&forged).unwrap()));
         assert_eq!(sessions.session(&with_cookie(&forged)).unwrap_err(), SessionError::Invalid);
         assert_eq!(sessions.session(&HeaderMap::new()).unwrap_err(), SessionError::Missing);
+    }
+
+    #[test]
+    fn two_session_cookies_are_refused_whichever_comes_first() {
+        let sessions = Sessions::new(Some(b"k"), 60);
+        let (_, sealed) = sessions.start(&caller()).unwrap();
+        for both in [
+            format!("{SESSION_COOKIE}={sealed}; {SESSION_COOKIE}=e30.AAAA"),
+            format!("{SESSION_COOKIE}=e30.AAAA; {SESSION_COOKIE}={sealed}"),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert("cookie", both.parse().unwrap());
+            assert_eq!(sessions.session(&headers).unwrap_err(), SessionError::Ambiguous, "{both}");
+        }
+        // Also across two Cookie headers.
+        let mut headers = with_cookie(&sealed);
+        headers.append("cookie", format!("{SESSION_COOKIE}={sealed}").parse().unwrap());
+        assert_eq!(sessions.session(&headers).unwrap_err(), SessionError::Ambiguous);
     }
 
     #[test]
