@@ -711,3 +711,38 @@ fn hostile_return_paths_stay_on_this_site() {
     let reply = http("GET", &setup.authorize(&authorize, "alice"), Some(&cookie), None);
     assert_eq!((reply.status, reply.header("location")), (303, Some("/")), "{reply:#?}");
 }
+
+/// `server.body_limit` bounds the operations API and the sign-in forms too: with 16 KiB, a
+/// 100 kB promote request and a 20 kB sign-in form (under the forms' own 64 KiB) are 413, and
+/// nothing is queued.
+#[test]
+fn the_api_and_the_forms_obey_server_body_limit() {
+    let sam_hash = ferry("token").arg("hash").stdin(SMALL_LIMIT_TOKEN).run().success().trim().to_string();
+    let config = format!(
+        "[registries.\"127.0.0.1:5001\"]\nplain_http = true\n\n[[identity.users]]\nname = \"sam\"\n\
+         token_hash = \"{sam_hash}\"\n[[identity.grants]]\nsubject = \"sam\"\nrole = \"operator\"\n\n\
+         [[pipelines]]\nname = \"shop-api\"\nsource = \"127.0.0.1:5001/shop/api\"\n  [[pipelines.stages]]\n  \
+         name = \"dev\"\n  target = \"127.0.0.1:5001/shop/dev\"\n"
+    );
+    let server = FerryServer::start_with_server_keys(free_port(), "body_limit = 16384", &config, &[], None);
+    let big =
+        format!(r#"{{"pipeline": "shop-api", "reference": "1.0", "to": "dev", "pad": "{}"}}"#, "x".repeat(100_000));
+    let out = Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-H", "Expect:", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {SMALL_LIMIT_TOKEN}"), "-H", "Content-Type: application/json"])
+        .args(["--data-binary", &big, &server.url("/api/promote")])
+        .output()
+        .expect("run curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413", "{}", String::from_utf8_lossy(&out.stderr));
+    let reply = http("POST", &server.url("/login/token"), None, Some(&form(&[("token", &"t".repeat(20_000))])));
+    assert_eq!(reply.status, 413, "{reply:#?}");
+    assert!(reply.login_error().contains("over 16 KiB"), "{reply:#?}");
+    assert!(!reply.starts_session());
+    let history = ferry("history")
+        .args(["shop-api", "--json", "--server", &server.url(""), "--token", SMALL_LIMIT_TOKEN])
+        .run()
+        .json();
+    assert_eq!(history, json!([]), "nothing was promoted");
+}
+
+const SMALL_LIMIT_TOKEN: &str = "console-hostile-small-limit-token-0123456789";

@@ -81,14 +81,11 @@ pub fn operations_app(config: &crate::config::Config, ops: Arc<Operations>) -> R
         sessions: sessions.clone(),
         identity: identity.clone(),
         public_url: config.server.public_url.clone(),
+        form_limit: crate::console::login::FORM_LIMIT.min(config.server.body_limit),
     };
-    let api = api_router(ApiState { ops, token, identity, sessions: Some(sessions) });
+    let api = api_router(ApiState { ops, token, identity, sessions: Some(sessions) })
+        .layer(axum::extract::DefaultBodyLimit::max(config.server.body_limit));
     Ok(Some(api.merge(crate::console::router(Arc::new(console)))))
-}
-
-/// The operations API guarded by the operator token only (no console).
-pub fn router(ops: Arc<Operations>, token: Secret) -> Router {
-    api_router(ApiState { ops, token: Some(token), identity: None, sessions: None })
 }
 
 fn api_router(state: ApiState) -> Router {

@@ -108,7 +108,7 @@ pub struct Azure {
 pub struct Server {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Largest webhook body accepted; larger ones get 413.
+    /// Largest request body accepted (webhooks, /api/*, console forms up to 64 KiB); larger ones get 413.
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
     /// Where the embedded queue keeps its SQLite file.

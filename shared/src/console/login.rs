@@ -20,8 +20,9 @@ use crate::intake::verify::secrets_equal;
 const LOGIN_COOKIE: &str = "ferry_login";
 /// The sealed `state`, `nonce` and PKCE verifier of a sign-in in progress.
 const OIDC_COOKIE: &str = "ferry_oidc";
-/// The largest sign-in or sign-out form accepted: a pasted token (even a JWT with many groups)
-/// fits many times over, and a bigger body is refused before it is read.
+/// The largest sign-in or sign-out form accepted (or `server.body_limit`, when smaller): a pasted
+/// token (even a JWT with many groups) fits many times over, and a bigger body is refused before
+/// it is read.
 pub const FORM_LIMIT: usize = 64 * 1024;
 /// How long a person has at their identity provider.
 const OIDC_LOGIN_TTL_S: i64 = 600;
@@ -126,9 +127,9 @@ fn login_page(
 }
 
 /// What to tell someone whose form could not be read (too large, or cut off).
-fn unreadable_form(rejection: &BytesRejection) -> String {
+fn unreadable_form(console: &Console, rejection: &BytesRejection) -> String {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        format!("The form is too large (over {} KiB): paste only your personal token.", FORM_LIMIT / 1024)
+        format!("The form is too large (over {} KiB): paste only your personal token.", console.form_limit / 1024)
     } else {
         format!("The form could not be read ({}). Try again.", rejection.body_text())
     }
@@ -148,7 +149,7 @@ pub async fn with_token(
     let body = match body {
         Ok(body) => body,
         Err(e) => {
-            let message = unreadable_form(&e);
+            let message = unreadable_form(&console, &e);
             return login_page(&console, &headers, e.status(), "/", None, Some(&message));
         }
     };
@@ -317,7 +318,7 @@ pub async fn logout(
 ) -> Response {
     let body = match body {
         Ok(body) => body,
-        Err(e) => return (e.status(), unreadable_form(&e)).into_response(),
+        Err(e) => return (e.status(), unreadable_form(&console, &e)).into_response(),
     };
     let fields = form(&body);
     let presented = fields.get("csrf").map(String::as_str).unwrap_or_default();

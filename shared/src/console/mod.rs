@@ -29,19 +29,22 @@ pub struct Console {
     pub identity: Option<Arc<Authenticator>>,
     /// `server.public_url`: the sign-in redirect and cookie policy follow it when set.
     pub public_url: Option<String>,
+    /// The largest sign-in or sign-out form read: [`login::FORM_LIMIT`] or `server.body_limit`.
+    pub form_limit: usize,
 }
 
 pub fn router(console: Arc<Console>) -> Router {
+    let form_limit = console.form_limit;
     Router::new()
         .route("/", get(page))
         .route("/promotions/{id}", get(page_at))
         .route("/pipelines/{name}", get(page_at))
         .route("/dead-letters", get(page))
         .route("/login", get(login::page))
-        .route("/login/token", post(login::with_token).layer(DefaultBodyLimit::max(login::FORM_LIMIT)))
+        .route("/login/token", post(login::with_token).layer(DefaultBodyLimit::max(form_limit)))
         .route("/login/oidc/{index}", get(login::start_oidc))
         .route("/login/callback", get(login::callback))
-        .route("/logout", post(login::logout).layer(DefaultBodyLimit::max(login::FORM_LIMIT)))
+        .route("/logout", post(login::logout).layer(DefaultBodyLimit::max(form_limit)))
         .route("/console/app.js", get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }))
         .route("/console/app.css", get(|| async { asset(APP_CSS, "text/css; charset=utf-8") }))
         .with_state(console)
