@@ -109,9 +109,10 @@ impl Kind {
         )
     }
 
-    /// A forger retries too, with the same forged signature.
+    /// A forger retries too, with the same forged signature, and a replayer with the same
+    /// replayed request (a connection dropped under load must not count as its answer).
     fn resent_as_is(self) -> bool {
-        self == Kind::BadSignature
+        matches!(self, Kind::BadSignature | Kind::Replay)
     }
 }
 
