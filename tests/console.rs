@@ -499,11 +499,12 @@ fn urlencode(text: &str) -> String {
     text.bytes().map(|b| format!("%{b:02X}")).collect()
 }
 
-/// A session ends at `identity.session_ttl_s`: the open page notices at its next refresh and
-/// sends to the sign-in page saying so; the old cookie is refused by the API.
+/// A session ends at `identity.session_ttl_s` (10 s here: room for a sign-in on a busy machine):
+/// the open page notices at its next refresh and sends to the sign-in page saying so; the old
+/// cookie is refused by the API.
 #[test]
 fn an_expired_session_sends_to_sign_in_and_is_refused() {
-    let setup = start(6);
+    let setup = start(10);
     let browser = Browser::start();
     setup.sign_in_oidc(&browser, "/", "bob");
     let cookie = session_cookie(&browser);
