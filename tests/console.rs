@@ -213,6 +213,7 @@ fn a_second_person_approves_in_the_console_and_prod_changes() {
     assert_eq!(browser.text_of(dev_digest), digest.trim_start_matches("sha256:")[..12]);
     let deployed = browser.wait_for_text(".stage[data-stage=dev] .deploy-ok", "succeeded (notifier", WAIT);
     assert!(deployed.contains("ago"), "{deployed}");
+    // Prod tells nobody: its deploy state says so once it runs something (checked below).
     let pending = format!(".stage[data-stage=prod] .pending[data-promotion='{id}']");
     let waiting = browser.wait_for_text(&format!("{pending} .waiting"), "waiting for approval (0 of 1)", WAIT);
     assert!(waiting.contains(&id), "{waiting}");
@@ -242,6 +243,7 @@ fn a_second_person_approves_in_the_console_and_prod_changes() {
     setup.server.wait_until("prod to show the digest on the page", WAIT, || {
         browser.try_find(prod_digest).and_then(|e| e.attr("data-digest")).filter(|d| d == &digest)
     });
+    browser.wait_for_text(".stage[data-stage=prod] dl", "no notifier", WAIT);
     let by = browser.text_of(".stage[data-stage=prod] .by");
     assert!(by.contains("promoted by alice@127.0.0.1") && by.contains("approved by bob@127.0.0.1"), "{by}");
     let served = setup.prod.client().manifest(REPO, "1.0").expect("prod serves the tag");

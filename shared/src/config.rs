@@ -419,6 +419,17 @@ pub enum Notify {
     },
 }
 
+impl Notify {
+    /// The `kind` this notifier is configured with.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Notify::Webhook { .. } => "webhook",
+            Notify::AppService { .. } => "app-service",
+            Notify::Kubernetes { .. } => "kubernetes",
+        }
+    }
+}
+
 /// `aks = { subscription, resource_group, cluster }` of a Kubernetes notifier.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

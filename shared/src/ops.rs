@@ -31,6 +31,9 @@ pub struct StageStatus {
     /// The newest deployment report for the stage (Azure DevOps release, a notifier's success).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<crate::ledger::DeploymentRecord>,
+    /// Who the stage tells about a new digest: `webhook`, `app-service`, `kubernetes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
 }
 
 /// A parked promotion and what it waits for, computed when asked (the texts in its gate
@@ -262,6 +265,7 @@ impl Operations {
                     deploy_failed,
                     current_promotion,
                     deployment,
+                    notify: stage.notify.as_ref().map(|n| n.kind().to_string()),
                 });
             }
             out.push(PipelineStatus { name: p.name.get_ref().clone(), source: p.source.get_ref().clone(), stages });

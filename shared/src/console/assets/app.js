@@ -210,7 +210,8 @@ function deployView(stage) {
   if (d && stage.current && (!d.digest || d.digest === stage.current.digest)) {
     return el('span', { class: d.status === 'succeeded' ? 'deploy-ok' : 'deploy-failed', text: `${d.status} (${d.reporter}, ${ago(d.at_ms)})` });
   }
-  return el('span', { class: 'muted', text: stage.current ? 'not reported' : '' });
+  if (!stage.current) return '';
+  return el('span', { class: 'muted', text: stage.notify ? `not reported yet (${stage.notify})` : 'no notifier' });
 }
 
 function stageView(pipeline, stage) {
