@@ -12,143 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::browser::Browser;
-use support::oidc::FakeOidcProvider;
-use support::registry::free_port;
-use support::{FerryServer, Registry, ferry};
-
-const PIPELINE: &str = "shop-api";
-const REPO: &str = "shop/api";
-const OPERATOR_TOKEN: &str = "console-test-operator-token";
-const CLIENT_ID: &str = "ferry-console";
-/// `vera`, a viewer who signs in with a pasted personal token.
-const VERA_TOKEN: &str = "vera-static-token-0123456789abcdef0123456789";
-const WAIT: Duration = Duration::from_secs(30);
-const GENERIC_SECRET: &str = "console-test-generic-secret";
-const CLIENT_SECRET: &str = "console-test-oidc-client-secret";
-
-struct Setup {
-    oidc: FakeOidcProvider,
-    /// Dev's deploy notifications land here (answered 200: a confirmed deployment).
-    _deploy_hook: support::azure::Background,
-    server: FerryServer,
-    source: Registry,
-    _dev: Registry,
-    prod: Registry,
-}
-
-/// Ferry with shop-api (dev: auto, prod: one approval), the fake provider for sign-in, `vera`
-/// with a static token; alice operates everything, the `approvers` group approves prod, vera
-/// only views.
-fn start(session_ttl_s: u64) -> Setup {
-    let oidc = FakeOidcProvider::start();
-    oidc.add_user("alice", "Alice Admin", &[]);
-    oidc.add_user("bob", "Bob Builder", &["approvers"]);
-    // A confidential client, as Entra ID's "Web" platform makes it: every sign-in below proves
-    // Ferry sends the secret (the provider refuses code redemptions without it).
-    oidc.set_client_secret(CLIENT_ID, CLIENT_SECRET);
-    let (source, dev, prod) = (Registry::plain(), Registry::plain(), Registry::plain());
-    let deploy_hook = support::azure::Background::serve(axum::Router::new().fallback(|| async { "deployed" }));
-    let vera_hash = ferry("token").arg("hash").stdin(VERA_TOKEN).run().success().trim().to_string();
-    let mut config = String::new();
-    for host in [source.host(), dev.host(), prod.host()] {
-        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-    }
-    config.push_str(&format!(
-        r#"
-[sources.generic]
-secret_env = "FERRY_GENERIC_SECRET"
-
-[identity]
-session_ttl_s = {session_ttl_s}
-
-[[identity.oidc]]
-issuer = "{issuer}"
-audience = "{audience}"
-client_id = "{CLIENT_ID}"
-client_secret_env = "FERRY_OIDC_CLIENT_SECRET"
-label = "Fake IdP"
-
-[[identity.users]]
-name = "vera"
-token_hash = "{vera_hash}"
-
-[[identity.grants]]
-subject = "alice@127.0.0.1"
-role = "operator"
-
-[[identity.grants]]
-group = "approvers"
-role = "approver"
-pipeline = "{PIPELINE}"
-stage = "prod"
-
-[[identity.grants]]
-subject = "vera"
-role = "viewer"
-
-[[pipelines]]
-name = "{PIPELINE}"
-source = "{source}/{REPO}"
-  [[pipelines.stages]]
-  name = "dev"
-  target = "{dev}/{REPO}"
-  gate = "auto"
-  notify = {{ kind = "webhook", url = "{deploy_hook}/deploy" }}
-  [[pipelines.stages]]
-  name = "prod"
-  target = "{prod}/{REPO}"
-  gate = "approval"
-
-[[pipelines]]
-name = "billing"
-source = "{source}/billing/api"
-  [[pipelines.stages]]
-  name = "dev"
-  target = "{dev}/billing/api"
-  gate = "auto"
-"#,
-        issuer = oidc.issuer(),
-        audience = support::oidc::AUDIENCE,
-        source = source.host(),
-        dev = dev.host(),
-        prod = prod.host(),
-        deploy_hook = deploy_hook.url(),
-    ));
-    let envs = [("FERRY_GENERIC_SECRET", GENERIC_SECRET), ("FERRY_OIDC_CLIENT_SECRET", CLIENT_SECRET)];
-    let server = FerryServer::start_with_operator_token(free_port(), &config, &envs, OPERATOR_TOKEN);
-    Setup { oidc, _deploy_hook: deploy_hook, server, source, _dev: dev, prod }
-}
-
-impl Setup {
-    /// Alice (by her OIDC token, from the CLI) promotes `tag` into dev and then prod, where it
-    /// waits for approval; the digest and the waiting promotion's id.
-    fn promote_to_waiting(&self, tag: &str) -> (String, String) {
-        let digest = self.source.push_image(REPO, tag, &[40_000]);
-        let alice = self.oidc.token("alice", "Alice Admin", &[]);
-        let cli = |stage: &str| {
-            ferry("promote")
-                .args(["--server", &self.server.url(""), "--token", &alice])
-                .args([PIPELINE, tag, "--to", stage, "--wait", "--json"])
-                .timeout(WAIT)
-                .run()
-                .json()
-        };
-        assert_eq!(cli("dev")["outcome"]["state"], "promoted");
-        let parked = cli("prod");
-        assert_eq!(parked["outcome"]["state"], "parked", "{parked:#}");
-        (digest, parked["outcome"]["promotion"].as_str().unwrap().to_string())
-    }
-
-    /// Signs `username` in through the fake provider's sign-in page, starting from `path`.
-    fn sign_in_oidc(&self, browser: &Browser, path: &str, username: &str) {
-        browser.goto(&self.server.url(path));
-        browser.wait_for("#sign-in-0", WAIT).click();
-        browser.wait_for("#username", WAIT).fill(username);
-        browser.click("#sign-in");
-        browser.wait_for("#who", WAIT);
-        browser.wait_for_text("#who", username, WAIT);
-    }
-}
+use support::console::{ConsoleWorld, GENERIC_SECRET, OPERATOR_TOKEN, PIPELINE, REPO, VERA_TOKEN, WAIT};
 
 /// `curl` against the console as a browser would (a cookie, optional headers, a body): status
 /// and body.
@@ -189,7 +53,7 @@ fn approve_button(id: &str) -> String {
 /// on the page without a reload. The ledger records bob's authenticated subject.
 #[test]
 fn a_second_person_approves_in_the_console_and_prod_changes() {
-    let setup = start(3600);
+    let setup = ConsoleWorld::start(3600);
     let (digest, id) = setup.promote_to_waiting("1.0");
     let browser = Browser::start();
 
@@ -271,7 +135,7 @@ fn a_second_person_approves_in_the_console_and_prod_changes() {
 /// reason (shown as text); a dead letter is shown with its error and redriven from the page.
 #[test]
 fn rollback_confirms_its_target_rejections_carry_a_reason_and_dead_letters_are_redriven() {
-    let setup = start(3600);
+    let setup = ConsoleWorld::start(3600);
     let first = setup.source.push_image(REPO, "1.0", &[30_000]);
     let second = setup.source.push_image(REPO, "2.0", &[30_001]);
     let operator =
@@ -369,7 +233,7 @@ fn rollback_confirms_its_target_rejections_carry_a_reason_and_dead_letters_are_r
 /// buttons; the API refuses her approval even with a valid session and CSRF token.
 #[test]
 fn a_viewer_sees_no_buttons_and_the_api_refuses_her() {
-    let setup = start(3600);
+    let setup = ConsoleWorld::start(3600);
     let (_, id) = setup.promote_to_waiting("1.0");
     let browser = Browser::start();
     browser.goto(&setup.server.url("/"));
@@ -409,7 +273,7 @@ fn a_viewer_sees_no_buttons_and_the_api_refuses_her() {
 /// bearer-token callers are untouched. Hostile return paths are not followed.
 #[test]
 fn state_changes_without_the_csrf_token_are_refused() {
-    let setup = start(3600);
+    let setup = ConsoleWorld::start(3600);
     let (_, id) = setup.promote_to_waiting("1.0");
     let browser = Browser::start();
     setup.sign_in_oidc(&browser, "/", "bob");
@@ -457,7 +321,7 @@ fn state_changes_without_the_csrf_token_are_refused() {
 /// everywhere) sees all of it.
 #[test]
 fn reads_show_only_the_pipelines_and_stages_a_person_may_see() {
-    let setup = start(3600);
+    let setup = ConsoleWorld::start(3600);
     let (_, prod_id) = setup.promote_to_waiting("1.0");
     let bob = setup.oidc.token("bob", "Bob Builder", &["approvers"]);
     let get = |token: &str, path: &str| {
@@ -506,7 +370,7 @@ fn urlencode(text: &str) -> String {
 /// cookie is refused by the API.
 #[test]
 fn an_expired_session_sends_to_sign_in_and_is_refused() {
-    let setup = start(10);
+    let setup = ConsoleWorld::start(10);
     let browser = Browser::start();
     setup.sign_in_oidc(&browser, "/", "bob");
     let cookie = session_cookie(&browser);

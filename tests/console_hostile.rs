@@ -10,22 +10,13 @@ mod support;
 
 use std::io::Write as _;
 use std::process::Command;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::browser::Browser;
-use support::oidc::FakeOidcProvider;
+use support::console::{ConsoleWorld, GENERIC_SECRET, PIPELINE, REPO, VERA_TOKEN, WAIT};
 use support::registry::free_port;
-use support::{FerryServer, Registry, ferry};
+use support::{FerryServer, ferry};
 
-const PIPELINE: &str = "shop-api";
-const REPO: &str = "shop/api";
-const OPERATOR_TOKEN: &str = "console-hostile-operator-token";
-const CLIENT_ID: &str = "ferry-console";
-const GENERIC_SECRET: &str = "console-hostile-generic-secret";
-/// `vera`, a viewer who signs in with a pasted personal token.
-const VERA_TOKEN: &str = "vera-static-token-0123456789abcdef0123456789";
-const WAIT: Duration = Duration::from_secs(30);
 /// Markup that would set `window.__xss` if it ever became HTML.
 const IMG_XSS: &str = "<img src=x onerror=\"window.__xss=1\">";
 const SCRIPT_XSS: &str = "<script>window.__xss=2</script>";
@@ -34,13 +25,18 @@ const REGISTRY_XSS: &str = "<svg onload=\"window.__xss=3\"></svg><b>unknown</b>"
 /// The pipeline whose source is the hostile registry.
 const HOSTILE_PIPELINE: &str = "from-hostile";
 
+/// The console world (tests/support/console.rs) with a hostile registry and eve, whose display
+/// name is markup.
 struct Setup {
-    oidc: FakeOidcProvider,
-    server: FerryServer,
-    source: Registry,
-    _dev: Registry,
-    _prod: Registry,
+    world: ConsoleWorld,
     _hostile_registry: support::azure::Background,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = ConsoleWorld;
+    fn deref(&self) -> &ConsoleWorld {
+        &self.world
+    }
 }
 
 /// A registry that answers `/v2/` and then refuses everything (400) with markup in its OCI error
@@ -57,90 +53,28 @@ fn hostile_registry() -> support::azure::Background {
     support::azure::Background::serve(app)
 }
 
-/// Ferry with shop-api (dev: auto, prod: one approval), generic webhooks from the source
-/// registry, the fake provider and `vera`'s token; alice and eve operate, the `approvers`
-/// group approves prod, vera views.
+/// The console world plus a pipeline whose source is the hostile registry, and eve (a viewer
+/// whose display name is markup).
 fn start() -> Setup {
-    let oidc = FakeOidcProvider::start();
-    oidc.add_user("alice", "Alice Admin", &[]);
-    oidc.add_user("eve", IMG_XSS, &["approvers"]);
-    let (source, dev, prod) = (Registry::plain(), Registry::plain(), Registry::plain());
-    let vera_hash = ferry("token").arg("hash").stdin(VERA_TOKEN).run().success().trim().to_string();
     let hostile = hostile_registry();
     let hostile_host = hostile.url().trim_start_matches("http://").to_string();
-    let mut config = String::new();
-    for host in [source.host(), dev.host(), prod.host(), hostile_host.as_str()] {
-        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-    }
-    config.push_str(&format!(
+    let extra = format!(
         r#"
-[sources.generic]
-secret_env = "HOSTILE_GENERIC_SECRET"
-registries = ["{source}"]
-
-[identity]
-session_ttl_s = 3600
-
-[[identity.oidc]]
-issuer = "{issuer}"
-audience = "{audience}"
-client_id = "{CLIENT_ID}"
-label = "Fake IdP"
-
-[[identity.users]]
-name = "vera"
-token_hash = "{vera_hash}"
-
-[[identity.grants]]
-subject = "alice@127.0.0.1"
-role = "operator"
-
 [[identity.grants]]
 subject = "eve@127.0.0.1"
 role = "viewer"
-
-[[identity.grants]]
-group = "approvers"
-role = "approver"
-pipeline = "{PIPELINE}"
-stage = "prod"
-
-[[identity.grants]]
-subject = "vera"
-role = "viewer"
-
-[[pipelines]]
-name = "{PIPELINE}"
-source = "{source}/{REPO}"
-  [[pipelines.stages]]
-  name = "dev"
-  target = "{dev}/{REPO}"
-  gate = "auto"
-  [[pipelines.stages]]
-  name = "prod"
-  target = "{prod}/{REPO}"
-  gate = "approval"
 
 [[pipelines]]
 name = "{HOSTILE_PIPELINE}"
 source = "{hostile_host}/{REPO}"
   [[pipelines.stages]]
   name = "dev"
-  target = "{dev}/hostile"
-"#,
-        issuer = oidc.issuer(),
-        audience = support::oidc::AUDIENCE,
-        source = source.host(),
-        dev = dev.host(),
-        prod = prod.host(),
-    ));
-    let server = FerryServer::start_with_operator_token(
-        free_port(),
-        &config,
-        &[("HOSTILE_GENERIC_SECRET", GENERIC_SECRET)],
-        OPERATOR_TOKEN,
+  target = "{hostile_host}/copy"
+"#
     );
-    Setup { oidc, server, source, _dev: dev, _prod: prod, _hostile_registry: hostile }
+    let world = ConsoleWorld::start_with(3600, &[&hostile_host], &extra);
+    world.oidc.add_user("eve", IMG_XSS, &["approvers"]);
+    Setup { world, _hostile_registry: hostile }
 }
 
 /// An HTTP answer as curl saw it (redirects not followed).

@@ -11,6 +11,7 @@
 pub mod azure;
 pub mod browser;
 pub mod cli;
+pub mod console;
 pub mod fault;
 pub mod kubernetes;
 pub mod lambda;
