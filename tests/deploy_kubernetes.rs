@@ -290,10 +290,7 @@ fn a_failed_rollout_is_deploy_failed_and_rolls_back_on_its_own() {
     let kubeconfig = dir.path().join("kubeconfig");
     kube.write_kubeconfig(&kubeconfig, TOKEN);
     kube.add_deployment("shop", "api", "127.0.0.1:1/shop/api:before-ferry", 2);
-    let mut config = String::new();
-    for host in [build.host(), dev.host(), prod.host()] {
-        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-    }
+    let mut config = support::registry::plain_registries([build.host(), dev.host(), prod.host()]);
     config.push_str(&format!(
         r#"
 [sources.distribution]
@@ -372,10 +369,7 @@ fn kubernetes_then_app_service_stages_deploy_digest_by_digest() {
         DISTRIBUTION_SECRET,
     );
     let (dev, prod) = (Registry::plain(), Registry::plain());
-    let mut config = String::new();
-    for host in [build.host(), dev.host(), prod.host()] {
-        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-    }
+    let mut config = support::registry::plain_registries([build.host(), dev.host(), prod.host()]);
     config.push_str(&format!(
         r#"
 [sources.distribution]

@@ -41,10 +41,7 @@ fn start() -> Setup {
     let hashed = ferry("token").arg("hash").stdin(SAM_TOKEN).run();
     let sam_hash = hashed.success().trim().to_string();
     assert!(sam_hash.starts_with("sha256:") && sam_hash.len() == 7 + 64, "{sam_hash}");
-    let mut config = String::new();
-    for host in [source.host(), dev.host(), prod.host()] {
-        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-    }
+    let mut config = support::registry::plain_registries([source.host(), dev.host(), prod.host()]);
     config.push_str(&format!(
         r#"
 [[identity.oidc]]

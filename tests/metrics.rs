@@ -31,10 +31,7 @@ fn image_sizes(registry: &Registry, digest: &str) -> (u64, u64) {
 #[test]
 fn copies_bytes_and_gate_waits_are_measured() {
     let (build, target) = (Registry::plain(), Registry::plain());
-    let mut config = String::new();
-    for host in [build.host(), target.host()] {
-        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-    }
+    let mut config = support::registry::plain_registries([build.host(), target.host()]);
     config.push_str(&format!(
         r#"
 [[pipelines]]

@@ -37,10 +37,7 @@ fn start_ferry(port: u16, source: &str, stages: &[(&str, &str, &str)], worker: &
             hosts.push(target);
         }
     }
-    let mut config = String::new();
-    for host in hosts {
-        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-    }
+    let mut config = support::registry::plain_registries(hosts);
     config.push_str(&format!(
         r#"
 [sources.distribution]
@@ -629,10 +626,7 @@ fn promoting_a_digest_again_after_a_rollback_brings_it_back() {
 /// `ferry serve` with one pipeline whose `[[pipelines.stages]]` tables are given as TOML, plus
 /// an Azure DevOps source (basic auth `ferry:ADO_PASSWORD`).
 fn start_ferry_with_stages(port: u16, source: &str, hosts: &[&str], stages_toml: &str, extra: &str) -> FerryServer {
-    let mut config = String::new();
-    for host in std::iter::once(&source).chain(hosts) {
-        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-    }
+    let mut config = support::registry::plain_registries(std::iter::once(&source).chain(hosts));
     config.push_str(&format!(
         r#"
 [sources.distribution]
@@ -918,10 +912,7 @@ fn approval_notices_reach_slack_and_teams_and_a_failing_channel_holds_nothing_up
     let port = free_port();
     let build = notifying_build_registry(port);
     let (dev, prod) = (Registry::plain(), Registry::plain());
-    let mut config = String::new();
-    for host in [build.host(), dev.host(), prod.host()] {
-        config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-    }
+    let mut config = support::registry::plain_registries([build.host(), dev.host(), prod.host()]);
     config.push_str(&format!(
         r#"
 [sources.distribution]

@@ -50,10 +50,9 @@ impl ConsoleWorld {
         let (source, dev, prod) = (Registry::plain(), Registry::plain(), Registry::plain());
         let deploy_hook = Background::serve(axum::Router::new().fallback(|| async { "deployed" }));
         let vera_hash = ferry("token").arg("hash").stdin(VERA_TOKEN).run().success().trim().to_string();
-        let mut config = String::new();
-        for host in [source.host(), dev.host(), prod.host()].into_iter().chain(registries.iter().copied()) {
-            config.push_str(&format!("[registries.\"{host}\"]\nplain_http = true\n"));
-        }
+        let mut config = super::registry::plain_registries(
+            [source.host(), dev.host(), prod.host()].into_iter().chain(registries.iter().copied()),
+        );
         config.push_str(&format!(
             r#"
 [sources.generic]

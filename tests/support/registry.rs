@@ -285,6 +285,12 @@ impl Registry {
     }
 }
 
+/// `[registries."HOST"]` with `plain_http = true` for each host: how a test configuration
+/// starts.
+pub fn plain_registries(hosts: impl IntoIterator<Item = impl AsRef<str>>) -> String {
+    hosts.into_iter().map(|host| format!("[registries.\"{}\"]\nplain_http = true\n", host.as_ref())).collect()
+}
+
 /// A free port for a server that must know its port before it starts (docker-registry's config,
 /// or `ferry serve` when a registry must be told where to notify it first).
 ///
